@@ -1,0 +1,112 @@
+-- The geowh warehouse: the one place its tables, columns and their meaning are written.
+--
+-- The file is a list of numbered migrations. Each block starts with a line
+--     -- migration N: title
+-- and runs once, in order, in its own transaction; `schema_migrations` records it. A fresh
+-- warehouse runs them all; an older one runs those it lacks; a newer one is refused. Blocks
+-- are never edited once released: a change is a new block at the end.
+--
+-- Rows are tidy and long: a metric name is a value, not a column. Natural keys (model name,
+-- checkpoint label, probe id) keep hand-written SQL short. Every result row names the run
+-- (`runs.run_id`) that produced it, and the run holds the provenance: config, versions, device.
+-- The `-- ` comment after a column is its documentation; `geowh` copies it into DuckDB's
+-- catalogue (COMMENT ON COLUMN), so `duckdb_columns()` shows it too.
+
+-- migration 1: core trajectories
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,  -- migration number, as in schema.sql
+    title       TEXT NOT NULL,        -- the migration's title line
+    applied_at  TIMESTAMP NOT NULL    -- when this warehouse ran it (UTC)
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    model       TEXT PRIMARY KEY,  -- short name used everywhere: pythia-410m, olmo-2-7b, my-run
+    family      TEXT,              -- registry family: pythia, olmo-2, tulu-3, hf, local, imported
+    hub_repo    TEXT,              -- Hugging Face repo id of the base series; NULL for local runs
+    parameters  BIGINT,            -- number of parameters; NULL when not known
+    layers      INTEGER,           -- number of transformer blocks
+    d_model     INTEGER,           -- width of the hidden states (the feature dimension d)
+    vocab_size  INTEGER,           -- size of the output vocabulary |V|
+    tokenizer   TEXT               -- tokenizer the model was probed with (hub id or local path)
+);
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+    model        TEXT NOT NULL,  -- models.model
+    checkpoint   TEXT NOT NULL,  -- label: hub revision (step1000, stage1-step1000-tokens5B) or folder name
+    step         BIGINT,         -- optimizer step within its stage; NULL when not known
+    tokens       DOUBLE,         -- training tokens seen at this checkpoint; NULL when not known
+    stage        TEXT,           -- training stage: pretrain, mid, sft, dpo, rlvr
+    stage_order  INTEGER,        -- position of the stage in the series (pretrain 0, mid 1, sft 2, dpo 3, rlvr 4)
+    source       TEXT,           -- where the weights come from: hf://repo@revision or file:///path
+    PRIMARY KEY (model, checkpoint)
+);
+
+CREATE TABLE IF NOT EXISTS probes (
+    probe         TEXT PRIMARY KEY,  -- identity: name and the first 12 hex digits of content_hash
+    name          TEXT NOT NULL,     -- registry name (fineweb, wikitext) or the local file it came from
+    dataset       TEXT,              -- hub dataset id or local path
+    config        TEXT,              -- dataset configuration (sample-10BT)
+    split         TEXT,              -- dataset split (train, validation)
+    sequences     INTEGER,           -- number of sequences used (M)
+    max_len       INTEGER,           -- sequences are truncated to this many tokens
+    min_len       INTEGER,           -- texts of this many tokens or fewer are dropped
+    seed          BIGINT,            -- seed of the deterministic sample
+    tokenizer     TEXT,              -- tokenizer that produced the token counts
+    content_hash  TEXT NOT NULL      -- sha256 over the texts, the tokenizer and the length settings
+);
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id                TEXT PRIMARY KEY,  -- uuid of one attempt
+    kind                  TEXT NOT NULL,     -- what was computed: geometry, memorization, import
+    model                 TEXT NOT NULL,     -- models.model
+    checkpoint            TEXT,              -- checkpoints.checkpoint; NULL for whole-model imports
+    probe                 TEXT,              -- probes.probe (or the QA task for memorization runs)
+    config_key            TEXT,              -- hash of the config: a rerun with the same key is skipped once ok
+    config                JSON,              -- every setting of the attempt (layers, pooling, batch size, ...)
+    status                TEXT NOT NULL,     -- running, ok or failed
+    error                 TEXT,              -- why a failed attempt failed; NULL otherwise
+    geowh_version         TEXT,              -- geowh version that ran it
+    torch_version         TEXT,              -- torch version; NULL when torch was not used
+    transformers_version  TEXT,              -- transformers version; NULL when not used
+    device                TEXT,              -- cpu, cuda:0 (NVIDIA H100 80GB HBM3), ...
+    dtype                 TEXT,              -- dtype of the forward pass: float32, bfloat16, float16
+    started_at            TIMESTAMP,         -- start (UTC)
+    finished_at           TIMESTAMP,         -- end (UTC); NULL while running
+    stage_seconds         JSON               -- seconds spent per stage: {"load": s, "forward": s, "metrics": s}
+);
+
+CREATE TABLE IF NOT EXISTS spectra (
+    model        TEXT NOT NULL,     -- models.model
+    checkpoint   TEXT NOT NULL,     -- checkpoints.checkpoint
+    probe        TEXT NOT NULL,     -- probes.probe
+    layer        INTEGER NOT NULL,  -- hidden_states index: 0 = embeddings, `layers` = last block (after the final norm)
+    pooling      TEXT NOT NULL,     -- last (last real token) or mean (over real tokens)
+    n_samples    BIGINT NOT NULL,   -- rows of the feature matrix (M)
+    d            INTEGER NOT NULL,  -- columns of the feature matrix
+    eigenvalues  DOUBLE[] NOT NULL, -- covariance eigenvalues, largest first, full spectrum, unnormalised
+    run_id       TEXT NOT NULL      -- runs.run_id
+);
+
+CREATE TABLE IF NOT EXISTS metrics (
+    model       TEXT NOT NULL,  -- models.model
+    checkpoint  TEXT NOT NULL,  -- checkpoints.checkpoint
+    probe       TEXT,           -- probes.probe; NULL for imported values that name none
+    layer       INTEGER,        -- as spectra.layer; NULL for imported values that name none
+    pooling     TEXT,           -- as spectra.pooling; NULL for imported values that name none
+    metric      TEXT NOT NULL,  -- registry name: rankme, rankme_sv, alpha_req, alpha_req_r2, ...
+    value       DOUBLE,         -- the value; NaN when it cannot be computed (params.reason says why)
+    stderr      DOUBLE,         -- standard error over probe subsets; NULL without --subsets
+    params      JSON,           -- how it was computed: eps, max_components, fit range, subsets, ...
+    run_id      TEXT            -- runs.run_id
+);
+
+-- One row per (model, checkpoint, probe, layer, pooling) with a column per metric. geowh
+-- rebuilds this view when a metric it has not seen before is written, so every metric in
+-- `metrics` has its column.
+CREATE OR REPLACE VIEW trajectories AS
+SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe, m.layer, m.pooling,
+       max(m.value) FILTER (WHERE m.metric = 'rankme') AS rankme,
+       max(m.value) FILTER (WHERE m.metric = 'alpha_req') AS alpha_req
+FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+GROUP BY ALL;
