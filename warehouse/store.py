@@ -228,7 +228,7 @@ class Warehouse:
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
                 "AND NOT internal ORDER BY table_name"
             ).fetchall()]
-            counts = {t: con.execute(f"SELECT count(*) FROM {_identifier(t)}").fetchone()[0] for t in tables}
+            counts = {t: con.execute(f"SELECT count(*) FROM {_identifier(t)}").fetchall()[0][0] for t in tables}
             models = _fetch(
                 con,
                 """
@@ -240,7 +240,7 @@ class Warehouse:
                 """,
             )
             probes = _fetch(con, "SELECT probe, name, sequences, max_len, tokenizer FROM probes ORDER BY probe")
-            failed = con.execute("SELECT count(*) FROM runs WHERE status = 'failed'").fetchone()[0]
+            failed = con.execute("SELECT count(*) FROM runs WHERE status = 'failed'").fetchall()[0][0]
             version = _schema_version(con)
         return {
             "path": str(self.path),
@@ -305,10 +305,10 @@ def _fetch(con: duckdb.DuckDBPyConnection, statement: str, params=None) -> pl.Da
 def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'schema_migrations'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if not exists:
         return 0
-    return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:

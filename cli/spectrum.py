@@ -1,0 +1,37 @@
+"""`geowh metrics`: the spectral metrics of a feature matrix the user already has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from geowh.cli.common import Json, app, print_json, render_frame
+
+
+@app.command()
+def metrics(
+    features: Annotated[Path, typer.Argument(help="Feature matrix, rows = samples: .npy, .safetensors or .parquet.")],
+    max_components: Annotated[
+        Optional[int], typer.Option(help="Components kept for RankMe, as the authors' PCA (0 = full spectrum).")
+    ] = 2048,
+    fit_start: Annotated[int, typer.Option(help="First rank (1-based) of the αReQ fit.")] = 12,
+    fit_end: Annotated[int, typer.Option(help="Last rank (1-based) of the αReQ fit.")] = 100,
+    json_: Json = False,
+) -> None:
+    """All registered spectral metrics of a feature matrix you already have.
+
+    Example: geowh metrics features.npy --json
+    """
+    from geowh.ingest.spectrum import metrics_of_file
+
+    values = metrics_of_file(
+        features, max_components=max_components or None, fit_start=fit_start, fit_end=fit_end
+    )
+    if json_:
+        print_json(values)
+        return
+    import polars as pl
+
+    render_frame(pl.DataFrame({"metric": list(values), "value": list(values.values())}))

@@ -1,0 +1,35 @@
+"""Fixtures shared by every test file: a fresh warehouse, the CLI runner, the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PYTHIA_TOKENIZER = SHARED / "data" / "tokenizers" / "gpt-neox-20b"
+PYTHIA_EVALS = SHARED / "data" / "pythia-evals"
+
+
+@pytest.fixture
+def wh(tmp_path):
+    """An empty warehouse file in tmp_path."""
+    from geowh.warehouse import Warehouse
+
+    return Warehouse(tmp_path / "w.duckdb")
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """Invoke `geowh …` in-process with a pinned console width: cli(["sql", "select 42"])."""
+    from geowh.cli import app
+
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("NO_COLOR", "1")
+    runner = CliRunner()
+
+    def invoke(args: list[str], **kwargs):
+        return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+    return invoke
