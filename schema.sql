@@ -110,3 +110,44 @@ SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe,
        max(m.value) FILTER (WHERE m.metric = 'alpha_req') AS alpha_req
 FROM metrics m JOIN checkpoints c USING (model, checkpoint)
 GROUP BY ALL;
+
+-- migration 2: evals and phases
+
+CREATE TABLE IF NOT EXISTS evals (
+    model            TEXT NOT NULL,     -- models.model
+    checkpoint       TEXT NOT NULL,     -- checkpoints.checkpoint (step{N} when the file names a step only)
+    step             BIGINT,            -- optimizer step of the checkpoint; NULL when the file names none
+    task             TEXT NOT NULL,     -- lm-eval-harness task: sciq, lambada_openai, arc_easy, ...
+    metric           TEXT NOT NULL,     -- metric without its filter suffix: acc, acc_norm, ppl, word_perplexity, ...
+    filter           TEXT NOT NULL,     -- lm-eval filter of the metric (`none` in `acc,none`); 'none' for the old format
+    num_fewshot      INTEGER NOT NULL,  -- few-shot examples in the prompt (0 = zero-shot)
+    value            DOUBLE,            -- the score as the harness wrote it (accuracy in [0, 1], perplexity, ...)
+    stderr           DOUBLE,            -- the harness's standard error of the value; NULL when absent
+    source_file      TEXT,              -- absolute path of the results file it was read from
+    harness_format   TEXT,              -- results-file layout: old (results/versions/config) or new (results_<date>.json)
+    harness_version  TEXT,              -- lm-eval version or git hash named in the file; NULL when absent
+    imported_at      TIMESTAMP,         -- when geowh imported the row (UTC)
+    run_id           TEXT               -- runs.run_id of the import
+);
+
+CREATE TABLE IF NOT EXISTS phases (
+    model           TEXT NOT NULL,     -- models.model
+    probe           TEXT,              -- probes.probe of the trajectory segmented; NULL when its metrics name none
+    layer           INTEGER,           -- hidden_states index of the trajectory segmented; NULL when its metrics name none
+    pooling         TEXT,              -- pooling of the trajectory segmented; NULL when its metrics name none
+    basis           TEXT NOT NULL,     -- metric(s) the change points were found on: rankme, alpha_req or both
+    phase_index     INTEGER NOT NULL,  -- position of the phase in the series, from 0
+    phase           TEXT NOT NULL,     -- label: warmup, entropy-seeking, compression-seeking
+    stage           TEXT,              -- checkpoints.stage of the phase (pretrain, sft, dpo, rlvr, ...)
+    matches_paper   BOOLEAN,           -- post-training stages: does the direction match METHOD.md (SFT/DPO entropy, RLVR compression); NULL otherwise
+    start_step      BIGINT,            -- step of the first checkpoint of the phase
+    end_step        BIGINT,            -- step of the last checkpoint of the phase
+    start_tokens    DOUBLE,            -- training tokens at the first checkpoint; NULL when not known
+    end_tokens      DOUBLE,            -- training tokens at the last checkpoint; NULL when not known
+    delta_rankme    DOUBLE,            -- change of the smoothed RankMe from start to end of the phase
+    delta_alpha_req DOUBLE,            -- change of the smoothed alpha-ReQ from start to end of the phase
+    evidence        JSON,              -- why the label: relative changes, slopes, number of checkpoints, expected direction
+    method          TEXT NOT NULL,     -- segmentation method and version, e.g. slope-sign-v1
+    params          JSON,              -- the method's parameters: smoothing window, min segment, min change, x axis
+    computed_at     TIMESTAMP          -- when the phases were computed (UTC)
+);

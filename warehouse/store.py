@@ -26,6 +26,8 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id",),
     "spectra": ("model", "checkpoint", "probe", "layer", "pooling"),
     "metrics": ("model", "checkpoint", "probe", "layer", "pooling", "metric"),
+    "evals": ("model", "checkpoint", "task", "metric", "filter", "num_fewshot"),
+    "phases": ("model", "probe", "layer", "pooling", "basis", "phase_index"),
 }
 MERGED_TABLES = {"models", "checkpoints", "probes"}
 
@@ -88,8 +90,16 @@ class Warehouse:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                    raise WarehouseError(f"cannot open the warehouse {self.path}: {e}") from None
+                if "lock" not in str(e).lower():
+                    raise WarehouseError(
+                        f"{self.path} is not a readable DuckDB warehouse ({e}); "
+                        "check the path given by --db / GEOWH_DB"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise WarehouseError(
+                        f"the warehouse {self.path} is held by another process ({e}); "
+                        "wait for it to finish or stop it, then run this again"
+                    ) from None
                 time.sleep(0.5)
             except duckdb.Error as e:
                 raise WarehouseError(

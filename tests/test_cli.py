@@ -1,0 +1,159 @@
+"""The CLI conventions: read-only sql, --json, clear errors, help everywhere, light imports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+import typer
+
+from geowh import __version__
+from geowh.warehouse import Warehouse
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def all_commands() -> dict[str, click.Command]:
+    """Every leaf command as its full name ("sql", "index build", …)."""
+    from geowh.cli import app
+
+    found = {}
+
+    def walk(group: click.Group, prefix: str) -> None:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                walk(command, f"{prefix}{name} ")
+            else:
+                found[f"{prefix}{name}"] = command
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_sql_prints_42(cli, tmp_path):
+    result = cli(["sql", "select 42 as answer", "--db", tmp_path / "w.duckdb"])
+    assert result.exit_code == 0, result.output
+    assert "42" in result.output
+
+
+def test_sql_refuses_a_create_table_with_a_clear_message(cli, tmp_path):
+    result = cli(["sql", "CREATE TABLE x (a INT)", "--db", tmp_path / "w.duckdb"])
+    assert result.exit_code == 1
+    assert "only reads" in result.output and "Traceback" not in result.output
+
+
+def test_sql_formats_and_writes_parquet(cli, tmp_path):
+    db = tmp_path / "w.duckdb"
+    Warehouse(db).write({"models": [{"model": "m", "layers": 3}]})
+    as_json = cli(["sql", "select model, layers from models", "--db", db, "--format", "json"])
+    assert json.loads(as_json.output) == [{"model": "m", "layers": 3}]
+    as_csv = cli(["sql", "select model, layers from models", "--db", db, "-f", "csv"])
+    assert as_csv.output.splitlines() == ["model,layers", "m,3"]
+    out = tmp_path / "x.parquet"
+    assert cli(["sql", "select * from models", "--db", db, "--out", out]).exit_code == 0
+    import polars as pl
+
+    assert pl.read_parquet(out)["model"].to_list() == ["m"]
+
+
+def test_the_db_option_falls_back_to_the_geowh_db_variable(cli, tmp_path, monkeypatch):
+    db = tmp_path / "env.duckdb"
+    Warehouse(db).write({"models": [{"model": "from-env"}]})
+    monkeypatch.setenv("GEOWH_DB", str(db))
+    result = cli(["sql", "select model from models", "-f", "csv"])
+    assert "from-env" in result.output
+
+
+def test_info_json_describes_the_warehouse(cli, tmp_path):
+    db = tmp_path / "w.duckdb"
+    Warehouse(db).write({"models": [{"model": "m"}], "checkpoints": [{"model": "m", "checkpoint": "step1", "step": 1}]})
+    summary = json.loads(cli(["info", "--db", db, "--json"]).output)
+    assert summary["tables"]["checkpoints"] == 1
+    assert summary["models"][0]["model"] == "m"
+
+
+def test_info_on_a_missing_warehouse_says_what_to_do(cli, tmp_path):
+    result = cli(["info", "--db", tmp_path / "missing.duckdb"])
+    assert result.exit_code == 1
+    assert "no warehouse at" in result.output and "--db" in result.output
+
+
+def test_export_writes_parquet_files(cli, tmp_path):
+    db = tmp_path / "w.duckdb"
+    Warehouse(db).write({"models": [{"model": "m"}]})
+    result = cli(["export", tmp_path / "out", "--db", db, "--json"])
+    assert result.exit_code == 0
+    assert (tmp_path / "out" / "models.parquet").exists()
+    assert str(tmp_path / "out" / "trajectories.parquet") in json.loads(result.output)
+
+
+def test_metrics_json_matches_the_library(cli, tmp_path):
+    from geowh.ingest.spectrum import metrics_of_file
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((400, 150)) * np.arange(1, 151) ** -0.6
+    path = tmp_path / "f.npy"
+    np.save(path, features)
+    result = cli(["metrics", path, "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed == pytest.approx(metrics_of_file(path), rel=1e-12)
+    assert {"rankme", "alpha_req", "alpha_req_r2", "participation_ratio"} <= set(printed)
+
+
+def test_metrics_on_a_missing_file_is_one_line_not_a_traceback(cli, tmp_path):
+    result = cli(["metrics", tmp_path / "nope.npy"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "nope.npy" in result.output
+
+
+def test_version_prints_the_package_version(cli):
+    result = cli(["--version"])
+    assert result.output.strip() == f"geowh {__version__}"
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in all_commands().items():
+        assert command.help, f"geowh {name} has no help"
+        assert "Example:" in command.help, f"geowh {name} --help shows no example"
+
+
+def test_every_command_is_mentioned_in_the_readme():
+    readme = README.read_text()
+    for name in all_commands():
+        assert re.search(rf"geowh {re.escape(name)}\b", readme), f"README.md does not mention `geowh {name}`"
+
+
+def test_commands_that_report_offer_json():
+    # Everything except commands that only write files or show a picture reports something.
+    for name, command in all_commands().items():
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        if name in {"sql"}:
+            assert "--format" in options
+            continue
+        assert "--json" in options or name in {"plot", "demo"}, f"geowh {name} has no --json"
+
+
+@pytest.mark.parametrize("module", ["geowh.warehouse", "geowh.queries", "geowh.cli"])
+def test_light_modules_never_import_the_gpu_stack(module):
+    code = (
+        f"import sys, {module}\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'infini_gram') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
+
+
+def test_queries_and_warehouse_sources_do_not_mention_the_gpu_stack():
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|transformers|infini_gram)\b", re.MULTILINE)
+    for folder in ("warehouse", "queries"):
+        for path in (root / folder).rglob("*.py"):
+            assert not pattern.search(path.read_text()), f"{path} imports the GPU stack"

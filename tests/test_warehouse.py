@@ -1,0 +1,185 @@
+"""The warehouse: schema and migrations, transactional writes, read-only SQL, export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import duckdb
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geowh.errors import WarehouseError
+from geowh.warehouse import Warehouse, canonical_model
+from geowh.warehouse.schema import latest_version, migrations
+
+
+def checkpoint_rows(model="m", checkpoint="step1", step=1, metrics=None):
+    metrics = metrics or {"rankme": 3.0, "alpha_req": 0.9}
+    return {
+        "models": [{"model": model, "family": "local", "layers": 2, "d_model": 8}],
+        "checkpoints": [{"model": model, "checkpoint": checkpoint, "step": step, "stage": "pretrain", "stage_order": 0}],
+        "runs": [{"run_id": f"{model}-{checkpoint}", "kind": "geometry", "model": model, "checkpoint": checkpoint,
+                  "status": "ok", "config": {"layers": "last"}}],
+        "metrics": [
+            {"model": model, "checkpoint": checkpoint, "probe": "p", "layer": 2, "pooling": "last",
+             "metric": name, "value": value, "params": {"eps": 1e-7}, "run_id": f"{model}-{checkpoint}"}
+            for name, value in metrics.items()
+        ],
+    }
+
+
+def test_a_fresh_warehouse_has_every_migration_recorded(wh):
+    wh.write(checkpoint_rows())
+    recorded = wh.table("schema_migrations")
+    assert recorded["version"].to_list() == [m.version for m in migrations()]
+    assert wh.schema_version() == latest_version()
+
+
+def test_every_column_in_schema_sql_has_a_comment_in_the_catalogue(wh):
+    wh.write(checkpoint_rows())
+    columns = wh.query(
+        "SELECT table_name, column_name, comment FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND NOT internal "
+        "AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE database_name = current_database())"
+    )
+    missing = columns.filter(pl.col("comment").is_null() | (pl.col("comment") == ""))
+    assert missing.height == 0, missing
+
+
+def test_round_trip_returns_what_was_written(wh):
+    wh.write(checkpoint_rows(metrics={"rankme": 12.5, "alpha_req": 1.25}))
+    row = wh.trajectories(model="m").row(0, named=True)
+    assert (row["step"], row["rankme"], row["alpha_req"], row["stage"]) == (1, 12.5, 1.25, "pretrain")
+    params = wh.query("SELECT params FROM metrics WHERE metric = 'rankme'")["params"][0]
+    assert json.loads(params) == {"eps": 1e-7}
+
+
+def test_writing_the_same_checkpoint_again_replaces_its_rows(wh):
+    wh.write(checkpoint_rows(metrics={"rankme": 1.0}))
+    wh.write(checkpoint_rows(metrics={"rankme": 2.0}))
+    assert wh.query("SELECT value FROM metrics")["value"].to_list() == [2.0]
+
+
+def test_dimension_rows_merge_instead_of_losing_known_columns(wh):
+    wh.write(checkpoint_rows())
+    wh.write({"models": [{"model": "m", "hub_repo": "org/m"}]})
+    row = wh.table("models").row(0, named=True)
+    assert (row["family"], row["d_model"], row["hub_repo"]) == ("local", 8, "org/m")
+
+
+def test_a_failed_write_leaves_no_partial_rows(wh):
+    wh.write(checkpoint_rows(checkpoint="step1"))
+    bad = checkpoint_rows(checkpoint="step2", step=2)
+    bad["metrics"][0]["no_such_column"] = 1
+    with pytest.raises(WarehouseError):
+        wh.write(bad)
+    assert wh.table("checkpoints")["checkpoint"].to_list() == ["step1"]
+    assert wh.query("SELECT count(*) AS n FROM runs")["n"][0] == 1
+
+    # A failure inside the transaction (a NOT NULL violation) is rolled back too.
+    bad = checkpoint_rows(checkpoint="step3", step=3)
+    bad["metrics"][0]["metric"] = None
+    with pytest.raises(duckdb.Error):
+        wh.write(bad)
+    assert wh.table("checkpoints")["checkpoint"].to_list() == ["step1"]
+
+
+def test_a_new_metric_name_gets_its_own_trajectories_column(wh):
+    wh.write(checkpoint_rows(metrics={"rankme": 3.0, "my_metric": 7.0}))
+    row = wh.trajectories().row(0, named=True)
+    assert row["my_metric"] == 7.0 and row["alpha_req"] is None
+
+
+def test_an_older_warehouse_is_migrated_once_and_reopening_is_harmless(tmp_path):
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(migrations()[0].sql)
+    con.execute("INSERT INTO schema_migrations VALUES (1, 'core trajectories', now())")
+    con.execute("INSERT INTO models (model) VALUES ('kept')")
+    con.close()
+
+    for _ in range(2):
+        wh = Warehouse(path)
+        assert wh.schema_version() == latest_version()
+    assert wh.table("models")["model"].to_list() == ["kept"]
+    assert wh.table("schema_migrations").height == latest_version()
+
+
+def test_every_migration_can_run_twice_without_error():
+    con = duckdb.connect(":memory:")
+    for migration in migrations():
+        con.execute(migration.sql)
+        con.execute(migration.sql)
+    con.close()
+
+
+def test_a_warehouse_from_a_newer_geowh_is_refused(wh):
+    wh.write(checkpoint_rows())
+    wh.execute("INSERT INTO schema_migrations VALUES (999, 'future', now())")
+    with pytest.raises(WarehouseError, match="newer"):
+        Warehouse(wh.path).table("models")
+
+
+def test_user_sql_that_writes_is_refused(wh):
+    wh.write(checkpoint_rows())
+    for statement in ["CREATE TABLE x (a INT)", "DELETE FROM metrics", "select 1; drop table metrics",
+                      "COPY metrics TO 'x.csv'", "ATTACH 'other.duckdb'", "INSERT INTO models (model) VALUES ('x')"]:
+        with pytest.raises(WarehouseError, match="only reads"):
+            wh.sql(statement)
+    assert wh.table("metrics").height == 2
+
+
+def test_user_sql_reads_and_works_without_a_file(tmp_path):
+    assert Warehouse(tmp_path / "none.duckdb").sql("select 42 as x")["x"].to_list() == [42]
+    assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_a_file_that_is_not_a_warehouse_gets_a_clear_error(tmp_path):
+    path = tmp_path / "junk.duckdb"
+    path.write_text("not a database")
+    with pytest.raises(WarehouseError, match="not a readable DuckDB"):
+        Warehouse(path).table("models")
+
+
+def test_export_writes_one_parquet_per_table_and_the_view(wh, tmp_path):
+    wh.write(checkpoint_rows())
+    written = wh.export(tmp_path / "out")
+    names = {p.stem for p in written}
+    assert {"models", "checkpoints", "metrics", "runs", "trajectories"} <= names
+    assert pl.read_parquet(tmp_path / "out" / "trajectories.parquet")["rankme"].to_list() == [3.0]
+
+
+def test_info_counts_rows_and_models(wh):
+    wh.write(checkpoint_rows(checkpoint="step1"))
+    wh.write(checkpoint_rows(checkpoint="step2", step=2))
+    summary = wh.info()
+    assert summary["tables"]["metrics"] == 4
+    assert summary["models"][0]["checkpoints"] == 2
+
+
+def test_olmo_short_names_are_aliases_of_the_olmo_2_series():
+    assert canonical_model("olmo-7b") == "olmo-2-7b"
+    assert canonical_model("OLMo-1B") == "olmo-2-1b"
+    assert canonical_model("pythia-410m") == "pythia-410m"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(allow_nan=True, allow_infinity=False, width=64), min_size=1, max_size=6
+    ),
+    steps=st.lists(st.integers(0, 10**6), min_size=1, max_size=6, unique=True),
+)
+def test_hypothesis_metric_values_round_trip_exactly(tmp_path_factory, values, steps):
+    wh = Warehouse(tmp_path_factory.mktemp("h") / "w.duckdb")
+    written = {}
+    for step, value in zip(steps, values):
+        wh.write(checkpoint_rows(checkpoint=f"step{step}", step=step, metrics={"rankme": value}))
+        written[step] = value
+    back = dict(wh.trajectories().select("step", "rankme").iter_rows())
+    assert back.keys() == written.keys()
+    for step, value in written.items():
+        assert (math.isnan(value) and math.isnan(back[step])) or back[step] == value
