@@ -1,0 +1,40 @@
+"""A plain (non-editable) install carries the whole package and schema.sql."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_installs_and_opens_a_warehouse_without_the_source_tree(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, ROOT],
+        check=True, capture_output=True,
+    )
+    wheel = next(tmp_path.glob("geowh-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"geowh/schema.sql", "geowh/warehouse/store.py", "geowh/ingest/__init__.py",
+            "geowh/queries/__init__.py", "geowh/cli/__init__.py"} <= names
+    assert not any(n.startswith(("geowh/tests/", "geowh/bench/")) for n in names)
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel],
+                   check=True, capture_output=True)
+    code = (
+        f"import sys; sys.path.insert(0, {str(target)!r})\n"
+        "import geowh\n"
+        "from geowh.warehouse import Warehouse\n"
+        f"assert geowh.__file__.startswith({str(target)!r}), geowh.__file__\n"
+        f"print(Warehouse({str(tmp_path / 'w.duckdb')!r}).sql('select 42 as x')['x'][0])\n"
+    )
+    # Isolated mode, outside the repository: the source tree cannot be imported by accident.
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
