@@ -151,3 +151,42 @@ CREATE TABLE IF NOT EXISTS phases (
     params          JSON,              -- the method's parameters: smoothing window, min segment, min change, x axis
     computed_at     TIMESTAMP          -- when the phases were computed (UTC)
 );
+
+-- migration 3: memorization
+
+CREATE TABLE IF NOT EXISTS indexes (
+    index_dir    TEXT PRIMARY KEY,  -- absolute path of the infini-gram index folder
+    tokenizer    TEXT NOT NULL,     -- tokenizer the corpus was tokenized with (hub id or local path)
+    token_dtype  TEXT,              -- u16 or u32: width of the stored token ids
+    shards       INTEGER,           -- number of shards (tokenized.N, table.N, offset.N)
+    documents    BIGINT,            -- documents indexed
+    tokens       BIGINT,            -- tokens indexed, document separators not counted
+    seconds      DOUBLE,            -- wall-clock seconds of the build; 0 for an index built elsewhere
+    built_at     TIMESTAMP,         -- when the index was built (UTC); NULL when not known
+    meta         JSON               -- the index's geowh-index.json: sources, vocab size, eos id, format version
+);
+
+CREATE TABLE IF NOT EXISTS infgram_items (
+    index_dir      TEXT NOT NULL,     -- indexes.index_dir
+    task           TEXT NOT NULL,     -- QA task: triviaqa, or a local .jsonl as {stem}-{first 12 hex of its sha256}
+    item           TEXT NOT NULL,     -- item id within the task (TriviaQA question_id; line number for a file without ids)
+    question       TEXT,              -- the question as given
+    answer         TEXT,              -- the answer scored: the target y
+    answer_tokens  INTEGER,           -- answer tokens in the index's tokenizer
+    zero_tokens    INTEGER,           -- answer tokens with P∞ = 0, dropped from log_p_inf (authors' rule)
+    probs          DOUBLE[],          -- P∞ of each answer token given the prompt and the answer tokens before it
+    suffix_lens    INTEGER[],         -- suffix length the ∞-gram used for each answer token (0 = unigram)
+    log_p_inf      DOUBLE,            -- sum of log P∞ over the answer tokens with P∞ > 0; NULL when excluded
+    excluded       TEXT,              -- why the item is left out of the correlation (every answer token has P∞ = 0); NULL when used
+    computed_at    TIMESTAMP          -- when it was computed (UTC)
+);
+
+CREATE TABLE IF NOT EXISTS memorization_items (
+    model          TEXT NOT NULL,  -- models.model
+    checkpoint     TEXT NOT NULL,  -- checkpoints.checkpoint
+    task           TEXT NOT NULL,  -- as infgram_items.task
+    item           TEXT NOT NULL,  -- as infgram_items.item
+    answer_tokens  INTEGER,        -- answer tokens in the model's tokenizer
+    log_p_model    DOUBLE,         -- sum of log P_model(answer token | prompt and the answer tokens before it)
+    run_id         TEXT            -- runs.run_id
+);

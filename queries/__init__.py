@@ -1,0 +1,13 @@
+"""Analyses over the warehouse: imports, phases, correlations, plots. Never imports torch/transformers.
+
+Each function takes a `Warehouse` and returns a polars DataFrame; the `geowh` commands of the
+same names are thin wrappers around them.
+"""
+
+from geowh.queries.correlate import correlate
+from geowh.queries.evals import import_evals, read_results
+from geowh.queries.imports import import_metrics
+from geowh.queries.phases import PhaseParams, phases, segment
+from geowh.queries.plot import plot
+
+__all__ = ["PhaseParams", "correlate", "import_evals", "import_metrics", "phases", "plot", "read_results", "segment"]

@@ -28,6 +28,9 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "metrics": ("model", "checkpoint", "probe", "layer", "pooling", "metric"),
     "evals": ("model", "checkpoint", "task", "metric", "filter", "num_fewshot"),
     "phases": ("model", "probe", "layer", "pooling", "basis", "phase_index"),
+    "indexes": ("index_dir",),
+    "infgram_items": ("index_dir", "task", "item"),
+    "memorization_items": ("model", "checkpoint", "task", "item"),
 }
 MERGED_TABLES = {"models", "checkpoints", "probes"}
 

@@ -1,0 +1,192 @@
+"""Feature extraction: geowh's batched path vs the authors' one-sequence-at-a-time method.
+
+One checkpoint of a small GPT-NeoX (4 layers, d = 256, the Pythia tokenizer's vocabulary,
+random weights: speed does not depend on them) over N probe sequences of ≤ 512 tokens of
+real English (the standard library's documentation, rendered by pydoc; no network).
+
+- geowh: `tokenize_probe` → `extract_features` (length-sorted, padded batches, base model,
+  dtype auto: bf16 on a GPU, fp32 on the CPU) → streaming `Covariance` → eigenvalues → metrics.
+- authors: for each text, tokenize, one forward through the full causal LM with its head
+  replaced by the identity (fp32), take the last position; stack; PCA by full SVD → metrics.
+
+Both are timed from the texts to the metrics. Prints tokens/s of each and the ratio, checks
+that both give the same RankMe and αReQ, and on CUDA the achieved TFLOP/s against the
+GPU's dense bf16 peak.
+
+    python bench/extract.py                 # N = 2000, CPU or the first GPU
+    python bench/extract.py --n 500 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pydoc
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b"
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name substring.
+BF16_PEAK = {
+    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
+    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0, "V100": 125.0,
+}
+
+
+def english_texts(count: int, seed: int = 0) -> list[str]:
+    """`count` documents of pydoc text from stdlib modules, lengths spread like web pages (many > 512 tokens)."""
+    paragraphs: list[str] = []
+    names = sorted(sys.stdlib_module_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            if name.startswith(("_", "test", "idlelib", "tkinter", "turtle", "antigravity", "this")):
+                continue
+            try:
+                text = pydoc.plain(pydoc.render_doc(importlib.import_module(name)))
+            except Exception:  # a module that cannot be imported here has no docs to give
+                continue
+            paragraphs += [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if len(p.split()) > 5]
+            if len(paragraphs) > count * 40:
+                break
+    rng = np.random.default_rng(seed)
+    targets = rng.lognormal(mean=np.log(250), sigma=0.9, size=count)  # words per document
+    docs, at = [], 0
+    for target in targets:
+        words: list[str] = []
+        while len(words) < target:
+            words += paragraphs[at % len(paragraphs)].split()
+            at += 1
+        docs.append(" ".join(words[: int(target) + 1]))
+    return docs
+
+
+def small_model(device, vocab: int):
+    import torch
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+        max_position_embeddings=2048, rotary_pct=0.25, tie_word_embeddings=False,
+    )
+    return AutoModelForCausalLM.from_config(config).eval().to(device)
+
+
+def run_geowh(model, tokenizer, texts, device, max_len):
+    import torch
+
+    from geowh.ingest.extract import extract_features
+    from geowh.ingest.models import resolve_dtype
+    from geowh.ingest.probes import ProbeTexts, tokenize_probe
+    from geowh.ingest.spectrum import Covariance, compute_metrics, metrics_dict
+
+    dtype = resolve_dtype("auto", device)
+    base = model.base_model.to(dtype)
+    sync(device)
+    start = time.perf_counter()
+    probe = tokenize_probe(ProbeTexts("bench", "pydoc", None, None, tuple(texts)), tokenizer,
+                           n=len(texts), max_len=max_len, min_len=0)
+    cov = Covariance(base.config.hidden_size)
+    for batch in extract_features(base, probe.ids, pad_id=tokenizer.pad_token_id, layers=[4], device=device):
+        cov.update(batch.features[(4, "last")])
+    values = metrics_dict(compute_metrics(cov.eigenvalues()))
+    sync(device)
+    seconds = time.perf_counter() - start
+    model.to(torch.float32)
+    return probe.tokens, seconds, values, [len(s) for s in probe.ids], str(dtype).removeprefix("torch.")
+
+
+def run_authors(model, tokenizer, texts, device, max_len):
+    """As the authors' scripts: per text, tokenize, forward the LM (head = identity), last position; PCA by SVD."""
+    import torch
+
+    from geowh.ingest.spectrum import compute_metrics, metrics_dict
+
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(torch.nn.Identity())
+    sync(device)
+    start = time.perf_counter()
+    rows, tokens = [], 0
+    with torch.no_grad():
+        for text in texts:
+            inputs = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_len).to(device)
+            out = model(**inputs)
+            rows.append(out.logits[0, -1].float().cpu().numpy())
+            tokens += inputs["input_ids"].shape[1]
+    f = np.stack(rows).astype(np.float64)
+    s = np.linalg.svd(f - f.mean(0), compute_uv=False)  # PCA: explained variance ∝ s²
+    values = metrics_dict(compute_metrics(s**2 / (len(f) - 1)))
+    sync(device)
+    seconds = time.perf_counter() - start
+    model.set_output_embeddings(head)
+    return tokens, seconds, values
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_flops(model, lengths: list[int]) -> float:
+    """Forward FLOPs: 2 per non-embedding parameter per token, plus QKᵀ and AV over the padded-free lengths."""
+    c = model.config
+    params = sum(p.numel() for n, p in model.base_model.named_parameters() if "embed" not in n)
+    attention = sum(4 * c.num_hidden_layers * t * t * c.hidden_size for t in lengths)
+    return 2.0 * params * sum(lengths) + attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="probe sequences (default 2000)")
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from geowh.ingest.models import device_name, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    tokenizer.pad_token = tokenizer.eos_token
+    texts = english_texts(args.n)
+    model = small_model(device, vocab=50304)
+    print(f"device {device_name(device)}, torch threads {torch.get_num_threads()}, {len(texts)} texts, max_len {args.max_len}")
+
+    # Warm both paths up (allocators, kernels) on a few texts.
+    run_geowh(model, tokenizer, texts[:32], device, args.max_len)
+    run_authors(model, tokenizer, texts[:8], device, args.max_len)
+
+    tokens, fast, values, lengths, dtype = run_geowh(model, tokenizer, texts, device, args.max_len)
+    tokens_a, slow, values_a = run_authors(model, tokenizer, texts, device, args.max_len)
+    assert tokens == tokens_a, (tokens, tokens_a)
+    print(f"tokens: {tokens:,} (mean {tokens / len(texts):.0f} per sequence)")
+    print(f"geowh   ({dtype:>8}, batched):   {tokens / fast:12,.0f} tokens/s  ({fast:.2f} s)")
+    print(f"authors (float32, one by one): {tokens / slow:12,.0f} tokens/s  ({slow:.2f} s)")
+    print(f"ratio: {slow / fast:.2f}x")
+    for name in ("rankme", "alpha_req"):
+        print(f"  {name}: geowh {values[name]:.6g}  authors {values_a[name]:.6g}")
+    if device.type == "cuda":
+        flops = model_flops(model, lengths)
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+        achieved = flops / fast / 1e12
+        share = f" = {100 * achieved / peak:.1f}% of the {peak:.0f} TFLOP/s bf16 peak" if peak else " (peak unknown)"
+        print(f"geowh achieved {achieved:.2f} TFLOP/s{share}; authors {flops / slow / 1e12:.3f} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Commands that bring checkpoints in: ingest, checkpoints, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+
+Checkpoints = Annotated[
+    str,
+    typer.Option(
+        "--checkpoints",
+        help="Which checkpoints: all, a list (step1000,step2000 or 1000,2000 or 'stage1-*'), "
+        "a step range START:END[:STRIDE], or log:N (N log-spaced).",
+    ),
+]
+Revisions = Annotated[
+    Optional[str], typer.Option("--revisions", help="hf: models: comma-separated revisions (default: all branches).")
+]
+Name = Annotated[Optional[str], typer.Option("--name", help="Model name in the warehouse (default: the folder's or registry name).")]
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+@app.command()
+def ingest(
+    model: Annotated[str, typer.Argument(help="Registry model (pythia-410m, olmo-7b, tulu-3-8b), hf:ORG/NAME, or a run folder.")],
+    probe: Annotated[str, typer.Option(help="Probe set: fineweb, wikitext, or a .txt/.jsonl/.parquet file.")] = "fineweb",
+    n: Annotated[int, typer.Option("--n", help="Probe sequences (all usable documents when fewer).")] = 15_000,
+    max_len: Annotated[int, typer.Option(help="Truncate sequences to this many tokens.")] = 512,
+    min_len: Annotated[int, typer.Option(help="Drop texts of this many tokens or fewer.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the probe sample (and of --subsets).")] = 0,
+    checkpoints: Checkpoints = "all",
+    revisions: Revisions = None,
+    name: Name = None,
+    layers: Annotated[str, typer.Option(help="Layers: last, all, or hidden_states indices such as 0,6,12.")] = "last",
+    pooling: Annotated[str, typer.Option(help="Pooling: last (last real token), mean, or last,mean.")] = "last",
+    subsets: Annotated[int, typer.Option(help="Also compute metrics on K disjoint probe parts: value = mean, stderr.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on a capable GPU, else fp32), float32, bfloat16, float16.")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: fit the device's memory).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer (hub id or folder) for checkpoints saved without one.")] = None,
+    save_features: Annotated[
+        Optional[Path], typer.Option(help="Also save each feature matrix as DIR/MODEL/CHECKPOINT/layerL-POOLING.npy.")
+    ] = None,
+    loss: Annotated[
+        bool, typer.Option("--loss", help="Also the probe's next-token loss (metric probe_loss; loads the LM head).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already ingested with these settings.")] = False,
+    evict: Annotated[bool, typer.Option("--evict", help="Delete each hub checkpoint from the HF cache once ingested.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    memorization: Annotated[
+        Optional[str], typer.Option("--memorization", help="Also score ∞-gram memorization on a QA task (triviaqa or a .jsonl).")
+    ] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="infini-gram index folder for --memorization.")] = None,
+    index_tokenizer: Annotated[Optional[str], typer.Option("--index-tokenizer", help="Tokenizer of an index built elsewhere.")] = None,
+    db: Db = DEFAULT_DB,
+    json_: Json = False,
+) -> None:
+    """Ingest a checkpoint series: probe features → spectra and metrics in the warehouse.
+
+    Resumable: checkpoints already ingested with the same settings are skipped. A checkpoint
+    that fails is recorded (runs.status = failed) and the ingest goes on; the exit code is 1
+    if any failed.
+
+    Example: geowh ingest pythia-410m --checkpoints log:30 --db w.duckdb
+    """
+    from geowh.ingest.memorization import measurements_for
+    from geowh.ingest.run import ingest as run_ingest
+
+    summary = run_ingest(
+        model, probe=probe, n=n, max_len=max_len, min_len=min_len, seed=seed, checkpoints=checkpoints,
+        revisions=_split(revisions), name=name, layers=layers, pooling=pooling, subsets=subsets, device=device,
+        dtype=dtype, batch_size=batch_size, tokenizer=tokenizer, save_features=save_features, loss=loss, force=force,
+        evict=evict, quiet=quiet or json_, db=db,
+        measurements=measurements_for(memorization, index, index_tokenizer, db=db),
+    )
+    if json_:
+        print_json(summary.to_dict())
+    else:
+        import polars as pl
+
+        frame = pl.DataFrame(summary.checkpoints, infer_schema_length=None).drop("run_id")
+        render_frame(frame, title=f"{summary.model} × {summary.probe}")
+        err_console().print(
+            f"{summary.count('ok')} ok, {summary.count('skipped')} skipped (already done), "
+            f"{summary.failed} failed → {summary.db}"
+        )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def checkpoints(
+    model: Annotated[str, typer.Argument(help="Registry model, hf:ORG/NAME, or a run folder.")],
+    select: Checkpoints = "all",
+    revisions: Revisions = None,
+    name: Name = None,
+    json_: Json = False,
+) -> None:
+    """The checkpoints of a series (step, tokens, stage, revision), without downloading weights.
+
+    Example: geowh checkpoints pythia-410m --checkpoints log:10 --json
+    """
+    import polars as pl
+
+    from geowh.ingest.series import resolve_series
+
+    series = resolve_series(model, revisions=_split(revisions), name=name, checkpoints=select)
+    rows = [r.describe() for r in series.checkpoints]
+    if json_:
+        print_json(rows)
+        return
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    render_frame(frame.drop([c for c in frame.columns if frame[c].null_count() == frame.height]), title=series.model)
+    err_console().print(f"{len(rows)} checkpoints of {series.model} ({series.family})")
+
+
+@app.command()
+def models(json_: Json = False) -> None:
+    """The model families geowh knows, with their model names.
+
+    Example: geowh models --json
+    """
+    import polars as pl
+
+    from geowh.ingest.series import list_models
+
+    families = list_models()
+    if json_:
+        print_json(families)
+        return
+    render_frame(
+        pl.DataFrame(
+            [f | {"models": ", ".join(f["models"]) or "(any)"} for f in families]
+        ).select("family", "models", "description", "example")
+    )

@@ -1,0 +1,60 @@
+"""`geowh toy`: the paper's §3.3 mechanistic toy model and its controls, as warehouse series."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+
+
+@app.command()
+def toy(
+    d: Annotated[int, typer.Option("--d", help="Feature width d (the bottleneck: d < classes).")] = 3,
+    classes: Annotated[int, typer.Option(help="Number of classes |V|.")] = 32,
+    samples: Annotated[int, typer.Option(help="Number of samples N (orthonormal inputs).")] = 300,
+    skew: Annotated[float, typer.Option(help="Zipf exponent of the class frequencies (0 = uniform).")] = 1.0,
+    label_noise: Annotated[
+        float, typer.Option(help="Share of each sample's labels drawn from the global Zipf frequencies.")
+    ] = 0.8,
+    loss: Annotated[str, typer.Option(help="Loss of the main run: ce or mse.")] = "ce",
+    steps: Annotated[int, typer.Option(help="Full-batch gradient-descent steps.")] = 5000,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 4.0,
+    init: Annotated[str, typer.Option(help="Initialisation: balanced (θθᵀ = WᵀW) or random.")] = "balanced",
+    init_scale: Annotated[float, typer.Option(help="Initial singular value (balanced) or weight scale (random).")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the labels and the initialisation.")] = 0,
+    no_controls: Annotated[
+        bool, typer.Option("--no-controls", help="Only the main series, not toy-uniform/-no-bottleneck/-mse.")
+    ] = False,
+    db: Db = DEFAULT_DB,
+    json_: Json = False,
+) -> None:
+    """Train the §3.3 toy model (and its controls) and write their spectra as series `toy`, `toy-uniform`, … .
+
+    Then `geowh phases --model toy --metric rankme` segments it like any other model.
+
+    Example: geowh toy --db toy.duckdb && geowh phases --db toy.duckdb --model toy --metric rankme
+    """
+    import polars as pl
+
+    from geowh.ingest.toy import LATE_FALL, ToyConfig, write_toy
+    from geowh.warehouse import Warehouse
+
+    config = ToyConfig(d=d, classes=classes, samples=samples, skew=skew, label_noise=label_noise, loss=loss,
+                       steps=steps, lr=lr, init=init, init_scale=init_scale, seed=seed)
+    summaries = write_toy(Warehouse(db), config, controls=not no_controls,
+                          on_series=lambda m: err_console().print(f"training {m} …", highlight=False))
+    if json_:
+        print_json(summaries)
+        return
+    render_frame(
+        pl.DataFrame([{
+            "series": s["model"], "start": round(s["start"], 3),
+            "min": round(s["min"], 3), "min_at": s["min_step"],
+            "max": round(s["max"], 3), "max_at": s["max_step"],
+            "end": round(s["end"], 3), "late_fall": f"{100 * s['late_fall']:.1f}%",
+            "fell_late": "yes" if s["fell_late"] else "no",
+        } for s in summaries]),
+        title=f"RankMe by step (max: after the min; fell late: end ≥ {LATE_FALL:.0%} below that max)",
+    )

@@ -1,0 +1,260 @@
+"""Features from a batched forward pass through the base model.
+
+Sequences are sorted by length and cut into batches (little padding), run with an attention
+mask and explicit position ids (so neither the padding side nor a sequence's batch-mates
+change its feature), and pooled per layer: `last` = hidden state at the last real token,
+`mean` = average over real tokens. `extract_features` yields one batch at a time so the
+caller can stream features into covariance accumulators; nothing holds all of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from geowh.errors import CheckpointError, InputError
+
+POOLINGS = ("last", "mean")
+# Tokens per batch when no batch size is given and the device is the CPU: large enough for
+# efficient matrix products, small enough for the attention scores to stay in cache-friendly sizes.
+CPU_TOKEN_BUDGET = 8192
+# Upper bound on tokens per batch on a GPU (memory permitting).
+GPU_TOKEN_BUDGET = 262_144
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """One batch's output."""
+
+    indices: list[int]
+    """Positions of these sequences in the probe."""
+    features: dict
+    """{(layer, pooling): (batch, d) tensor on the device}."""
+    nll: float = 0.0
+    """With a head: summed next-token negative log-likelihood (nats) over the batch's real tokens."""
+    predicted: int = 0
+    """With a head: number of tokens predicted (real tokens that follow a real token)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    indices: list[int]
+    """Positions of these sequences in the probe."""
+    input_ids: Any  # (batch, seq) long
+    attention_mask: Any  # (batch, seq) long, 1 = real token
+    position_ids: Any  # (batch, seq) long, 0 at each sequence's first real token
+
+
+def parse_layers(spec: str | Sequence[int], n_layers: int) -> list[int]:
+    """`last`, `all` or a list such as `0,6,12` (negative counts from the end) → hidden_states indices."""
+    if isinstance(spec, str):
+        spec = spec.strip()
+        if spec == "last":
+            return [n_layers]
+        if spec == "all":
+            return list(range(n_layers + 1))
+        try:
+            wanted = [int(s) for s in spec.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--layers {spec}: use last, all or a list of indices such as 0,6,12") from None
+    else:
+        wanted = [int(s) for s in spec]
+    layers = []
+    for layer in wanted:
+        index = layer + n_layers + 1 if layer < 0 else layer
+        if not 0 <= index <= n_layers:
+            raise InputError(
+                f"--layers: {layer} is out of range for a model with {n_layers} layers "
+                f"(0 = embeddings … {n_layers} = last, after the final norm)"
+            )
+        if index not in layers:
+            layers.append(index)
+    if not layers:
+        raise InputError("--layers selects no layer")
+    return sorted(layers)
+
+
+def parse_poolings(spec: str | Sequence[str]) -> list[str]:
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    for name in names:
+        if name not in POOLINGS:
+            raise InputError(f"--pooling {name}: use {' or '.join(POOLINGS)} (or both: last,mean)")
+    return list(dict.fromkeys(names))
+
+
+def plan_batches(lengths: Sequence[int], *, batch_size: int | None = None, token_budget: int = CPU_TOKEN_BUDGET) -> list[list[int]]:
+    """Indices grouped into batches, longest sequences first (an out-of-memory shows at once).
+
+    With `batch_size`, every batch has that many sequences; otherwise a batch holds as many
+    as fit `token_budget` padded tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        full = len(current) >= batch_size if batch_size else (len(current) + 1) * width > token_budget
+        if current and full:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(ids: Sequence[Sequence[int]], indices: list[int], pad_id: int, padding_side: str = "right") -> Batch:
+    """Pad the sequences `indices` of `ids` into one batch on the CPU."""
+    import torch
+
+    width = max(len(ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        seq = torch.as_tensor(ids[i], dtype=torch.long)
+        span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
+        input_ids[row, span] = seq
+        mask[row, span] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(indices, input_ids, mask, position_ids)
+
+
+def pool(hidden, mask, pooling: str):
+    """(batch, seq, d) hidden states → (batch, d) features, reading only real tokens."""
+    import torch
+
+    if pooling == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * positions).argmax(dim=1)  # last real token, whichever side the padding is on
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    real = mask.bool().unsqueeze(-1)  # (batch, seq, 1)
+    # where(), not a product: a padded position may hold NaN in some attention kernels.
+    total = torch.where(real, hidden.float(), 0.0).sum(dim=1)
+    return total / real.sum(dim=1).clamp(min=1)
+
+
+def auto_token_budget(model, device, hidden_states: bool) -> int:
+    """Tokens per batch that fit the device: a fixed budget on the CPU, free memory on a GPU."""
+    import torch
+
+    if device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    config = model.config
+    d = int(config.hidden_size)
+    element = next(model.parameters()).element_size()
+    kept = int(config.num_hidden_layers) + 1 if hidden_states else 1
+    # One layer's transient activations (qkv, attention output, MLP) plus kept hidden states,
+    # with a safety factor of two; an out-of-memory still halves the budget and retries.
+    per_token = element * d * (16 + kept) * 2
+    return int(max(512, min(GPU_TOKEN_BUDGET, 0.6 * free / per_token)))
+
+
+def extract_features(
+    model,
+    ids: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    layers: Sequence[int],
+    poolings: Sequence[str] = ("last",),
+    device=None,
+    batch_size: int | None = None,
+    padding_side: str = "right",
+    head=None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Iterator[Extracted]:
+    """Yield an `Extracted` per batch: its indices and `{(layer, pooling): features}`, (batch, d) on `device`.
+
+    `model` is a base model (hidden states out). Layer = hidden_states index (0 = embeddings,
+    `num_hidden_layers` = the output after the final norm). With `head` (the LM head), the
+    probe's next-token loss is summed too, from the same forward pass. Without `batch_size`,
+    batches fill a token budget set from the device's memory, halved whenever a batch runs out
+    of memory. `on_batch(tokens_done, tokens_total)` reports progress in real tokens.
+    Raises CheckpointError when features are NaN/inf (fp16 overflow) or memory runs out at batch 1.
+    """
+    import torch
+
+    device = device or next(model.parameters()).device
+    n_layers = int(model.config.num_hidden_layers)
+    need_all = any(layer != n_layers for layer in layers)
+    accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
+    lengths = [len(s) for s in ids]
+    if not lengths or min(lengths) == 0:
+        raise InputError("every probe sequence needs at least one token")
+    total = sum(lengths)
+    budget = auto_token_budget(model, device, need_all)
+    pending = plan_batches(lengths, batch_size=batch_size, token_budget=budget)
+    done = 0
+    with torch.inference_mode():
+        while pending:
+            indices = pending.pop(0)
+            batch = collate(ids, indices, pad_id, padding_side)
+            try:
+                out = _forward(model, batch, device, layers, poolings, n_layers, need_all, accepts_positions, head)
+            except torch.cuda.OutOfMemoryError:
+                if len(indices) == 1:
+                    raise CheckpointError(
+                        f"out of memory on {device} with a single sequence of {len(ids[indices[0]])} tokens: "
+                        "lower --max-len, use --dtype bfloat16, or a larger device"
+                    ) from None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                # Retry this batch in halves, and plan the rest with half the budget.
+                budget = max(1, budget // 2)
+                batch_size = max(1, batch_size // 2) if batch_size else None
+                rest = [i for b in pending for i in b]
+                half = len(indices) // 2
+                pending = [indices[:half], indices[half:]] + [
+                    [rest[j] for j in b]
+                    for b in plan_batches([lengths[i] for i in rest], batch_size=batch_size, token_budget=budget)
+                ]
+                continue
+            done += sum(lengths[i] for i in indices)
+            if on_batch is not None:
+                on_batch(done, total)
+            yield out
+
+
+def _forward(model, batch: Batch, device, layers, poolings, n_layers, need_all, accepts_positions, head) -> Extracted:
+    import torch
+
+    mask = batch.attention_mask.to(device, non_blocking=True)
+    kwargs = {"input_ids": batch.input_ids.to(device, non_blocking=True), "attention_mask": mask, "use_cache": False}
+    if accepts_positions:
+        kwargs["position_ids"] = batch.position_ids.to(device, non_blocking=True)
+    out = model(**kwargs, output_hidden_states=need_all)
+    features = {}
+    for layer in layers:
+        # hidden_states[-1] is the final-norm output in HF models; last_hidden_state is that, always.
+        hidden = out.last_hidden_state if layer == n_layers else out.hidden_states[layer]  # (batch, seq, d)
+        for pooling in poolings:
+            f = pool(hidden, mask, pooling)  # (batch, d)
+            if not bool(torch.isfinite(f).all()):
+                raise CheckpointError(
+                    f"features at layer {layer} ({pooling} pooling) contain NaN or inf in {hidden.dtype} "
+                    "(fp16 overflow is the usual cause): rerun with --dtype bfloat16 or float32"
+                )
+            features[(layer, pooling)] = f
+    if head is None:
+        return Extracted(batch.indices, features)
+    nll, predicted = next_token_nll(head, out.last_hidden_state, kwargs["input_ids"], mask)
+    return Extracted(batch.indices, features, nll, predicted)
+
+
+LOSS_CHUNK = 4096  # positions per head call: bounds the (positions, vocab) logits in memory
+
+
+def next_token_nll(head, hidden, input_ids, mask) -> tuple[float, int]:
+    """Summed cross-entropy (nats) of each real token given the real tokens before it."""
+    import torch
+
+    pairs = (mask[:, :-1] * mask[:, 1:]).bool()  # position t predicts t+1, both real
+    states = hidden[:, :-1][pairs]  # (k, d)
+    targets = input_ids[:, 1:][pairs]  # (k,)
+    total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+    for i in range(0, len(targets), LOSS_CHUNK):
+        logits = head(states[i : i + LOSS_CHUNK]).float()  # (chunk, vocab)
+        total += torch.nn.functional.cross_entropy(logits, targets[i : i + LOSS_CHUNK], reduction="sum")
+    return float(total), int(len(targets))

@@ -1,0 +1,507 @@
+"""Distributional memorization (METHOD.md §5): Spearman ρ between ∞-gram and model log-likelihoods.
+
+Two sides, each computed once:
+
+- the ∞-gram side, per (index, task): for every QA item and answer token, P∞ and the suffix
+  length used; the item's log P∞ under the authors' zero rule. Cached in `infgram_items`.
+- the model side, per checkpoint: log P_model(answer | prompt), one forward pass per batch of
+  items. Stored in `memorization_items`.
+
+Their Spearman ρ across the items both sides keep is the metric `memorization_spearman`: a
+`metrics` row whose `probe` is the task name and whose `layer` and `pooling` are NULL (the score
+reads the LM head, no layer of the geometry), with index, task, n, the zero rule and both
+tokenizers in `params`.
+
+Items are formatted `Question: {q}? Answer: {a}` (the `?` only when the question lacks one). The
+prompt `Question: {q}? Answer:` and the target ` {a}` (with its leading space) are tokenized
+separately, so the answer tokens are the same whatever the question, in both tokenizers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geowh.errors import GeowhError, InputError
+
+ZERO_RULE = "drop-zero-tokens,exclude-all-zero-items"
+"""The authors' handling of P∞ = 0: such a token is left out of the item's sum, and an item whose
+answer tokens are all 0 is left out of the correlation."""
+METRIC = "memorization_spearman"
+KIND = "memorization"
+SUFFIX_BUCKETS = ("<=3", "4", "5", "6", "7", "8", ">8")  # the paper's Table 7
+
+
+# -- QA tasks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QAItem:
+    item: str
+    question: str
+    answer: str
+
+    @property
+    def prompt(self) -> str:
+        question = self.question.strip()
+        return f"Question: {question}{'' if question.endswith('?') else '?'} Answer:"
+
+    @property
+    def target(self) -> str:
+        return " " + self.answer.strip()
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registry entry: a hub QA dataset."""
+
+    name: str
+    dataset: str
+    config: str
+    split: str
+    description: str
+    load: Callable[["Task"], list[QAItem]]
+
+
+def _triviaqa(task: Task) -> list[QAItem]:
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset(task.dataset, task.config, split=task.split)
+        rows = rows.select_columns(["question_id", "question", "answer"])
+    except Exception as e:  # offline, missing cache, hub errors: many types
+        raise InputError(
+            f"cannot load {task.dataset} ({task.config}, {task.split}): {str(e).splitlines()[0][:300]}; "
+            "connect to the hub once (it is cached afterwards) or give a local .jsonl with question and answer"
+        ) from None
+    items, seen = [], set()
+    for row in rows:
+        if row["question_id"] in seen:
+            continue
+        seen.add(row["question_id"])
+        items.append(QAItem(str(row["question_id"]), row["question"], row["answer"]["value"]))
+    return items
+
+
+TASKS: dict[str, Task] = {
+    "triviaqa": Task(
+        "triviaqa", "mandarjoshi/trivia_qa", "rc", "validation",
+        "TriviaQA reading-comprehension validation questions (the paper's task)", _triviaqa,
+    ),
+}
+
+
+def load_task(task: str, limit: int | None = None) -> tuple[str, list[QAItem]]:
+    """(task key, items) for a registry name or a local .jsonl with `question` and `answer`.
+
+    A local file's key is `{stem}-{first 12 hex digits of its sha256}`, so a changed file never
+    reuses another's cached ∞-gram rows. `limit` keeps the first N items.
+    """
+    if task in TASKS:
+        key, items = task, TASKS[task].load(TASKS[task])
+    else:
+        path = Path(task)
+        if not path.is_file():
+            raise InputError(
+                f"unknown QA task {task!r}: use {', '.join(TASKS)} or a .jsonl file with question and answer fields"
+            )
+        key, items = local_task(path)
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise InputError(f"the task {task} has no items")
+    return key, items
+
+
+def local_task(path: Path) -> tuple[str, list[QAItem]]:
+    raw = path.read_bytes()
+    items = []
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            question, answer = row["question"], row["answer"]
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{path}:{number} is not a JSON object with question and answer fields") from None
+        if isinstance(answer, dict):
+            answer = answer.get("value")
+        elif isinstance(answer, list):
+            answer = answer[0] if answer else None
+        if not isinstance(question, str) or not isinstance(answer, str) or not answer.strip():
+            raise InputError(f"{path}:{number}: question and answer must be non-empty text")
+        item = row.get("id", row.get("question_id", f"L{number}"))
+        items.append(QAItem(str(item), question, answer))
+    ids = [i.item for i in items]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{path}: item ids repeat; give each line a unique `id` (or none, to number them by line)")
+    return f"{path.stem}-{hashlib.sha256(raw).hexdigest()[:12]}", items
+
+
+# -- the ∞-gram side ---------------------------------------------------------------------------
+
+
+def log_p_inf(probs: Sequence[float]) -> tuple[float | None, int, str | None]:
+    """(log P∞ of the answer, zero tokens, why excluded) under ZERO_RULE."""
+    kept = [p for p in probs if p > 0]
+    zeros = len(probs) - len(kept)
+    if not probs:
+        return None, 0, "the answer has no tokens"
+    if not kept:
+        return None, zeros, "every answer token has P∞ = 0"
+    return float(sum(math.log(p) for p in kept)), zeros, None
+
+
+def infgram_item(index, task: str, item: QAItem) -> dict[str, Any]:
+    """The `infgram_items` row of one item."""
+    from geowh.warehouse import utcnow
+
+    prompt, answer = index.tokenize(item.prompt), index.tokenize(item.target)
+    scored = index.continuation_probs(prompt, answer)
+    probs = [p.prob for p in scored]
+    value, zeros, excluded = log_p_inf(probs)
+    return {
+        "index_dir": str(index.directory.resolve()),
+        "task": task,
+        "item": item.item,
+        "question": item.question,
+        "answer": item.answer,
+        "answer_tokens": len(answer),
+        "zero_tokens": zeros,
+        "probs": probs,
+        "suffix_lens": [p.suffix_len for p in scored],
+        "log_p_inf": value,
+        "excluded": excluded,
+        "computed_at": utcnow(),
+    }
+
+
+def infgram_side(index, task: str, items: Sequence[QAItem], wh=None) -> list[dict[str, Any]]:
+    """The ∞-gram rows of `items`: read from `infgram_items` when cached, else computed and stored."""
+    directory = str(index.directory.resolve())
+    cached: dict[str, dict] = {}
+    if wh is not None and wh.path.exists():
+        frame = wh.query("SELECT * FROM infgram_items WHERE index_dir = ? AND task = ?", [directory, task])
+        cached = {r["item"]: r for r in frame.to_dicts()}
+    missing = [i for i in items if i.item not in cached]
+    fresh = index.map(lambda i: infgram_item(index, task, i), missing)
+    if fresh and wh is not None:
+        from geowh.ingest.infgram import index_row
+
+        wh.write({"indexes": [index_row(index)], "infgram_items": fresh})
+    cached.update({r["item"]: r for r in fresh})
+    return [cached[i.item] for i in items]
+
+
+def suffix_length_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's Table 7: share of answer-token queries by the suffix length P∞ used."""
+    counts = dict.fromkeys(SUFFIX_BUCKETS, 0)
+    for row in rows:
+        for k in row["suffix_lens"]:
+            counts["<=3" if k <= 3 else ">8" if k > 8 else str(k)] += 1
+    total = sum(counts.values())
+    return [{"suffix_len": b, "tokens": n, "share": n / total if total else math.nan} for b, n in counts.items()]
+
+
+# -- the model side ----------------------------------------------------------------------------
+
+
+def answer_logliks(model, tokenizer, items: Sequence[QAItem], batch_size: int = 32) -> list[tuple[float, int]]:
+    """(log P_model(answer | prompt), answer tokens) per item; one forward pass per batch.
+
+    Batches hold items of similar length, right-padded and masked (right padding leaves the
+    positions of real tokens unchanged). Only the logits that predict answer tokens are kept.
+    Prompts longer than the model's context lose their oldest tokens; the answer is kept whole.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, not {batch_size}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    encoded = []
+    for item in items:  # the prompt is never empty: it starts with "Question:"
+        prompt = tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
+        answer = tokenizer(item.target, add_special_tokens=False)["input_ids"]
+        if len(answer) >= limit:
+            answer = answer[: limit - 1]
+        prompt = prompt[max(0, len(prompt) + len(answer) - limit) :]
+        encoded.append((prompt, answer))
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    results: list[tuple[float, int]] = [(math.nan, 0)] * len(items)
+    device = next(model.parameters()).device
+    keep_arg = "logits_to_keep" in _forward_parameters(model)
+    for begin in range(0, len(order), batch_size):
+        batch = [i for i in order[begin : begin + batch_size] if encoded[i][1]]
+        if not batch:
+            continue
+        width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, positions, targets = [], [], []
+        for b, i in enumerate(batch):
+            prompt, answer = encoded[i]
+            full = prompt + answer
+            ids[b, : len(full)] = torch.tensor(full)
+            mask[b, : len(full)] = 1
+            for j, token in enumerate(answer):  # the logit at position t predicts token t + 1
+                rows.append(b)
+                positions.append(len(prompt) - 1 + j)
+                targets.append(token)
+        lo, hi = min(positions), max(positions) + 1
+        kwargs = {"logits_to_keep": torch.arange(lo, hi, device=device)} if keep_arg else {}
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+        offset = lo if keep_arg else 0  # (batch, kept positions, vocab)
+        picked = logits[torch.tensor(rows, device=device), torch.tensor(positions, device=device) - offset]
+        logprobs = torch.log_softmax(picked.float(), dim=-1)  # (answer tokens in batch, vocab)
+        token_lp = logprobs.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
+        sums.index_add_(0, torch.tensor(rows, device=device), token_lp.double())
+        for b, i in enumerate(batch):
+            results[i] = (float(sums[b]), len(encoded[i][1]))
+    return results
+
+
+def _forward_parameters(model) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+# -- the correlation ---------------------------------------------------------------------------
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Spearman ρ, its p-value and n; NaN with a reason when it cannot be computed."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    n = len(pairs)
+    if n < 3:
+        return {"rho": math.nan, "p": math.nan, "n": n, "reason": f"{n} item(s) with both log-likelihoods; need 3"}
+    a, b = zip(*pairs)
+    if len(set(a)) == 1 or len(set(b)) == 1:
+        return {"rho": math.nan, "p": math.nan, "n": n, "reason": "one side is constant across items"}
+    result = spearmanr(a, b)
+    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": n, "reason": None}
+
+
+# -- one task against one index, for any number of checkpoints ---------------------------------
+
+
+class Memorization:
+    """A QA task scored against an index: the ∞-gram side ready, checkpoints scored on call.
+
+    >>> mem = Memorization("triviaqa", "indexes/pile", wh=Warehouse())
+    >>> rows = mem.score(loaded, run_id)   # {"memorization_items": [...], "metrics": [...]}
+    >>> ingest("pythia-160m", measurements=[mem.measurement()])   # as part of geometry ingest
+    """
+
+    def __init__(
+        self,
+        task: str,
+        index: str | Path,
+        *,
+        index_tokenizer: str | None = None,
+        batch_size: int = 32,
+        limit: int | None = None,
+        wh=None,
+        index_threads: int | None = None,
+    ):
+        from geowh.ingest.infgram import Index
+
+        self.task, self.items = load_task(task, limit)
+        self.index = Index(index, tokenizer=index_tokenizer, threads=index_threads)
+        self.batch_size = batch_size
+        self.limit = limit
+        self.infgram = {r["item"]: r for r in infgram_side(self.index, self.task, self.items, wh)}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What decides the results: the config of a memorization run (and of its key)."""
+        meta = self.index.meta
+        return {
+            "task": self.task,
+            "items": len(self.items),
+            "limit": self.limit,
+            "index": str(self.index.directory.resolve()),
+            "index_tokenizer": meta.tokenizer,
+            "index_tokens": meta.tokens,
+            "index_built_at": meta.built_at,
+            "zero_rule": ZERO_RULE,
+        }
+
+    def config_key(self, dtype: str) -> str:
+        text = json.dumps({**self.config, "dtype": str(dtype)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def score(self, loaded, run_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Rows for one loaded checkpoint (a causal LM, `with_head=True`).
+
+        Without `run_id` the rows carry none, for a caller that fills in its own (ingest).
+        """
+        ref = loaded.ref
+        scored = answer_logliks(loaded.model, loaded.tokenizer, self.items, self.batch_size)
+        run = {"run_id": run_id} if run_id else {}
+        item_rows = [
+            {"model": ref.model, "checkpoint": ref.label, "task": self.task, "item": item.item,
+             "answer_tokens": n, "log_p_model": lp, **run}
+            for item, (lp, n) in zip(self.items, scored)
+        ]
+        used = [(self.infgram[i.item]["log_p_inf"], lp) for i, (lp, _) in zip(self.items, scored)
+                if self.infgram[i.item]["excluded"] is None]
+        corr = spearman([a for a, _ in used], [b for _, b in used])
+        params = {
+            **self.config,
+            "n": corr["n"],
+            "p_value": corr["p"],
+            "excluded_zero": sum(1 for r in self.infgram.values() if r["excluded"] is not None),
+            "model_tokenizer": getattr(loaded.tokenizer, "name_or_path", None),
+            "reason": corr["reason"],
+        }
+        metric = {"model": ref.model, "checkpoint": ref.label, "probe": self.task, "layer": None, "pooling": None,
+                  "metric": METRIC, "value": corr["rho"], "stderr": None, "params": params, **run}
+        return {"memorization_items": item_rows, "metrics": [metric]}
+
+    def measurement(self):
+        """This task and index as an ingest measurement: scored in each checkpoint's transaction."""
+        from geowh.ingest.run import Measurement
+
+        return Measurement(KIND, lambda loaded, ref, config: self.score(loaded), config=self.config, with_head=True)
+
+    def suffix_lengths(self) -> list[dict[str, Any]]:
+        return suffix_length_table(list(self.infgram.values()))
+
+
+def measurements_for(task: str | None, index: str | Path | None, index_tokenizer: str | None = None, *, db=None,
+                     batch_size: int = 32) -> list:
+    """The ingest measurements `geowh ingest --memorization TASK --index DIR` adds (none without a task)."""
+    if task is None and index is None:
+        return []
+    if task is None or index is None:
+        raise InputError("--memorization TASK and --index DIR go together: give both, or neither")
+    from geowh.warehouse import Warehouse
+
+    return [Memorization(task, index, index_tokenizer=index_tokenizer, batch_size=batch_size, wh=Warehouse(db)).measurement()]
+
+
+def index_stats(index: str | Path, task: str, *, index_tokenizer: str | None = None, limit: int | None = None,
+                wh=None) -> dict[str, Any]:
+    """Table 7 for a task and index: answer-token queries by the suffix length P∞ used."""
+    mem = Memorization(task, index, index_tokenizer=index_tokenizer, limit=limit, wh=wh)
+    rows = list(mem.infgram.values())
+    return {
+        "index": str(mem.index.directory.resolve()),
+        "task": mem.task,
+        "items": len(rows),
+        "excluded": sum(1 for r in rows if r["excluded"] is not None),
+        "buckets": mem.suffix_lengths(),
+    }
+
+
+# -- the standalone command: resumable, every attempt recorded -------------------------------------
+
+
+def memorize(
+    model: str,
+    task: str,
+    index: str | Path,
+    *,
+    wh,
+    index_tokenizer: str | None = None,
+    checkpoints: str = "all",
+    revisions: Sequence[str] | None = None,
+    name: str | None = None,
+    tokenizer: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 32,
+    limit: int | None = None,
+    force: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score every selected checkpoint of `model`; one summary dict per checkpoint.
+
+    A checkpoint with an ok run of the same config is skipped (unless `force`); a failed one is
+    recorded in `runs` with its error and the next checkpoint goes on.
+    """
+    from geowh.ingest.models import resolve_device, resolve_dtype
+    from geowh.ingest.series import resolve_series
+
+    series = resolve_series(model, revisions=revisions, name=name, checkpoints=checkpoints)
+    mem = Memorization(task, index, index_tokenizer=index_tokenizer, batch_size=batch_size, limit=limit, wh=wh)
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    key = mem.config_key(str(torch_dtype).removeprefix("torch."))
+    done = set() if force else wh.completed(KIND, series.model, key)
+    wh.write({"models": [series.models_row()], "checkpoints": [r.row() for r in series.checkpoints]})
+    summary = []
+    for ref in series.checkpoints:
+        if ref.label in done:
+            summary.append({"checkpoint": ref.label, "status": "skipped", "value": None, "n": None, "error": None})
+            continue
+        if progress:
+            progress("checkpoint", ref.label)
+        summary.append(_score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer or series.tokenizer))
+    return summary
+
+
+def _score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer) -> dict[str, Any]:
+    """Load, score and write one checkpoint; its `runs` row says running, then ok or failed."""
+    import torch
+    import transformers
+
+    from geowh import __version__
+    from geowh.ingest.models import device_name, load_checkpoint
+    from geowh.warehouse import utcnow
+
+    run = {
+        "run_id": str(uuid.uuid4()), "kind": KIND, "model": ref.model, "checkpoint": ref.label,
+        "probe": mem.task, "config_key": key, "config": {**mem.config, "batch_size": batch_size, "dtype": dtype},
+        "status": "running", "geowh_version": __version__, "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__, "started_at": utcnow(),
+    }
+    wh.write({"runs": [run]})
+    stages: dict[str, float] = {}
+    loaded = None
+    try:
+        t = time.perf_counter()
+        loaded = load_checkpoint(ref, device=device, dtype=dtype, with_head=True, tokenizer=tokenizer)
+        stages["load"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rows = mem.score(loaded, run["run_id"])
+        stages["forward"] = time.perf_counter() - t
+        run |= {"status": "ok", "device": device_name(loaded.device),
+                "dtype": str(loaded.dtype).removeprefix("torch."), "finished_at": utcnow(), "stage_seconds": stages}
+        wh.write({"models": [loaded.models_row()], **rows, "runs": [run]})
+        metric = rows["metrics"][0]
+        return {"checkpoint": ref.label, "status": "ok", "value": metric["value"], "n": metric["params"]["n"],
+                "error": None}
+    except (GeowhError, RuntimeError, OSError) as e:  # recorded, then the next checkpoint goes on
+        error = str(e) if isinstance(e, GeowhError) else f"{type(e).__name__}: {e}"
+        wh.write({"runs": [run | {"status": "failed", "error": error[:2000], "finished_at": utcnow(),
+                                  "stage_seconds": stages}]})
+        return {"checkpoint": ref.label, "status": "failed", "value": None, "n": None, "error": error}
+    except BaseException as e:  # a bug or Ctrl-C: recorded as failed, then raised
+        wh.write({"runs": [run | {"status": "failed", "error": f"interrupted: {type(e).__name__}: {e}"[:2000],
+                                  "finished_at": utcnow()}]})
+        raise
+    finally:
+        if loaded is not None:
+            loaded.release()
+
+
+__all__ = [
+    "METRIC", "TASKS", "ZERO_RULE", "Memorization", "QAItem", "Task", "answer_logliks", "index_stats",
+    "infgram_side", "load_task", "log_p_inf", "measurements_for", "memorize", "spearman", "suffix_length_table",
+]

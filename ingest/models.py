@@ -1,0 +1,230 @@
+"""Loading one checkpoint: weights, tokenizer, device and dtype.
+
+`load_checkpoint(ref)` is the one loader every per-checkpoint measurement uses (geometry here,
+memorization scoring later): it returns a `Loaded` holding the model (the base model without
+its LM head unless `with_head=True`), the tokenizer with a pad token, and where it runs.
+Failures to get or read weights become `CheckpointError`s that say which checkpoint and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geowh.errors import CheckpointError, InputError
+from geowh.ingest.series import CheckpointRef, repo_cache_dir
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class Loaded:
+    """A checkpoint ready to run."""
+
+    model: Any
+    """The base model (hidden states out), or the causal LM when loaded `with_head`."""
+    tokenizer: Any
+    """Its tokenizer; `pad_token_id` is always set (EOS when the tokenizer has no pad)."""
+    device: Any
+    dtype: Any
+    ref: CheckpointRef
+
+    @property
+    def base(self) -> Any:
+        """The model without its LM head: what geometry reads hidden states from."""
+        return getattr(self.model, "base_model", self.model)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.hidden_size)
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.base.parameters())
+
+    def models_row(self) -> dict:
+        """What a loaded checkpoint tells the `models` table."""
+        return {
+            "model": self.ref.model,
+            "parameters": self.parameters(),
+            "layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocab_size": int(self.config.vocab_size),
+        }
+
+    def release(self) -> None:
+        """Free the weights (and the GPU memory they held)."""
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def resolve_device(device: str = "auto"):
+    """`auto` → the first CUDA device when there is one, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this torch sees no CUDA device; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device) -> Any:
+    """`auto` → bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def device_name(device) -> str:
+    """`cuda:0 (NVIDIA H100 80GB HBM3)` or `cpu`, for the runs table."""
+    import torch
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
+def _where(ref: CheckpointRef) -> tuple[str, dict]:
+    """from_pretrained's first argument and keyword arguments for `ref`."""
+    if ref.path is not None:
+        return str(ref.path), {}
+    return ref.repo, {"revision": ref.revision or "main"}
+
+
+def load_tokenizer(ref: CheckpointRef, fallback: str | Path | None = None):
+    """The checkpoint's tokenizer (or `fallback`'s: a run folder or hub id), with a pad token."""
+    from transformers import AutoTokenizer
+
+    candidates = [_where(ref)]
+    if ref.path is not None:
+        candidates.append((str(ref.path.parent), {}))  # a run keeps one tokenizer at its root
+    if fallback is not None:
+        candidates.append((str(fallback), {}))
+    errors = []
+    for where, kwargs in candidates:
+        if ref.path is not None and Path(where).is_dir() and not _has_tokenizer(Path(where)):
+            errors.append(f"{where}: no tokenizer files")
+            continue
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            break
+        except Exception as e:  # hub, file and parsing errors come in many types
+            errors.append(f"{where}: {_short(e)}")
+    else:
+        raise CheckpointError(
+            f"no tokenizer for {ref.model} {ref.label} ({'; '.join(errors)}): "
+            "save one with the checkpoint or pass --tokenizer NAME_OR_PATH"
+        )
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise CheckpointError(f"the tokenizer of {ref.label} has neither a pad nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token  # Pythia: <|endoftext|>, masked anyway
+    return tokenizer
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"))
+
+
+def load_checkpoint(
+    ref: CheckpointRef,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    with_head: bool = False,
+    tokenizer: str | Path | None = None,
+) -> Loaded:
+    """Load one checkpoint for inference (eval mode, no gradients needed).
+
+    Without `with_head` only the base model is built (`AutoModel`: the LM head's weights are
+    not even materialised); with it, the causal LM (`AutoModelForCausalLM`) for log-likelihoods.
+    `tokenizer` is used when the checkpoint has none. Raises CheckpointError when the weights
+    cannot be downloaded or read.
+
+    Example:
+        loaded = load_checkpoint(series.checkpoints[0], device="cuda", dtype="bfloat16")
+        hidden = loaded.base(**batch).last_hidden_state   # (batch, seq, d)
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one bar per weight file would drown geowh's own
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if ref.path is not None and not ref.path.is_dir():
+        raise CheckpointError(f"checkpoint folder {ref.path} is gone")
+    tok = load_tokenizer(ref, tokenizer)
+    where, kwargs = _where(ref)
+    cls = AutoModelForCausalLM if with_head else AutoModel
+    try:
+        model = cls.from_pretrained(where, dtype=torch_dtype, **kwargs)
+    except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
+        raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
+    if _has_meta_tensors(model):
+        raise CheckpointError(f"{ref.source} is missing weights (some tensors were never loaded)")
+    try:
+        model.to(torch_device)
+    except Exception as e:  # out of memory, most often
+        raise CheckpointError(f"cannot move {ref.label} to {torch_device}: {_short(e)}") from e
+    model.eval()
+    model.requires_grad_(False)
+    return Loaded(model, tok, torch_device, torch_dtype, ref)
+
+
+def _has_meta_tensors(model) -> bool:
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(error).__name__}: {first}"[:500]
+
+
+def evict(ref: CheckpointRef) -> int:
+    """Delete a hub checkpoint's files from the local hub cache; bytes freed (0 for local runs).
+
+    Blobs another cached revision still uses are kept (the hub's own delete strategy).
+    """
+    if ref.path is not None or ref.repo is None:
+        return 0
+    from huggingface_hub import scan_cache_dir
+
+    repo_dir = repo_cache_dir(ref.repo)
+    ref_file = repo_dir / "refs" / (ref.revision or "main")
+    commit = ref_file.read_text().strip() if ref_file.is_file() else (ref.revision or "")
+    if not repo_dir.is_dir():
+        return 0
+    cache = scan_cache_dir(repo_dir.parent)
+    known = {rev.commit_hash for repo in cache.repos if repo.repo_path == repo_dir for rev in repo.revisions}
+    if commit not in known:
+        return 0
+    strategy = cache.delete_revisions(commit)  # also removes the refs that name it
+    strategy.execute()
+    return int(strategy.expected_freed_size)

@@ -1,0 +1,500 @@
+"""Checkpoint series: which checkpoints a model has, with step, tokens and stage.
+
+A registry of model families (`FAMILIES`) turns the name a user types (`pythia-410m`,
+`olmo-7b`, `tulu-3-8b`, `hf:org/name`, `./my-run`) into a `Series`: an ordered list of
+`CheckpointRef`s. Nothing here downloads weights; only the hub's branch list is read (OLMo-2,
+`hf:`), falling back to the refs of the local hub cache when offline.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from geowh.errors import InputError
+from geowh.warehouse.names import canonical_model
+
+# Stage names and their order in a series (the `checkpoints.stage_order` column).
+STAGE_ORDER = {"pretrain": 0, "mid": 1, "sft": 2, "dpo": 3, "rlvr": 4}
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint: where its weights are and where it sits in training."""
+
+    model: str
+    """Warehouse model name (pythia-410m, olmo-2-7b, my-run)."""
+    label: str
+    """Checkpoint label: hub revision (step1000) or folder name (checkpoint-1000)."""
+    step: int | None = None
+    tokens: float | None = None
+    stage: str | None = "pretrain"
+    repo: str | None = None
+    """Hugging Face repo id; None for a local folder."""
+    revision: str | None = None
+    path: Path | None = None
+    """Local checkpoint folder; None for a hub checkpoint."""
+
+    @property
+    def stage_order(self) -> int | None:
+        return STAGE_ORDER.get(self.stage) if self.stage else None
+
+    @property
+    def source(self) -> str:
+        if self.path is not None:
+            return self.path.resolve().as_uri()
+        return f"hf://{self.repo}@{self.revision or 'main'}"
+
+    def row(self) -> dict:
+        """The `checkpoints` table row."""
+        return {
+            "model": self.model,
+            "checkpoint": self.label,
+            "step": self.step,
+            "tokens": self.tokens,
+            "stage": self.stage,
+            "stage_order": self.stage_order,
+            "source": self.source,
+        }
+
+    def describe(self) -> dict:
+        """What `geowh checkpoints` shows."""
+        return {
+            "checkpoint": self.label,
+            "step": self.step,
+            "tokens": self.tokens,
+            "stage": self.stage,
+            "revision": self.revision,
+            "repo": self.repo,
+            "path": str(self.path) if self.path else None,
+        }
+
+
+@dataclass(frozen=True)
+class Series:
+    """A model's checkpoints in training order."""
+
+    model: str
+    family: str
+    checkpoints: tuple[CheckpointRef, ...]
+    hub_repo: str | None = None
+    tokenizer: str | None = None
+    """Where the tokenizer comes from when checkpoints lack one (hub id or local path)."""
+    skipped: tuple[str, ...] = ()
+    """Revisions or folders seen but not understood as checkpoints (e.g. `main`)."""
+
+    def models_row(self) -> dict:
+        return {"model": self.model, "family": self.family, "hub_repo": self.hub_repo, "tokenizer": self.tokenizer}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registry entry: how to list a family's checkpoints."""
+
+    name: str
+    description: str
+    models: tuple[str, ...]
+    """Model names of the family (empty for open-ended families: hf, local)."""
+    resolve: Callable[..., Series] = field(repr=False)
+    example: str = ""
+
+    def describe(self) -> dict:
+        return {"family": self.name, "description": self.description, "models": list(self.models), "example": self.example}
+
+
+# -- Pythia ------------------------------------------------------------------------------------
+
+PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+PYTHIA_NO_DEDUPED = {"14m", "31m"}
+PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # batch × context = 2,097,152
+
+
+def pythia_models() -> tuple[str, ...]:
+    names = [f"pythia-{s}" for s in PYTHIA_SIZES]
+    names += [f"pythia-{s}-deduped" for s in PYTHIA_SIZES if s not in PYTHIA_NO_DEDUPED]
+    return tuple(names)
+
+
+def pythia_steps() -> list[int]:
+    """The 154 published steps: 0, 1, 2, 4 … 512, then 1,000 … 143,000 every 1,000."""
+    return [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))
+
+
+def _pythia(model: str, **_) -> Series:
+    refs = tuple(
+        CheckpointRef(
+            model=model,
+            label=f"step{s}",
+            step=s,
+            tokens=float(s * PYTHIA_TOKENS_PER_STEP),
+            repo=f"EleutherAI/{model}",
+            revision=f"step{s}",
+        )
+        for s in pythia_steps()
+    )
+    return Series(model, "pythia", refs, hub_repo=f"EleutherAI/{model}", tokenizer=f"EleutherAI/{model}")
+
+
+# -- OLMo-2 ------------------------------------------------------------------------------------
+
+OLMO2_REPOS = {
+    "olmo-2-1b": "allenai/OLMo-2-0425-1B",
+    "olmo-2-7b": "allenai/OLMo-2-1124-7B",
+    "olmo-2-13b": "allenai/OLMo-2-1124-13B",
+}
+
+# stage1-step1000-tokens5B, stage2-ingredient2-step1000-tokens5B, and the unprefixed
+# step1000-tokens4B of some early branches. Token counts may carry decimals or a T suffix.
+_OLMO_BRANCH = re.compile(
+    r"^(?:stage(?P<stage>\d+)-)?(?:ingredient(?P<ingredient>\d+)-)?"
+    r"step(?P<step>\d+)(?:-tokens(?P<tokens>\d+(?:\.\d+)?)(?P<unit>[BT]))?$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A parsed OLMo-2-style branch name."""
+
+    stage: str
+    step: int
+    tokens: float | None
+    ingredient: int | None
+
+
+def parse_olmo_branch(name: str) -> Branch | None:
+    """Stage, step and tokens of an OLMo-2 branch name; None when the name is not a checkpoint."""
+    m = _OLMO_BRANCH.match(name.strip())
+    if not m:
+        return None
+    stage_number = int(m["stage"] or 1)
+    stage = "pretrain" if stage_number == 1 else "mid"
+    tokens = None
+    if m["tokens"] is not None:
+        tokens = float(m["tokens"]) * (1e12 if m["unit"].upper() == "T" else 1e9)
+    ingredient = int(m["ingredient"]) if m["ingredient"] else None
+    return Branch(stage, int(m["step"]), tokens, ingredient)
+
+
+def _olmo2(model: str, revisions: Sequence[str] | None = None, **_) -> Series:
+    repo = OLMO2_REPOS[model]
+    names = list(revisions) if revisions else hub_branches(repo)
+    refs, skipped = [], []
+    for name in names:
+        branch = parse_olmo_branch(name)
+        if branch is None:
+            skipped.append(name)
+            continue
+        refs.append(CheckpointRef(model, name, branch.step, branch.tokens, branch.stage, repo=repo, revision=name))
+    # Stage 2 ingredients are parallel runs: each one is kept together, in step order.
+    refs.sort(key=lambda r: (r.stage_order, parse_olmo_branch(r.label).ingredient or 0, r.step))
+    return Series(model, "olmo-2", tuple(refs), hub_repo=repo, tokenizer=repo, skipped=tuple(skipped))
+
+
+# -- Tülu-3 ------------------------------------------------------------------------------------
+
+TULU3_STAGES = {
+    "tulu-3-8b": (
+        ("base", "pretrain", "meta-llama/Llama-3.1-8B"),
+        ("sft", "sft", "allenai/Llama-3.1-Tulu-3-8B-SFT"),
+        ("dpo", "dpo", "allenai/Llama-3.1-Tulu-3-8B-DPO"),
+        ("rlvr", "rlvr", "allenai/Llama-3.1-Tulu-3-8B"),
+    ),
+}
+
+
+def _tulu3(model: str, **_) -> Series:
+    refs = tuple(
+        CheckpointRef(model, label, None, None, stage, repo=repo, revision="main")
+        for label, stage, repo in TULU3_STAGES[model]
+    )
+    return Series(model, "tulu-3", refs, hub_repo=refs[-1].repo, tokenizer=refs[-1].repo)
+
+
+# -- any hub model -------------------------------------------------------------------------------
+
+_STEP = re.compile(r"(?:^|[^a-z])(?:global_step|step|iter|checkpoint|ckpt)[-_]?(\d+)", re.IGNORECASE)
+_TOKENS = re.compile(r"tokens(\d+(?:\.\d+)?)([BMT])", re.IGNORECASE)
+_TOKEN_UNITS = {"M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def parse_step(label: str) -> int | None:
+    """The step in a revision or folder name: step1000, checkpoint-1000, global_step1000, iter_0001000."""
+    m = _STEP.search(label)
+    return int(m.group(1)) if m else None
+
+
+def parse_tokens(label: str) -> float | None:
+    m = _TOKENS.search(label)
+    return float(m.group(1)) * _TOKEN_UNITS[m.group(2).upper()] if m else None
+
+
+def _hub(model: str, revisions: Sequence[str] | None = None, name: str | None = None, **_) -> Series:
+    repo = model.removeprefix("hf:")
+    if repo.count("/") != 1:
+        raise InputError(f"{model!r} is not a hub model: write hf:ORG/NAME, e.g. hf:EleutherAI/pythia-70m")
+    names = list(revisions) if revisions else hub_branches(repo)
+    series_name = name or repo
+    refs = []
+    for rev in names:
+        olmo = parse_olmo_branch(rev)
+        stage = olmo.stage if olmo else "pretrain"
+        refs.append(CheckpointRef(series_name, rev, parse_step(rev), parse_tokens(rev), stage, repo=repo, revision=rev))
+    if not revisions:  # a branch list comes unordered: order by stage then step
+        refs.sort(key=lambda r: (r.stage_order, r.step is None, r.step or 0, r.label))
+    return Series(series_name, "hf", tuple(refs), hub_repo=repo, tokenizer=repo)
+
+
+def hub_branches(repo: str) -> list[str]:
+    """Branch names of a hub repo; offline (or when the hub cannot be reached), those in the cache."""
+    from huggingface_hub import constants, list_repo_refs
+
+    error: Exception | None = None
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return [b.name for b in list_repo_refs(repo).branches]
+        except Exception as e:  # network, auth, missing repo: try the cache, then report this
+            error = e
+    cached = cached_revisions(repo)
+    if cached:
+        return cached
+    why = f"the hub said: {error}" if error else "HF_HUB_OFFLINE is set"
+    raise InputError(
+        f"cannot list the branches of {repo} ({why}) and the local hub cache has none; "
+        "go online once, or name them with --revisions a,b,c"
+    )
+
+
+def hub_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def repo_cache_dir(repo: str) -> Path:
+    return hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+
+
+def cached_revisions(repo: str) -> list[str]:
+    """Revisions of `repo` that the local hub cache has a ref for (refs/<revision> files)."""
+    refs = repo_cache_dir(repo) / "refs"
+    if not refs.is_dir():
+        return []
+    return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
+
+
+# -- local runs --------------------------------------------------------------------------------
+
+# Folder names training frameworks give checkpoints (HF Trainer, Pythia/NeoX, DeepSpeed,
+# Megatron, Lightning, OLMo): the step is the number in the name.
+LOCAL_PATTERNS = (
+    re.compile(r"^checkpoint[-_](\d+)$"),
+    re.compile(r"^step[-_]?(\d+)(?:-tokens\d+(?:\.\d+)?[BMT])?(?:-unsharded|-hf)?$", re.IGNORECASE),
+    re.compile(r"^global_step[-_]?(\d+)$"),
+    re.compile(r"^iter[-_]?(\d+)$"),
+    re.compile(r"^ckpt[-_]?(\d+)$"),
+    re.compile(r"^(?:epoch=\d+-)?step=(\d+)(?:\.ckpt)?$"),
+    re.compile(r"^stage\d+-(?:ingredient\d+-)?step(\d+)(?:-tokens\d+(?:\.\d+)?[BT])?$", re.IGNORECASE),
+)
+
+
+def local_step(folder_name: str) -> int | None:
+    for pattern in LOCAL_PATTERNS:
+        if m := pattern.match(folder_name):
+            return int(m.group(1))
+    return None
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _local(model: str, name: str | None = None, **_) -> Series:
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{model} is not a folder: give a run folder of HF checkpoints, or a registry model name")
+    root = root.resolve()
+    if is_checkpoint_dir(root):  # a single checkpoint folder
+        step = local_step(root.name)
+        series_name = name or (root.parent.name if step is not None else root.name)
+        ref = CheckpointRef(series_name, root.name, step, parse_tokens(root.name), path=root)
+        return Series(series_name, "local", (ref,), tokenizer=None)
+    series_name = name or root.name
+    refs, skipped = [], []
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        step = local_step(child.name)
+        if step is None and not is_checkpoint_dir(child):
+            skipped.append(child.name)
+            continue
+        # A folder named like a checkpoint but without weights is kept: it fails, visibly.
+        refs.append(CheckpointRef(series_name, child.name, step, parse_tokens(child.name), path=child))
+    if not refs:
+        raise InputError(
+            f"{root} holds no checkpoint folders (named checkpoint-N, stepN, global_stepN, iter_N, … "
+            "with a config.json inside): point at the run folder or at one checkpoint"
+        )
+    refs.sort(key=lambda r: (r.step is None, r.step or 0, r.label))
+    return Series(series_name, "local", tuple(refs), tokenizer=None, skipped=tuple(skipped))
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+FAMILIES: dict[str, Family] = {
+    "pythia": Family(
+        "pythia",
+        "EleutherAI Pythia suite: 154 revisions step0 … step143000, 2,097,152 tokens per step",
+        pythia_models(),
+        _pythia,
+        "geowh ingest pythia-410m",
+    ),
+    "olmo-2": Family(
+        "olmo-2",
+        "AllenAI OLMo-2: hub branches stage1-…/stage2-ingredientK-… (aliases olmo-1b, olmo-7b, olmo-13b)",
+        tuple(OLMO2_REPOS),
+        _olmo2,
+        "geowh ingest olmo-7b --checkpoints log:40",
+    ),
+    "tulu-3": Family(
+        "tulu-3",
+        "Llama-3.1-8B base → Tülu-3 SFT → DPO → RLVR, one stage-ordered series",
+        tuple(TULU3_STAGES),
+        _tulu3,
+        "geowh ingest tulu-3-8b",
+    ),
+    "hf": Family(
+        "hf",
+        "any hub model: hf:ORG/NAME, revisions from --revisions or all branches",
+        (),
+        _hub,
+        "geowh ingest hf:EleutherAI/pythia-70m --revisions step1000,step2000",
+    ),
+    "local": Family(
+        "local",
+        "a local run folder of HF checkpoints (checkpoint-N, stepN, global_stepN, iter_N, …) or one checkpoint",
+        (),
+        _local,
+        "geowh ingest ./my-run --probe docs.txt",
+    ),
+}
+
+
+def family_of(model: str) -> str:
+    """The registry family that handles `model` (a name, hf:ORG/NAME, or a path)."""
+    if model.startswith("hf:"):
+        return "hf"
+    name = canonical_model(model)
+    for family in FAMILIES.values():
+        if name in family.models:
+            return family.name
+    if os.sep in model or model.startswith(".") or model.startswith("~") or Path(model).is_dir():
+        return "local"
+    known = ", ".join(m for f in FAMILIES.values() for m in f.models[:3])
+    raise InputError(
+        f"unknown model {model!r}: use a registry name ({known}, … — see `geowh models`), "
+        "hf:ORG/NAME for any hub model, or the path of a local run folder"
+    )
+
+
+def resolve_series(
+    model: str,
+    *,
+    revisions: Sequence[str] | None = None,
+    name: str | None = None,
+    checkpoints: str = "all",
+) -> Series:
+    """The series a user means by `model`, restricted to the `checkpoints` selection."""
+    model = str(model)
+    family = family_of(model)
+    key = model if family in ("hf", "local") else canonical_model(model)
+    series = FAMILIES[family].resolve(key, revisions=revisions, name=name)
+    if name and family not in ("hf", "local"):
+        series = replace(
+            series, model=name, checkpoints=tuple(replace(r, model=name) for r in series.checkpoints)
+        )
+    return replace(series, checkpoints=tuple(select_checkpoints(series.checkpoints, checkpoints)))
+
+
+# -- --checkpoints selection -----------------------------------------------------------------------
+
+_RANGE = re.compile(r"^(\d+)?(?::|\.\.)(\d+)?(?::(\d+))?$")
+
+
+def select_checkpoints(refs: Sequence[CheckpointRef], spec: str | None) -> list[CheckpointRef]:
+    """Pick checkpoints by `spec`, keeping training order.
+
+    - `all` (or empty): every checkpoint;
+    - a list `step1000,step2000`, `1000,2000` (steps) or glob patterns `stage1-*`;
+    - a range of steps `START:END[:STRIDE]` (either end may be left out): from START to END,
+      each pick at least STRIDE steps after the previous one (works on grids with gaps);
+    - `log:N`: N checkpoints spaced evenly in log(step + 1), nearest existing ones.
+    """
+    spec = (spec or "all").strip()
+    refs = list(refs)
+    if spec == "all":
+        return refs
+    if spec.startswith("log:"):
+        try:
+            count = int(spec[4:])
+        except ValueError:
+            raise InputError(f"--checkpoints {spec}: write log:N with N a whole number, e.g. log:20") from None
+        return _log_spaced(refs, count)
+    if m := _RANGE.match(spec):
+        start = int(m[1]) if m[1] else 0
+        end = int(m[2]) if m[2] else math.inf
+        stride = int(m[3]) if m[3] else 1
+        if stride < 1:
+            raise InputError(f"--checkpoints {spec}: the stride must be at least 1")
+        picked, last = [], None
+        for ref in refs:
+            if ref.step is None or not start <= ref.step <= end:
+                continue
+            if last is None or ref.step >= last + stride:
+                picked.append(ref)
+                last = ref.step
+        return _nonempty(picked, spec)
+    picked = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if any(c in item for c in "*?["):
+            found = [r for r in refs if fnmatch.fnmatch(r.label, item)]
+        elif item.isdigit():
+            found = [r for r in refs if r.step == int(item) or r.label == item]
+        else:
+            found = [r for r in refs if r.label == item]
+        if not found:
+            sample = ", ".join(r.label for r in refs[:4])
+            raise InputError(f"--checkpoints: no checkpoint {item!r} in this series (it has {sample}, …)")
+        picked += [r for r in found if r not in picked]
+    order = {r.label: i for i, r in enumerate(refs)}
+    return sorted(picked, key=lambda r: order[r.label])
+
+
+def _log_spaced(refs: list[CheckpointRef], count: int) -> list[CheckpointRef]:
+    stepped = [r for r in refs if r.step is not None]
+    if count < 1 or not stepped:
+        return _nonempty([], f"log:{count}")
+    if count >= len(stepped):
+        return stepped
+    logs = [math.log(r.step + 1) for r in stepped]
+    lo, hi = min(logs), max(logs)
+    chosen: list[int] = []
+    for i in range(count):
+        target = lo + (hi - lo) * i / (count - 1) if count > 1 else hi
+        free = [j for j in range(len(stepped)) if j not in chosen]
+        chosen.append(min(free, key=lambda j: (abs(logs[j] - target), j)))
+    return [stepped[j] for j in sorted(chosen)]
+
+
+def _nonempty(picked: list[CheckpointRef], spec: str) -> list[CheckpointRef]:
+    if not picked:
+        raise InputError(f"--checkpoints {spec} selects no checkpoint of this series: see `geowh checkpoints MODEL`")
+    return picked
+
+
+def list_models() -> list[dict]:
+    """The registry, for `geowh models`."""
+    return [f.describe() for f in FAMILIES.values()]

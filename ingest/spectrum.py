@@ -1,0 +1,748 @@
+"""The spectrum of a feature matrix and the metrics computed from it (METHOD.md §2–3).
+
+Features stream through `Covariance` one block of rows at a time, so a probe of any size
+needs one (d, d) float64 matrix, never the (M, d) one. Its eigenvalues are the spectrum the
+authors got from PCA (`explained_variance_ratio_` of the centred M×d matrix, up to the
+scale, which cancels in every metric). The metrics live in `REGISTRY`; adding one is
+writing one function under `@metric`.
+
+    cov = Covariance(d)
+    for block in blocks:            # (batch, d) numpy arrays or torch tensors
+        cov.update(block)
+    values = compute_metrics(cov.eigenvalues())
+    metrics_dict(values)            # {"rankme": …, "alpha_req": …, "alpha_req_r2": …, …}
+
+torch is imported only when a torch tensor arrives (a GPU ingest accumulates on the GPU);
+numpy arrays go through BLAS `dsyrk`, the symmetric rank-k update, half the FLOPs of FᵀF.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.linalg import eigh
+from scipy.linalg.blas import dsyr, dsyrk
+
+from geowh.errors import InputError
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+# Rows per block when a whole file is streamed: big enough for dsyrk to run near peak,
+# small enough that the float64 copy of a block stays well below the (d, d) accumulator.
+CHUNK_ROWS = 2048
+
+
+# --------------------------------------------------------------------------------------
+# Streaming covariance
+# --------------------------------------------------------------------------------------
+
+
+def _is_torch(x: Any) -> bool:
+    # A tensor can exist only if torch was imported by someone: no import needed to check.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _nonfinite_error(rows: np.ndarray, what: str = "this block") -> InputError:
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.dtype.kind == "f" else []
+    where = f" (first at row {int(bad[0])} of {what}, {len(bad)} rows in all)" if len(bad) else ""
+    return InputError(
+        f"features contain NaN or infinite values{where}: the spectrum is undefined. "
+        "Fix the extraction (fp16 overflows easily: extract in bf16 or fp32) or drop those rows."
+    )
+
+
+class Covariance:
+    """Streaming covariance of feature rows, accumulated in float64.
+
+    `update` takes (batch, d) blocks (numpy arrays or torch tensors of any float dtype,
+    bf16/fp16 included) and adds their count, column sum and Gram matrix; `merge` or `+`
+    combine accumulators built on disjoint rows (workers, shards) into the one that all
+    rows streamed into a single accumulator would give.
+
+    Sums are taken of F − s, where the shift s is the first block's column mean: the
+    covariance does not depend on s, and without it FᵀF − nμμᵀ cancels catastrophically
+    on hidden states, which have dimensions whose mean is hundreds of standard deviations.
+
+    The first block decides where the sums live: numpy (CPU, dsyrk on the upper triangle)
+    for numpy input, torch on the tensor's device for a tensor. Later blocks of the other
+    kind are moved there.
+
+    Example:
+        cov = Covariance(2048)
+        for block in blocks:
+            cov.update(block)           # (batch, 2048)
+        lam = cov.eigenvalues()          # (min(n, 2048),) descending
+    """
+
+    def __init__(self, d: int):
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise InputError(f"Covariance(d) needs the feature width as a positive integer, got {d!r}.")
+        self._d = int(d)
+        self._n = 0
+        self._shift: Any = None  # (d,) first block's column mean
+        self._sum: Any = None  # (d,) Σ(F − shift)
+        self._gram: Any = None  # (d, d) Σ(F − shift)ᵀ(F − shift); numpy: upper triangle only
+        self._device: Any = None  # None: numpy; else the torch.device the sums live on
+
+    @property
+    def n(self) -> int:
+        """Rows accumulated so far."""
+        return self._n
+
+    @property
+    def d(self) -> int:
+        """Feature width."""
+        return self._d
+
+    @property
+    def device(self) -> str:
+        """Where the sums live: "numpy" or a torch device such as "cuda:0"."""
+        return "numpy" if self._device is None else str(self._device)
+
+    def __repr__(self) -> str:
+        return f"Covariance(d={self._d}, n={self._n}, device={self.device!r})"
+
+    # ---- accumulate -----------------------------------------------------------------
+
+    def update(self, features: Any) -> Covariance:
+        """Add a (batch, d) block of rows; returns self.
+
+        Raises InputError, leaving the accumulator unchanged, for a block that is not 2-D,
+        has another width, is not numeric, or holds NaN/inf.
+        """
+        if self._gram is None and _is_torch(features):
+            self._device = features.device
+        if self._device is None:
+            if _is_torch(features):
+                import torch
+
+                features = features.detach().to("cpu", torch.float64).numpy()
+            self._update_numpy(features)
+        else:
+            self._update_torch(features)
+        return self
+
+    def _check_shape(self, shape: Sequence[int]) -> None:
+        if len(shape) != 2:
+            raise InputError(
+                f"a features block must be 2-D (rows, d); got shape {tuple(shape)}. "
+                "Pool the sequence dimension first, or pass one layer at a time."
+            )
+        if shape[1] != self._d:
+            raise InputError(
+                f"a features block has {shape[1]} columns but this Covariance has d={self._d}: "
+                "every block must come from the same layer of the same model."
+            )
+
+    def _update_numpy(self, features: Any) -> None:
+        x = np.asarray(features)
+        self._check_shape(x.shape)
+        if x.dtype.kind not in "fiub":
+            try:
+                x = x.astype(np.float64)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"features must be numeric; got dtype {x.dtype}.") from e
+        if x.shape[0] == 0:
+            return
+        shift = self._shift if self._shift is not None else x.mean(axis=0, dtype=np.float64)
+        # The one float64 copy of the block, C-ordered so that its transpose is the
+        # Fortran-ordered (d, batch) operand dsyrk reads without copying again.
+        xs = np.empty(x.shape, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported just below
+            np.subtract(x, shift, out=xs)
+            s = xs.sum(axis=0)
+        # NaN/inf anywhere reach the column sums: checking d numbers checks the block.
+        if not np.isfinite(s).all():
+            raise _nonfinite_error(x)
+        if self._gram is None:
+            self._gram = np.zeros((self._d, self._d), dtype=np.float64, order="F")
+            self._sum = np.zeros(self._d, dtype=np.float64)
+            self._shift = shift
+        self._gram = dsyrk(1.0, xs.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
+        self._sum += s
+        self._n += x.shape[0]
+
+    def _update_torch(self, features: Any) -> None:
+        import torch
+
+        if _is_torch(features):
+            x = features.detach()
+        else:
+            try:
+                x = torch.from_numpy(np.array(features, dtype=np.float64))
+            except (TypeError, ValueError) as e:
+                raise InputError(f"features must be numeric; got {type(features).__name__}.") from e
+        self._check_shape(tuple(x.shape))
+        if x.is_complex():
+            raise InputError(f"features must be real; got dtype {x.dtype}.")
+        if x.shape[0] == 0:
+            return
+        xs = x.to(self._device, torch.float64)  # (batch, d)
+        shift = self._shift if self._shift is not None else xs.mean(dim=0)
+        xs = xs.sub_(shift) if xs.data_ptr() != x.data_ptr() else xs - shift
+        s = xs.sum(dim=0)
+        if not bool(torch.isfinite(s).all()):
+            raise _nonfinite_error(x.to("cpu", torch.float64).numpy())
+        if self._gram is None:
+            self._gram = torch.zeros(self._d, self._d, dtype=torch.float64, device=self._device)
+            self._sum = torch.zeros(self._d, dtype=torch.float64, device=self._device)
+            self._shift = shift
+        self._gram.addmm_(xs.T, xs)
+        self._sum += s
+        self._n += x.shape[0]
+
+    # ---- combine ---------------------------------------------------------------------
+
+    def _here(self, a: Any) -> Any:
+        """`a` (numpy or torch) moved to where this accumulator's sums live."""
+        if self._device is None:
+            return a.detach().to("cpu").numpy() if _is_torch(a) else a
+        import torch
+
+        return (a if _is_torch(a) else torch.from_numpy(np.ascontiguousarray(a))).to(self._device)
+
+    def _centred(self) -> tuple[Any, Any, Any]:
+        """(mean, C, full) with C = Σ(F − mean)ᵀ(F − mean); numpy C is valid in its upper triangle."""
+        mean = self._shift + self._sum / self._n
+        if self._device is None:
+            c = np.array(self._gram, order="F")
+            c = dsyr(-1.0 / self._n, self._sum, lower=0, a=c, overwrite_a=1)
+        else:
+            c = self._gram - self._sum.outer(self._sum) / self._n
+        return mean, c, self._device is not None
+
+    def copy(self) -> Covariance:
+        """An independent accumulator with the same state."""
+        new = Covariance(self._d)
+        new._n, new._device = self._n, self._device
+        if self._gram is not None:
+            new._shift, new._sum, new._gram = (
+                a.clone() if _is_torch(a) else a.copy(order="K") for a in (self._shift, self._sum, self._gram)
+            )
+        return new
+
+    def merge(self, other: Covariance) -> Covariance:
+        """Add another accumulator's rows to this one (in place); returns self.
+
+        Uses the pairwise update of Chan, Golub & LeVeque (1979): C = C_a + C_b +
+        n_a·n_b/n · (μ_a − μ_b)(μ_a − μ_b)ᵀ, so the result equals streaming all rows into
+        one accumulator, up to rounding. The two may live on different devices; the result
+        stays on this one's.
+        """
+        if not isinstance(other, Covariance):
+            raise TypeError(f"can only merge a Covariance, not {type(other).__name__}")
+        if other._d != self._d:
+            raise InputError(f"cannot merge covariances of width {self._d} and {other._d}: different layers or models.")
+        if other._n == 0:
+            return self
+        if self._n == 0:  # nothing here yet: take the other's state as it is
+            state = other.copy()
+            self._n, self._device = state._n, state._device
+            self._shift, self._sum, self._gram = state._shift, state._sum, state._gram
+            return self
+        na, nb = self._n, other._n
+        n = na + nb
+        mean_a, ca, _ = self._centred()
+        mean_b, cb, full_b = other._centred()
+        if not full_b and self._device is not None:
+            cb = np.triu(cb) + np.triu(cb, 1).T  # torch's eigvalsh reads the lower triangle
+        mean_b, cb = self._here(mean_b), self._here(cb)
+        if self._device is None and full_b:
+            cb = np.asfortranarray(cb)
+        delta = mean_b - mean_a
+        gram = ca + cb
+        w = na * nb / n
+        if self._device is None:
+            gram = dsyr(w, delta, lower=0, a=np.asfortranarray(gram), overwrite_a=1)
+            mean = mean_a + delta * (nb / n)
+            self._sum = np.zeros(self._d)
+        else:
+            gram += w * delta.outer(delta)
+            mean = mean_a + delta * (nb / n)
+            self._sum = mean.new_zeros(self._d)
+        # Re-centred on the merged mean: the sums are now of F − mean, whose sum is 0.
+        self._shift, self._gram, self._n = mean, gram, n
+        return self
+
+    def __add__(self, other: Covariance) -> Covariance:
+        if not isinstance(other, Covariance):
+            return NotImplemented
+        return self.copy().merge(other)
+
+    def __radd__(self, other: Any) -> Covariance:
+        # sum([a, b, c]) starts from 0.
+        if isinstance(other, int) and other == 0:
+            return self.copy()
+        return NotImplemented
+
+    # ---- read ------------------------------------------------------------------------
+
+    def mean(self) -> np.ndarray:
+        """Column mean of all rows, numpy float64 (d,)."""
+        self._need_rows(1, "a mean")
+        mean = self._shift + self._sum / self._n
+        return mean.cpu().numpy() if _is_torch(mean) else mean
+
+    def covariance(self) -> np.ndarray:
+        """Centred covariance (FᵀF − n·μμᵀ)/n as numpy float64 (d, d), symmetric."""
+        self._need_rows(1, "a covariance")
+        _, c, full = self._centred()
+        if full:
+            c = c.cpu().numpy()
+        else:
+            c = np.triu(c) + np.triu(c, 1).T
+        return c / self._n
+
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of the covariance, numpy float64, largest first.
+
+        Only the first min(n, d) are kept (the rest are zero by construction), so the
+        spectrum has the length PCA by full SVD of the centred M×d matrix gives. Values
+        at or below d·ε·λ₁ — the resolution of a symmetric eigensolver on this matrix,
+        the threshold numpy's `matrix_rank` uses — are set to exactly 0, negatives included.
+        """
+        self._need_rows(2, "eigenvalues")
+        _, c, full = self._centred()
+        if not bool((c.isfinite() if full else np.isfinite(c)).all()):
+            raise InputError("the covariance overflows float64: features are too large (rescale them).")
+        if full:
+            import torch
+
+            lam = torch.linalg.eigvalsh(c).cpu().numpy()
+        else:
+            lam = eigh(c, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False)
+        lam = lam[::-1] / self._n
+        lam = np.where(lam > max(lam[0], 0.0) * self._d * _EPS64, lam, 0.0)
+        return np.ascontiguousarray(lam[: min(self._n, self._d)])
+
+    def _need_rows(self, k: int, what: str) -> None:
+        if self._n < k:
+            raise InputError(
+                f"{what} need{'s' if what.startswith('a ') else ''} at least {k} row{'s' if k > 1 else ''} "
+                "of features; "
+                f"this Covariance has {self._n}. Stream more rows with update()."
+            )
+
+
+# --------------------------------------------------------------------------------------
+# Metrics registry
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: `fn(eigenvalues, **params) -> (value or {output: value}, extra params)`."""
+
+    name: str
+    doc: str
+    fn: Callable[..., tuple[Any, dict[str, Any]]]
+    defaults: dict[str, Any]
+    outputs: tuple[str, ...]
+
+
+@dataclass
+class MetricValue:
+    """One number and how it was computed (stored in `metrics.params` as JSON)."""
+
+    metric: str
+    value: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None):
+    """Register `fn` under its name. Its keyword-only parameters (with defaults) are the
+    metric's params; it gets the cleaned spectrum (descending, ≥ 0, numerical zeros set to
+    0) and returns (value, extra) or ({output: value}, extra) for several outputs, where
+    `extra` holds what was derived (components used, ranges clipped, a `reason` for NaN).
+    """
+
+    def register(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        defaults = {
+            p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY
+        }
+        name = fn.__name__
+        REGISTRY[name] = Metric(
+            name=name,
+            doc=inspect.getdoc(fn) or "",
+            fn=fn,
+            defaults=defaults,
+            outputs=tuple(outputs or (name,)),
+        )
+        return fn
+
+    return register(fn) if fn is not None else register
+
+
+def _degenerate(lam: np.ndarray) -> str | None:
+    if lam.size == 0:
+        return "empty spectrum"
+    if lam[0] <= 0:
+        return "all eigenvalues are zero: the features do not vary across samples"
+    return None
+
+
+def _top(lam: np.ndarray, max_components: int | None) -> np.ndarray:
+    if max_components is None:
+        return lam
+    if isinstance(max_components, bool) or not isinstance(max_components, (int, np.integer)) or max_components < 1:
+        raise InputError(f"max_components must be a positive integer or None (full spectrum), got {max_components!r}.")
+    return lam[: int(max_components)]
+
+
+def _entropy(p: np.ndarray, eps: float) -> float:
+    # The authors add eps to every pᵢ after normalising (utils/powerlaw.py `rankme`):
+    # it keeps log finite for zero eigenvalues and is part of the published numbers.
+    q = p + eps
+    return float(-np.dot(q, np.log(q)))
+
+
+@metric
+def rankme(lam: np.ndarray, *, eps: float = 1e-7, max_components: int | None = 2048):
+    """Effective rank exp(−Σ pᵢ log pᵢ), pᵢ = λᵢ/Σλ + eps over the top max_components eigenvalues
+    (the authors' PCA kept 2,048; None = full spectrum)."""
+    kept = _top(lam, max_components)
+    extra: dict[str, Any] = {"n_components": int(kept.size)}
+    if reason := _degenerate(kept):
+        return math.nan, extra | {"reason": reason}
+    return math.exp(_entropy(kept / kept.sum(), eps)), extra
+
+
+@metric
+def rankme_sv(lam: np.ndarray, *, eps: float = 1e-7, max_components: int | None = 2048):
+    """RankMe on singular values σᵢ = √λᵢ, as Garrido et al. (2023) define it; pᵢ = σᵢ/Σσ + eps."""
+    kept = _top(lam, max_components)
+    extra: dict[str, Any] = {"n_components": int(kept.size)}
+    if reason := _degenerate(kept):
+        return math.nan, extra | {"reason": reason}
+    sigma = np.sqrt(kept / kept[0])  # (divided by λ₁ first: scale-free, no overflow)
+    return math.exp(_entropy(sigma / sigma.sum(), eps)), extra
+
+
+def _check_rank(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a rank ≥ 1 (1-based), got {value!r}.")
+    return int(value)
+
+
+@metric(outputs=("alpha_req", "alpha_req_r2"))
+def alpha_req(
+    lam: np.ndarray, *, fit_start: int = 12, fit_end: int = 100, r2_start: int | None = None, r2_end: int = 500
+):
+    """Power-law decay λ_k ∝ k^(−α): weighted least squares (weights 1/k) of log λ_k on log k
+    over ranks fit_start..fit_end (1-based; Stringer et al. 2019), α = −slope.
+
+    alpha_req_r2: R² of that line on log λ over ranks r2_start (default fit_start)..r2_end,
+    or ..len−10 when the spectrum has fewer than r2_end+12 eigenvalues (the authors' rule:
+    500, or d−10 when d < 512). R² is unweighted, as the authors' sklearn `r2_score`: it
+    judges the line on every rank of the longer range alike. Their script starts it at rank
+    13 (an in-place `trange += 1`); r2_start=13 reproduces that. Zero eigenvalues are left
+    out of both fits (log 0) and counted."""
+    fit_start, fit_end = _check_rank("fit_start", fit_start), _check_rank("fit_end", fit_end)
+    r2_start = fit_start if r2_start is None else _check_rank("r2_start", r2_start)
+    r2_end = _check_rank("r2_end", r2_end)
+    if fit_end < fit_start + 2:
+        raise InputError(f"the αReQ fit needs at least 3 ranks; got fit_start={fit_start}, fit_end={fit_end}.")
+    n = int(lam.size)
+    reasons: list[str] = []
+    extra: dict[str, Any] = {"r2_start": r2_start}
+
+    hi = min(fit_end, n)
+    if hi < fit_start:
+        reasons.append(f"spectrum has {n} eigenvalues, fewer than fit_start={fit_start}")
+    elif hi < fit_end:
+        reasons.append(f"spectrum has {n} eigenvalues: fit range clipped to ranks {fit_start}..{hi}")
+    extra["fit_range"] = [fit_start, hi] if hi >= fit_start else None
+    k = np.arange(fit_start, hi + 1, dtype=np.float64)  # ranks, 1-based
+    y = lam[fit_start - 1 : hi]
+    zeros = int(np.count_nonzero(y <= 0))
+    extra["n_zero_excluded"] = zeros
+    if zeros:
+        reasons.append(
+            f"{zeros} zero eigenvalue(s) in the fit range left out (log 0): fewer samples than "
+            "dimensions, or constant features"
+        )
+    k, y = k[y > 0], y[y > 0]
+    extra["n_fit_points"] = int(k.size)
+    if k.size < 3:
+        reasons.append(f"only {k.size} positive eigenvalue(s) in the fit range: need 3")
+        extra["reason"] = "; ".join(reasons)
+        return {"alpha_req": math.nan, "alpha_req_r2": math.nan}, extra
+
+    x, ly, w = np.log(k), np.log(y / lam[0]), 1.0 / k
+    xm, ym = np.dot(w, x) / w.sum(), np.dot(w, ly) / w.sum()
+    dx = x - xm
+    slope = float(np.dot(w * dx, ly - ym) / np.dot(w * dx, dx))
+    intercept = ym - slope * xm
+
+    end = r2_end if n >= r2_end + 12 else n - 10
+    extra["r2_range"] = [r2_start, end] if end >= r2_start else None
+    kr = np.arange(r2_start, max(end, r2_start - 1) + 1)  # ranks, 1-based
+    yr = lam[kr - 1]
+    kr, yr = kr[yr > 0], yr[yr > 0]
+    extra["n_r2_points"] = int(kr.size)
+    if kr.size < 3:
+        reasons.append(f"only {kr.size} positive eigenvalue(s) in the R² range (ranks {r2_start}..{end}): need 3")
+        r2 = math.nan
+    else:
+        lr = np.log(yr / lam[0])
+        resid = lr - (intercept + slope * np.log(kr))
+        ss_res, ss_tot = float(np.dot(resid, resid)), float(np.dot(lr - lr.mean(), lr - lr.mean()))
+        tiny = kr.size * (64 * _EPS64 * max(1.0, float(np.abs(lr).max()))) ** 2
+        if ss_tot <= tiny:
+            # log λ constant over the range (flat spectrum): R² is 0/0. The flat fitted line
+            # either matches it (1, as sklearn's r2_score says) or it is undefined.
+            r2 = 1.0 if ss_res <= tiny else math.nan
+            reasons.append("log λ is constant over the R² range: R² is 1 only if the fitted line is flat too")
+        else:
+            r2 = 1.0 - ss_res / ss_tot
+    if reasons:
+        extra["reason"] = "; ".join(reasons)
+    return {"alpha_req": -slope, "alpha_req_r2": r2}, extra
+
+
+@metric
+def spectral_entropy(lam: np.ndarray, *, eps: float = 1e-7, max_components: int | None = 2048):
+    """Shannon entropy −Σ pᵢ log pᵢ (nats) of the normalised spectrum: log RankMe, same eps and components."""
+    kept = _top(lam, max_components)
+    extra: dict[str, Any] = {"n_components": int(kept.size)}
+    if reason := _degenerate(kept):
+        return math.nan, extra | {"reason": reason}
+    return _entropy(kept / kept.sum(), eps), extra
+
+
+@metric
+def participation_ratio(lam: np.ndarray):
+    """(Σλ)² / Σλ², on the full spectrum."""
+    extra: dict[str, Any] = {"n_components": int(lam.size)}
+    if reason := _degenerate(lam):
+        return math.nan, extra | {"reason": reason}
+    r = lam / lam[0]
+    return float(r.sum() ** 2 / np.dot(r, r)), extra
+
+
+@metric
+def stable_rank(lam: np.ndarray):
+    """Σλ / λ₁, on the full spectrum."""
+    extra: dict[str, Any] = {"n_components": int(lam.size)}
+    if reason := _degenerate(lam):
+        return math.nan, extra | {"reason": reason}
+    return float((lam / lam[0]).sum()), extra
+
+
+@metric
+def top_eig_share(lam: np.ndarray):
+    """λ₁ / Σλ (anisotropy), on the full spectrum."""
+    extra: dict[str, Any] = {"n_components": int(lam.size)}
+    if reason := _degenerate(lam):
+        return math.nan, extra | {"reason": reason}
+    return float(1.0 / (lam / lam[0]).sum()), extra
+
+
+# --------------------------------------------------------------------------------------
+# Computing metrics
+# --------------------------------------------------------------------------------------
+
+
+def _clean_spectrum(eigenvalues: Any) -> np.ndarray:
+    if _is_torch(eigenvalues):
+        eigenvalues = eigenvalues.detach().to("cpu").double().numpy()
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.ndim != 1:
+        raise InputError(f"eigenvalues must be a 1-D vector; got shape {lam.shape}.")
+    if not np.isfinite(lam).all():
+        raise InputError("eigenvalues contain NaN or infinite values: recompute the spectrum.")
+    lam = np.sort(lam)[::-1]
+    if lam.size:
+        # Same numerical-zero rule as Covariance.eigenvalues, so a spectrum from SVD (whose
+        # structural zeros come out at 1e-30) and one from eigh (at 1e-17) read alike.
+        floor = float(np.abs(lam).max()) * lam.size * _EPS64
+        if lam[-1] < -floor:
+            raise InputError(
+                f"eigenvalue {lam[-1]:.3g} is negative beyond rounding: not the spectrum of a covariance."
+            )
+        lam = np.where(lam > floor, lam, 0.0)
+    lam.flags.writeable = False
+    return lam
+
+
+def compute_metrics(eigenvalues: Any, names: Iterable[str] | None = None, **overrides: Any) -> list[MetricValue]:
+    """The registered metrics (all, or `names`) of a covariance spectrum.
+
+    `eigenvalues` may be in any order and any scale (sorted descending here). `overrides`
+    such as max_components=None or fit_start=5 go to each metric that has that parameter.
+    Each MetricValue's params hold the parameters used and what was derived from them.
+
+    Example:
+        metrics_dict(compute_metrics(cov.eigenvalues(), max_components=None))
+    """
+    lam = _clean_spectrum(eigenvalues)
+    selected = list(REGISTRY) if names is None else list(names)
+    for name in selected:
+        if name not in REGISTRY:
+            raise InputError(f"unknown metric {name!r}; registered metrics: {', '.join(REGISTRY)}.")
+    known = {p for m in REGISTRY.values() for p in m.defaults}
+    if unknown := sorted(set(overrides) - known):
+        raise InputError(f"unknown metric parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    out: list[MetricValue] = []
+    for name in selected:
+        m = REGISTRY[name]
+        params = m.defaults | {k: v for k, v in overrides.items() if k in m.defaults}
+        value, extra = m.fn(lam, **params)
+        values = value if isinstance(value, dict) else {name: value}
+        used = params | extra
+        out.extend(MetricValue(metric=o, value=float(values[o]), params=dict(used)) for o in m.outputs)
+    return out
+
+
+def metrics_dict(values: Iterable[MetricValue]) -> dict[str, float]:
+    """{metric: value} from compute_metrics' list."""
+    return {v.metric: v.value for v in values}
+
+
+# --------------------------------------------------------------------------------------
+# Feature files
+# --------------------------------------------------------------------------------------
+
+SUFFIXES = (".npy", ".safetensors", ".parquet")
+
+
+def load_features(path: str | Path, key: str | None = None) -> np.ndarray:
+    """A (samples, d) feature matrix from .npy, .safetensors or .parquet.
+
+    .npy is memory-mapped (a matrix larger than RAM streams from disk). .safetensors holds
+    one tensor, or `key` names it (bf16 is read through torch, as float32). .parquet: one
+    list/array column (or the one `key` names) with a vector per row, else all numeric
+    columns. Raises InputError for a missing file, an unknown suffix, data that is not
+    2-D, or NaN/inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"features file {path} does not exist: check the path.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        x = _load_npy(path)
+    elif suffix == ".safetensors":
+        x = _load_safetensors(path, key)
+    elif suffix == ".parquet":
+        x = _load_parquet(path, key)
+    else:
+        raise InputError(f"cannot read features from {path.name}: use one of {', '.join(SUFFIXES)}.")
+    if x.ndim != 2:
+        raise InputError(
+            f"features in {path.name} have shape {x.shape}; need 2-D (samples, d). "
+            "Save one layer per file, pooled to one vector per sample."
+        )
+    if x.dtype.kind not in "fiu":
+        raise InputError(f"features in {path.name} have dtype {x.dtype}; need numbers.")
+    if x.dtype.kind == "f":
+        for i in range(0, x.shape[0], CHUNK_ROWS):
+            block = x[i : i + CHUNK_ROWS]
+            if not np.isfinite(block).all():
+                bad = i + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                raise InputError(
+                    f"features in {path.name} contain NaN, null or infinite values (first at row {bad}): "
+                    "fix the extraction or drop those rows."
+                )
+    return x
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read {path.name} as a numpy array: {e}") from e
+
+
+def _load_safetensors(path: Path, key: str | None) -> np.ndarray:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            names = list(f.keys())
+            name = _pick(names, key, path, "tensor")
+            dtype = f.get_slice(name).get_dtype()
+            if dtype.upper() not in ("BF16", "F8_E4M3", "F8_E5M2"):
+                return f.get_tensor(name)
+    except InputError:
+        raise
+    except Exception as e:  # safetensors raises its own SafetensorError for a bad file
+        raise InputError(f"cannot read {path.name} as safetensors: {e}") from e
+    # numpy has no bf16/fp8: read through torch and widen to float32 (exact).
+    import torch
+
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(name).to(torch.float32).numpy()
+
+
+def _pick(names: list[str], key: str | None, path: Path, what: str) -> str:
+    if key is not None:
+        if key not in names:
+            raise InputError(f"{path.name} has no {what} {key!r}; it has: {', '.join(names) or 'none'}.")
+        return key
+    if len(names) != 1:
+        raise InputError(
+            f"{path.name} holds {len(names)} {what}s ({', '.join(names) or 'none'}): name the one to use with key=."
+        )
+    return names[0]
+
+
+def _load_parquet(path: Path, key: str | None) -> np.ndarray:
+    import polars as pl
+
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # polars raises several error types for a bad file
+        raise InputError(f"cannot read {path.name} as parquet: {e}") from e
+    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array))]
+    if key is not None or nested:
+        col = _pick(nested if key is None else list(df.columns), key, path, "list column")
+        s = df[col]
+        if s.null_count():
+            raise InputError(f"column {col!r} of {path.name} has null rows: drop them or fill them.")
+        if isinstance(s.dtype, pl.List):
+            widths = s.list.len().unique()
+            if widths.len() != 1:
+                raise InputError(f"rows of column {col!r} in {path.name} have different lengths: {sorted(widths)[:5]}.")
+            s = s.cast(pl.Array(s.dtype.inner, int(widths[0])))
+        if not isinstance(s.dtype, pl.Array):
+            raise InputError(f"column {col!r} of {path.name} is not a list of numbers per row (dtype {s.dtype}).")
+        if s.dtype.inner.is_numeric() and s.explode().null_count():
+            raise InputError(f"column {col!r} of {path.name} has null values inside its vectors.")
+        return s.to_numpy()
+    numeric = df.select(pl.selectors.numeric())
+    if numeric.width == 0:
+        raise InputError(f"{path.name} has no numeric columns and no list column of feature vectors.")
+    return numeric.to_numpy()
+
+
+def metrics_of_file(
+    path: str | Path,
+    *,
+    key: str | None = None,
+    names: Iterable[str] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    **overrides: Any,
+) -> dict[str, float]:
+    """Every registered metric of a feature file: load, stream into Covariance in blocks,
+    eigenvalues, compute_metrics, metrics_dict.
+
+    Example:
+        metrics_of_file("features.npy", max_components=None)
+    """
+    x = load_features(path, key=key)
+    cov = Covariance(x.shape[1])
+    for i in range(0, x.shape[0], chunk_rows):
+        cov.update(x[i : i + chunk_rows])
+    return metrics_dict(compute_metrics(cov.eigenvalues(), names=names, **overrides))

@@ -1,0 +1,198 @@
+"""`geowh plot`: trajectories on a log training-time axis, phases shaded, several models overlaid.
+
+The x axis is `symlog` with a linear part below 1 step (below the first checkpoint's tokens for
+`--x tokens`), so step 0 is drawn where it is and steps ≥ 1 are logarithmic. One panel per
+metric, and one for the eval series if asked. With one model, its phases are shaded across the
+panels; with several, each model's phases are a thin band at the bottom of each panel in the
+phase's colour. `terminal=True` draws the same series with plotext (x = log10(step + 1)).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import polars as pl
+
+from geowh.errors import GeowhError, InputError
+from geowh.queries.correlate import Series, series_values
+from geowh.queries.phases import phases as find_phases
+from geowh.queries.series import Note, check_axis, load_series, models_arg, pick_series
+from geowh.warehouse import Warehouse
+
+PHASE_COLOURS = {
+    "warmup": "#bbbbbb", "entropy-seeking": "#9ecae1", "compression-seeking": "#fdae6b", "flat": "#eeeeee",
+}
+
+
+def plot_frame(
+    wh: Warehouse,
+    models: str | Sequence[str],
+    metrics: str | Sequence[str] = ("rankme", "alpha_req"),
+    evals: str | Sequence[str] = (),
+    x: str = "step",
+    probe: str | None = None,
+    layer: int | None = None,
+    note: Note = None,
+) -> pl.DataFrame:
+    """The points a plot draws: model, series, stage, step, tokens, value (long)."""
+    check_axis(x)
+    metrics = _names(metrics)
+    evals = [e if e.startswith("eval:") else f"eval:{e}" for e in _names(evals)]
+    if not metrics and not evals:
+        raise InputError("nothing to plot: pass --metric rankme,alpha_req and/or --eval sciq/acc")
+    parts = []
+    for model in models_arg(models):
+        if metrics:
+            pick = pick_series(wh, model, metrics, probe, layer, None, note)
+            wide = load_series(wh, pick, metrics)
+            for m in metrics:
+                parts.append(wide.select(pl.lit(model).alias("model"), pl.lit(m).alias("series"),
+                                         pl.col("stage").fill_null("pretrain"), "step", "tokens",
+                                         pl.col(m).cast(pl.Float64).alias("value")))
+        for e in evals:
+            try:
+                values = series_values(wh, model, Series.parse(e), note=note)
+            except InputError as error:
+                if len(models_arg(models)) == 1:
+                    raise
+                if note is not None:
+                    note(f"{model}: {e} not drawn ({error})")
+                continue
+            tokens = wh.query("SELECT step, tokens FROM checkpoints WHERE model = ? AND step IS NOT NULL", [model])
+            values = values.join(tokens.unique("step"), on="step", how="left")
+            parts.append(values.select(pl.lit(model).alias("model"), pl.lit(e).alias("series"), "stage", "step",
+                                       pl.col("tokens").cast(pl.Float64), "value"))
+    frame = pl.concat(parts, how="vertical_relaxed").filter(pl.col("value").is_not_null())
+    unknown = frame[x].null_count()
+    frame = frame.filter(pl.col(x).is_not_null())
+    if frame.height == 0:
+        raise InputError(f"nothing to plot: no point has its {x} recorded" + ("; use --x step" if x == "tokens" else ""))
+    if unknown and note is not None:
+        note(f"{unknown} point(s) without a recorded {x} are not drawn")
+    return frame
+
+
+def plot(
+    wh: Warehouse,
+    models: str | Sequence[str],
+    metrics: str | Sequence[str] = ("rankme", "alpha_req"),
+    evals: str | Sequence[str] = (),
+    x: str = "step",
+    out: str | Path | None = None,
+    terminal: bool = False,
+    probe: str | None = None,
+    layer: int | None = None,
+    shade_phases: bool = True,
+    stream: TextIO | None = None,
+    size: tuple[int, int] | None = None,
+    note: Note = None,
+) -> pl.DataFrame:
+    """Draw trajectories to a PNG (`out`) or the terminal; returns the points drawn."""
+    if out is None and not terminal:
+        raise InputError("say where to draw: --out fig.png or --terminal")
+    frame = plot_frame(wh, models, metrics, evals, x, probe, layer, note)
+    names = models_arg(models)
+    spans = _phase_spans(wh, names, x, probe, layer, note) if shade_phases and _names(metrics) else {}
+    if terminal:
+        _terminal(frame, x, stream or sys.stdout, size)
+    if out is not None:
+        _png(frame, spans, x, Path(out))
+    return frame
+
+
+def _phase_spans(wh: Warehouse, models: list[str], x: str, probe, layer, note: Note) -> dict[str, pl.DataFrame]:
+    """Each model's phases (computed, not stored); a model whose phases cannot be found is drawn unshaded."""
+    spans = {}
+    for model in models:
+        try:
+            found = find_phases(wh, model, probe=probe, layer=layer, x=x, store=False)
+        except GeowhError as e:
+            if note is not None:
+                note(f"{model}: phases not shaded ({e})")
+            continue
+        spans[model] = found.filter(pl.col("stage") == "pretrain")
+    return spans
+
+
+def _png(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    series = frame["series"].unique(maintain_order=True).to_list()
+    models = frame["model"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(len(series), 1, sharex=True, figsize=(8, 2.6 * len(series) + 0.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    positive = frame.filter(pl.col(x) > 0)[x]
+    linthresh = 1.0 if x == "step" else float(positive.min() if positive.len() else 1.0)
+    for ax, name in zip(axes[:, 0], series):
+        for i, model in enumerate(models):
+            part = frame.filter((pl.col("model") == model) & (pl.col("series") == name)).sort(x)
+            ax.plot(part[x].to_numpy(), part["value"].to_numpy(), marker=".", markersize=3, linewidth=1.2,
+                    color=colours[i % len(colours)], label=model)
+            if model in spans:
+                band = (0.0, 1.0) if len(models) == 1 else (i * 0.04, (i + 1) * 0.04)
+                for row in spans[model].iter_rows(named=True):
+                    start, end = row[f"start_{x}"], row[f"end_{x}"]
+                    if start is not None and end is not None:
+                        ax.axvspan(start, end, ymin=band[0], ymax=band[1], color=PHASE_COLOURS.get(row["phase"], "#eeeeee"),
+                                   alpha=0.45 if len(models) == 1 else 0.9, linewidth=0)
+        ax.set_ylabel(name.removeprefix("eval:"))
+        ax.set_xscale("symlog", linthresh=linthresh)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[-1, 0].set_xlabel(f"{x} (symlog: linear below {linthresh:g}, logarithmic above)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    shown = {row["phase"] for s in spans.values() for row in s.iter_rows(named=True)}
+    handles += [Patch(color=c, alpha=0.6, label=p) for p, c in PHASE_COLOURS.items() if p in shown]
+    axes[0, 0].legend(handles=handles, fontsize=8, loc="best")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _terminal(frame: pl.DataFrame, x: str, stream: TextIO, size: tuple[int, int] | None) -> None:
+    """One plotext panel per series, built one after the other (x = log10(step + 1), real steps as ticks)."""
+    import plotext as plt
+
+    width, height = size or (100, 16)  # per panel
+    offset = 1.0 if x == "step" else _first_positive(frame[x])
+    ticks = [0, 10, 100, 1_000, 10_000, 100_000, 1_000_000] if x == "step" else [offset * 10**k for k in range(7)]
+    top = float(np.log10(frame[x].max() + offset))
+    shown = [v for v in ticks if np.log10(v + offset) <= top + 0.3]
+    colourless = not (hasattr(stream, "isatty") and stream.isatty())
+    fig = plt.figure
+    panels = []
+    for name in frame["series"].unique(maintain_order=True).to_list():
+        fig.clear()
+        fig.plot_size(width, height)
+        fig.title(name.removeprefix("eval:"))
+        part = frame.filter(pl.col("series") == name)
+        for model in part["model"].unique(maintain_order=True).to_list():
+            points = part.filter(pl.col("model") == model).sort(x)
+            t = np.log10(points[x].to_numpy().astype(float) + offset)  # step 0 sits at 0
+            signal = fig.signal(t.tolist(), points["value"].to_list())
+            signal.label(model)
+            signal.lines(True)
+            fig.draw(signal)
+        fig.ruler("x").ticks([float(np.log10(v + offset)) for v in shown], [f"{v:.3g}" for v in shown])
+        fig.label(f"{x} (log axis of {x} + {offset:g})", axis="x")
+        panels.append(fig.build().string(colorless=colourless).rstrip("\n"))
+    fig.clear()
+    stream.write("\n".join(panels) + "\n")
+
+
+def _first_positive(values: pl.Series) -> float:
+    positive = values.filter(values > 0)
+    return float(positive.min()) if positive.len() else 1.0
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [v.strip() for v in items if v and v.strip()]

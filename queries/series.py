@@ -1,0 +1,143 @@
+"""Which trajectory a query means, and its values: shared by phases, correlate and plot.
+
+A model can have metrics on several probes, layers and poolings. Unless the user names one,
+the default is the probe with the most checkpoints (ties: the last by name), its last layer
+(the paper's representation) and `last` pooling; when there was a choice, a note says what
+was picked so that the user can pass --probe / --layer instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from geowh.errors import InputError
+from geowh.warehouse import Warehouse, canonical_model
+
+Note = Callable[[str], None] | None
+
+X_AXES = ("step", "tokens")
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One trajectory: a model's metrics on one probe, layer and pooling (None where unnamed)."""
+
+    model: str
+    probe: str | None
+    layer: int | None
+    pooling: str | None
+
+    def describe(self) -> str:
+        return f"{self.model} probe={self.probe} layer={self.layer} pooling={self.pooling}"
+
+
+def models_arg(models: str | Sequence[str]) -> list[str]:
+    """`pythia-410m,olmo-7b` or a list → canonical names, in order, without repeats."""
+    names = models.split(",") if isinstance(models, str) else list(models)
+    out = []
+    for name in (canonical_model(n) for n in names if n.strip()):
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise InputError("no model given: pass --model NAME (several as NAME1,NAME2)")
+    return out
+
+
+def pick_series(
+    wh: Warehouse,
+    model: str,
+    metrics: Sequence[str],
+    probe: str | None = None,
+    layer: int | None = None,
+    pooling: str | None = None,
+    note: Note = None,
+) -> Pick:
+    """The probe/layer/pooling whose `metrics` to use for `model` (see the module docstring)."""
+    model = canonical_model(model)
+    where, params = ["model = ?", f"metric IN ({', '.join('?' * len(metrics))})"], [model, *metrics]
+    for column, value in (("probe", probe), ("layer", layer), ("pooling", pooling)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    found = wh.query(
+        f"SELECT probe, layer, pooling, count(DISTINCT checkpoint) AS n FROM metrics WHERE {' AND '.join(where)} "
+        "GROUP BY ALL",
+        params,
+    )
+    if found.height == 0:
+        raise InputError(_missing(wh, model, metrics, probe, layer, pooling))
+    probes = found.group_by("probe").agg(pl.col("n").max()).sort(["n", "probe"], descending=True, nulls_last=True)
+    chosen_probe = probes["probe"][0]
+    rows = found.filter(pl.col("probe").eq_missing(chosen_probe))
+    chosen_layer = rows["layer"].max() if rows["layer"].null_count() < rows.height else None
+    rows = rows.filter(pl.col("layer").eq_missing(chosen_layer))
+    poolings = sorted(rows["pooling"].drop_nulls().to_list())
+    chosen_pooling = "last" if "last" in poolings else (poolings[0] if poolings else None)
+    picked = Pick(model, chosen_probe, chosen_layer, chosen_pooling)
+    choices = []
+    if probe is None and probes.height > 1:
+        choices.append(f"probe {chosen_probe} (most checkpoints of {probes.height}: pass --probe)")
+    if layer is None and found.filter(pl.col("probe").eq_missing(chosen_probe))["layer"].n_unique() > 1:
+        choices.append(f"layer {chosen_layer} (the last; pass --layer)")
+    if pooling is None and len(poolings) > 1:
+        choices.append(f"pooling {chosen_pooling} (of {', '.join(poolings)})")
+    if choices and note is not None:
+        note(f"{model}: using " + ", ".join(choices))
+    return picked
+
+
+def load_series(wh: Warehouse, pick: Pick, metrics: Sequence[str]) -> pl.DataFrame:
+    """The trajectory, one row per checkpoint in training order: checkpoint, stage, stage_order,
+    step, tokens and one column per metric."""
+    pivots = ", ".join(f"max(m.value) FILTER (WHERE m.metric = ?) AS {_ident(name)}" for name in metrics)
+    return wh.query(
+        f"""
+        SELECT m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, {pivots}
+        FROM metrics m JOIN checkpoints c ON c.model = m.model AND c.checkpoint = m.checkpoint
+        WHERE m.model = ? AND m.probe IS NOT DISTINCT FROM ? AND m.layer IS NOT DISTINCT FROM ?
+          AND m.pooling IS NOT DISTINCT FROM ? AND m.metric IN ({', '.join('?' * len(metrics))})
+        GROUP BY m.checkpoint, c.stage, c.stage_order, c.step, c.tokens
+        ORDER BY coalesce(c.stage_order, 0), c.step, m.checkpoint
+        """,
+        [*metrics, pick.model, pick.probe, pick.layer, pick.pooling, *metrics],
+    )
+
+
+def log_axis(values: np.ndarray, axis: str) -> np.ndarray:
+    """The log training-time axis: log10(step + 1); for tokens, log10(tokens + tokens of the
+    first checkpoint after 0), so that step 0 / 0 tokens sit one grid unit left of the first."""
+    values = np.asarray(values, dtype=float)
+    if axis == "step":
+        return np.log10(values + 1.0)
+    positive = values[values > 0]
+    offset = positive.min() if positive.size else 1.0
+    return np.log10(values + offset)
+
+
+def check_axis(x: str) -> None:
+    if x not in X_AXES:
+        raise InputError(f"--x must be step or tokens, not {x!r}")
+
+
+def _missing(wh: Warehouse, model, metrics, probe, layer, pooling) -> str:
+    models = wh.query("SELECT DISTINCT model FROM metrics ORDER BY model")["model"].to_list()
+    wanted = " / ".join(metrics)
+    if model not in models:
+        known = ", ".join(models[:12]) + (" …" if len(models) > 12 else "") if models else "none"
+        return f"no metrics for model {model!r} in {wh.path} (models with metrics: {known}); ingest or import-metrics it first"
+    have = wh.query(
+        "SELECT DISTINCT metric FROM metrics WHERE model = ? ORDER BY metric", [model]
+    )["metric"].to_list()
+    given = ", ".join(f"{k}={v}" for k, v in (("probe", probe), ("layer", layer), ("pooling", pooling)) if v is not None)
+    return (
+        f"{model} has no {wanted}{' for ' + given if given else ''} (its metrics: {', '.join(have)}); "
+        "check --probe/--layer or the metric name"
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,101 @@
+"""Importing trajectories computed elsewhere: CSV or Parquet, long or wide."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from geowh.errors import InputError
+from geowh.queries import import_metrics
+
+LONG = pl.DataFrame({
+    "model": ["my-run"] * 6,
+    "step": [0, 0, 100, 100, 1000, 1000],
+    "metric": ["rankme", "alpha_req"] * 3,
+    "value": [120.0, 0.5, 60.0, 1.1, 150.0, 0.8],
+    "stderr": [1.0, 0.01, None, None, 2.0, 0.02],
+    "probe": ["fineweb"] * 6,
+    "layer": [12] * 6,
+})
+
+
+def test_a_long_csv_becomes_metrics_checkpoints_and_an_import_run(wh, tmp_path):
+    path = tmp_path / "long.csv"
+    LONG.write_csv(path)
+    summary = import_metrics(wh, path)
+    assert summary.rows() == [("my-run", 3, "alpha_req,rankme", 6, "imported")]
+    traj = wh.trajectories(model="my-run")
+    assert traj["checkpoint"].to_list() == ["step0", "step100", "step1000"]
+    assert traj["step"].to_list() == [0, 100, 1000] and traj["rankme"].to_list() == [120.0, 60.0, 150.0]
+    assert traj["layer"].to_list() == [12] * 3 and traj["probe"].to_list() == ["fineweb"] * 3
+    stderr = wh.query("SELECT stderr FROM metrics WHERE metric = 'rankme' ORDER BY checkpoint")["stderr"].to_list()
+    assert stderr == [1.0, None, 2.0]
+    run = wh.query("SELECT kind, status, model, config FROM runs").row(0, named=True)
+    assert run["kind"] == "import" and run["status"] == "ok" and run["model"] == "my-run"
+    assert json.loads(run["config"])["source"].endswith("long.csv")
+    assert wh.query("SELECT family FROM models")["family"].item() == "imported"
+
+
+def test_a_wide_parquet_with_stages_gets_stage_labels(wh, tmp_path):
+    wide = pl.DataFrame({
+        "model": ["olmo-7b"] * 4,
+        "stage": ["pretrain", "pretrain", "sft", "dpo"],
+        "step": [1000, 2000, 100, 100],
+        "tokens": [4e9, 8e9, None, None],
+        "rankme": [80.0, 90.0, 110.0, 120.0],
+        "alpha_req": [0.9, 0.85, 0.8, 0.75],
+        "rankme_stderr": [1.0, 1.0, 1.0, 1.0],
+    })
+    path = tmp_path / "wide.parquet"
+    wide.write_parquet(path)
+    import_metrics(wh, path)
+    ckpts = wh.query("SELECT checkpoint, step, tokens, stage, stage_order FROM checkpoints ORDER BY stage_order, step")
+    assert ckpts["checkpoint"].to_list() == ["step1000", "step2000", "sft-step100", "dpo-step100"]
+    assert ckpts["stage_order"].to_list() == [0, 0, 2, 3] and ckpts["tokens"][0] == 4e9
+    assert set(wh.query("SELECT DISTINCT model FROM metrics")["model"]) == {"olmo-2-7b"}  # alias resolved
+    assert wh.query("SELECT count(*) AS n FROM metrics WHERE metric = 'rankme' AND stderr = 1")["n"].item() == 4
+    assert wh.query("SELECT count(*) AS n FROM metrics WHERE metric = 'rankme_stderr'")["n"].item() == 0
+
+
+def test_importing_the_same_file_twice_changes_nothing(wh, tmp_path):
+    path = tmp_path / "long.csv"
+    LONG.write_csv(path)
+    import_metrics(wh, path)
+    before = {t: wh.table(t).sort(pl.all()) for t in ("metrics", "runs", "checkpoints", "models")}
+    again = import_metrics(wh, path)
+    assert again["status"].to_list() == ["unchanged"]
+    for table, frame in before.items():
+        assert wh.table(table).sort(pl.all()).equals(frame), table
+
+
+def test_a_file_of_neither_layout_is_refused_by_name(wh, tmp_path):
+    path = tmp_path / "notes.csv"
+    pl.DataFrame({"model": ["a"], "step": [1], "comment": ["hello"]}).write_csv(path)
+    with pytest.raises(InputError, match="notes.csv is neither long"):
+        import_metrics(wh, path)
+
+
+def test_repeated_rows_and_missing_columns_are_refused(wh, tmp_path):
+    path = tmp_path / "twice.csv"
+    pl.concat([LONG, LONG.head(1)]).write_csv(path)
+    with pytest.raises(InputError, match="repeated rows"):
+        import_metrics(wh, path)
+    path = tmp_path / "nomodel.csv"
+    LONG.drop("model").write_csv(path)
+    with pytest.raises(InputError, match="--model"):
+        import_metrics(wh, path)
+    assert import_metrics(wh, path, model="given")["model"].to_list() == ["given"]
+
+
+def test_cli_import_metrics_prints_json(cli, tmp_path):
+    path = tmp_path / "long.csv"
+    LONG.write_csv(path)
+    result = cli(["import-metrics", path, "--db", tmp_path / "w.duckdb", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"model": "my-run", "checkpoints": 3, "metrics": "alpha_req,rankme", "rows": 6, "status": "imported"}
+    ]
+    missing = cli(["import-metrics", tmp_path / "nope.csv", "--db", tmp_path / "w.duckdb"])
+    assert missing.exit_code == 1 and "nope.csv" in missing.output

@@ -1,0 +1,285 @@
+"""Ingest end to end on tiny real models: features, metrics, resume, failures, hub cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import corrupt, save_hub_cache, save_series, tiny_model, tokenizer, write_docs
+
+N, MAX_LEN = 500, 128
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with ./my-run (4 tiny GPT-NeoX checkpoints) and docs.txt (stdlib docstrings)."""
+    root = tmp_path_factory.mktemp("ingest")
+    save_series(root / "my-run")
+    write_docs(root / "docs.txt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingested(workdir):
+    """The issue's end-to-end command, run once: `geowh ingest ./my-run --probe docs.txt --n 500 --max-len 128`."""
+    from typer.testing import CliRunner
+
+    from geowh.cli import app
+
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        result = CliRunner().invoke(
+            app, ["ingest", "./my-run", "--probe", "docs.txt", "--n", str(N), "--max-len", str(MAX_LEN), "--db", "w.duckdb"]
+        )
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return workdir / "w.duckdb"
+
+
+def _features_one_by_one(model, ids, pooling="last"):
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for seq in ids:
+            hidden = model(input_ids=torch.tensor([seq])).last_hidden_state[0]  # (seq, d)
+            rows.append(hidden[-1] if pooling == "last" else hidden.mean(0))
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("arch", ["gpt-neox", "olmo-2"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_padded_features_equal_one_sequence_at_a_time(arch, padding_side):
+    from geowh.ingest.extract import extract_features
+
+    model = tiny_model(arch).base_model
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(2, 50000, size=int(k)).tolist() for k in rng.integers(1, 40, size=12)]
+    out = {}
+    for batch in extract_features(
+        model, ids, pad_id=0, layers=[2], poolings=["last", "mean"], batch_size=5, padding_side=padding_side
+    ):
+        for key, f in batch.features.items():
+            out.setdefault(key, np.zeros((len(ids), f.shape[1])))[batch.indices] = f.numpy()
+    for pooling in ("last", "mean"):
+        alone = _features_one_by_one(model, ids, pooling)
+        assert np.abs(out[(2, pooling)] - alone).max() <= 1e-5
+
+
+def test_the_end_to_end_command_fills_trajectories(ingested, cli):
+    result = cli(["sql", "select step, rankme, alpha_req from trajectories order by step", "--db", ingested, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["step"] for r in rows] == [0, 1, 2, 4]
+    assert all(r["rankme"] > 1 and np.isfinite(r["alpha_req"]) for r in rows)
+    assert len({r["rankme"] for r in rows}) == 4  # the checkpoints differ, so do their spectra
+
+
+def test_warehouse_metrics_equal_metrics_of_independently_extracted_features(ingested, workdir):
+    import torch
+    from transformers import AutoModel
+
+    from geowh.ingest.spectrum import compute_metrics, metrics_dict
+    from geowh.warehouse import Warehouse
+
+    tok = tokenizer()
+    docs = (workdir / "docs.txt").read_text().splitlines()
+    ids = [tok(d, truncation=True, max_length=MAX_LEN)["input_ids"] for d in docs if d.strip()]
+    ids = [s for s in ids if len(s) > 32]
+    if len(ids) > N:  # the probe's documented sample: N of the usable documents, seed 0, file order
+        ids = [ids[i] for i in np.sort(np.random.default_rng(0).choice(len(ids), N, replace=False))]
+    model = AutoModel.from_pretrained(workdir / "my-run" / "step2", dtype=torch.float32).eval()
+    # Plain HF batching with right padding (positions need no care), last real token by mask sum.
+    f = []
+    with torch.inference_mode():
+        for i in range(0, len(ids), 100):
+            batch = tok.pad({"input_ids": ids[i : i + 100]}, padding_side="right", return_tensors="pt")
+            hidden = model(**batch).last_hidden_state  # (batch, seq, d)
+            last = batch["attention_mask"].sum(1) - 1
+            f.append(hidden[torch.arange(len(last)), last].numpy())
+    f = np.concatenate(f).astype(np.float64)
+    centred = f - f.mean(0)
+    expected = metrics_dict(compute_metrics(np.linalg.eigvalsh(centred.T @ centred / len(f))))
+
+    stored = Warehouse(ingested).query(
+        "select metric, value from metrics where model = 'my-run' and checkpoint = 'step2' and layer = 2 and pooling = 'last'"
+    )
+    got = dict(zip(stored["metric"], stored["value"]))
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    spectrum = Warehouse(ingested).query("select n_samples, d from spectra where checkpoint = 'step2'").row(0)
+    assert spectrum == (len(ids), 64)
+
+
+def test_resume_does_no_forward_pass_for_a_completed_checkpoint(ingested, workdir, monkeypatch):
+    import geowh.ingest.models as models
+    from geowh.ingest import ingest
+    from geowh.warehouse import Warehouse
+
+    loads = []
+    real = models.load_checkpoint
+    monkeypatch.setattr(models, "load_checkpoint", lambda ref, **kw: loads.append(ref.label) or real(ref, **kw))
+    before = Warehouse(ingested).query("select count(*) as n from runs")["n"][0]
+    summary = ingest(workdir / "my-run", probe=workdir / "docs.txt", n=N, max_len=MAX_LEN, db=ingested, quiet=True)
+    assert loads == []
+    assert [c["status"] for c in summary.checkpoints] == ["skipped"] * 4
+    assert Warehouse(ingested).query("select count(*) as n from runs")["n"][0] == before
+
+    # Another setting is another config: it does run (one checkpoint, to stay quick).
+    summary = ingest(
+        workdir / "my-run", probe=workdir / "docs.txt", n=50, max_len=MAX_LEN, checkpoints="step4", db=ingested, quiet=True
+    )
+    assert loads == ["step4"] and summary.count("ok") == 1
+
+
+def test_a_corrupt_checkpoint_gets_a_failed_run_while_the_others_succeed(workdir, tmp_path, cli):
+    from geowh.warehouse import Warehouse
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "my-run", run)
+    corrupt(run / "step2")
+    (run / "step8").mkdir()  # named like a checkpoint, never written: missing weights
+    db = tmp_path / "w.duckdb"
+    args = ["ingest", run, "--probe", workdir / "docs.txt", "--n", 60, "--max-len", 32, "--db", db]
+    result = cli(args)
+    assert result.exit_code == 1
+    runs = Warehouse(db).query("select checkpoint, status, error from runs order by checkpoint")
+    status = dict(zip(runs["checkpoint"], runs["status"]))
+    assert status == {"step0": "ok", "step1": "ok", "step2": "failed", "step4": "ok", "step8": "failed"}
+    errors = dict(zip(runs["checkpoint"], runs["error"]))
+    assert "step2" in errors["step2"] and errors["step8"]
+    metrics = Warehouse(db).query("select distinct checkpoint from metrics order by 1")["checkpoint"].to_list()
+    assert metrics == ["step0", "step1", "step4"]  # nothing half-written for the failures
+
+    shutil.rmtree(run / "step8")
+    shutil.copytree(workdir / "my-run" / "step2", run / "step2", dirs_exist_ok=True)
+    result = cli(args + ["--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert {c["checkpoint"]: c["status"] for c in summary["checkpoints"]} == {
+        "step0": "skipped", "step1": "skipped", "step2": "ok", "step4": "skipped",
+    }
+
+
+def test_nan_features_fail_the_checkpoint_with_that_reason(tmp_path, workdir):
+    import torch
+
+    from geowh.ingest import ingest
+    from geowh.warehouse import Warehouse
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight.fill_(float("inf"))
+    model.save_pretrained(tmp_path / "broken" / "step1")
+    tokenizer().save_pretrained(tmp_path / "broken" / "step1")
+    summary = ingest(tmp_path / "broken", probe=workdir / "docs.txt", n=20, max_len=16, db=tmp_path / "w.duckdb", quiet=True)
+    assert summary.failed == 1
+    error = Warehouse(tmp_path / "w.duckdb").query("select error from runs")["error"][0]
+    assert "NaN or inf" in error
+
+
+def test_subsets_layers_poolings_saved_features_and_extra_measurements(workdir, tmp_path):
+    from geowh.ingest import Measurement, ingest
+    from geowh.warehouse import Warehouse
+
+    seen = []
+
+    def count_layers(loaded, ref, config):
+        seen.append((ref.label, loaded.n_layers, config.subsets))
+        return {"metrics": [{"model": ref.model, "checkpoint": ref.label, "probe": None, "layer": None,
+                             "pooling": None, "metric": "n_layers", "value": float(loaded.n_layers)}]}
+
+    db = tmp_path / "w.duckdb"
+    summary = ingest(
+        workdir / "my-run", probe=workdir / "docs.txt", n=90, max_len=32, checkpoints="step0,step4", layers="all",
+        pooling="last,mean", subsets=3, save_features=tmp_path / "features", db=db, quiet=True,
+        measurements=[Measurement("count_layers", count_layers, {"version": 1})],
+    )
+    assert summary.count("ok") == 2 and seen == [("step0", 2, 3), ("step4", 2, 3)]
+    wh = Warehouse(db)
+    spectra = wh.query("select layer, pooling, n_samples from spectra where checkpoint = 'step0' order by all")
+    assert spectra.rows() == [(layer, p, 90) for layer in (0, 1, 2) for p in ("last", "mean")]
+    row = wh.query(
+        "select value, stderr, params from metrics where checkpoint='step0' and layer=2 and pooling='last' and metric='rankme'"
+    ).row(0)
+    params = json.loads(row[2])
+    assert params["subsets"] == 3 and row[0] == pytest.approx(np.mean(params["subset_values"]))
+    assert row[1] == pytest.approx(np.std(params["subset_values"], ddof=1) / np.sqrt(3))
+    extra = wh.query("select value, run_id from metrics where metric = 'n_layers' and checkpoint = 'step4'").row(0)
+    run = wh.query("select run_id from runs where checkpoint = 'step4' and status = 'ok'")["run_id"][0]
+    assert extra == (2.0, run)  # the measurement's rows joined the checkpoint's run
+    saved = np.load(tmp_path / "features" / "my-run" / "step0" / "layer2-last.npy")
+    assert saved.shape == (90, 64)
+
+
+def test_a_failing_measurement_leaves_no_rows_of_its_checkpoint(workdir, tmp_path):
+    from geowh.ingest import ingest
+    from geowh.warehouse import Warehouse
+
+    def explode(loaded, ref, config):
+        raise RuntimeError("index missing")
+
+    db = tmp_path / "w.duckdb"
+    summary = ingest(workdir / "my-run", probe=workdir / "docs.txt", n=30, max_len=16, checkpoints="step1",
+                     db=db, quiet=True, measurements=[explode])
+    assert summary.failed == 1
+    wh = Warehouse(db)
+    assert wh.query("select count(*) as n from metrics")["n"][0] == 0
+    assert wh.query("select error from runs")["error"][0] == "RuntimeError: index missing"
+
+
+def test_the_hub_path_runs_offline_against_a_local_hub_cache(workdir, tmp_path):
+    cache = save_hub_cache(tmp_path / "hub", "tiny-org/tiny-pythia", ["step0", "step1000"])
+    script = f"""
+import json
+from geowh.ingest import ingest
+from geowh.ingest.series import resolve_series
+series = resolve_series("hf:tiny-org/tiny-pythia")
+summary = ingest("hf:tiny-org/tiny-pythia", probe={str(workdir / 'docs.txt')!r}, n=40, max_len=32,
+                 db={str(tmp_path / 'w.duckdb')!r}, evict=True, quiet=True)
+print(json.dumps({{"listed": [r.label for r in series.checkpoints], "summary": summary.to_dict()}}))
+"""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["listed"] == ["step0", "step1000"]
+    assert [c["status"] for c in out["summary"]["checkpoints"]] == ["ok", "ok"]
+    from geowh.warehouse import Warehouse
+
+    rows = Warehouse(tmp_path / "w.duckdb").query("select step, source from checkpoints order by step").rows()
+    assert rows == [(0, "hf://tiny-org/tiny-pythia@step0"), (1000, "hf://tiny-org/tiny-pythia@step1000")]
+    snapshots = cache / "models--tiny-org--tiny-pythia" / "snapshots"
+    assert not snapshots.exists() or not any(snapshots.iterdir())  # --evict emptied the cache
+
+
+def test_loss_stores_the_probes_next_token_loss_from_the_same_forward(workdir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from geowh.ingest import ingest
+    from geowh.warehouse import Warehouse
+
+    db = tmp_path / "w.duckdb"
+    summary = ingest(workdir / "my-run", probe=workdir / "docs.txt", n=24, max_len=24, checkpoints="step1",
+                     loss=True, db=db, quiet=True)
+    assert summary.count("ok") == 1
+    got = Warehouse(db).query("select value, layer from metrics where metric = 'probe_loss'").row(0)
+
+    tok = tokenizer()
+    docs = [d for d in (workdir / "docs.txt").read_text().splitlines() if d.strip()]
+    ids = [s[:24] for s in (tok(d, truncation=True, max_length=33)["input_ids"] for d in docs) if len(s) > 32]
+    ids = [ids[i] for i in np.sort(np.random.default_rng(0).choice(len(ids), 24, replace=False))]
+    lm = AutoModelForCausalLM.from_pretrained(workdir / "my-run" / "step1").eval()
+    with torch.inference_mode():
+        total = sum(float(lm(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss) * (len(s) - 1) for s in ids)
+    assert got == (pytest.approx(total / sum(len(s) - 1 for s in ids), rel=1e-5), None)

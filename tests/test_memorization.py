@@ -1,0 +1,247 @@
+"""Distributional memorization: QA tasks, the zero rule, Spearman, batched scoring, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from conftest import PYTHIA_TOKENIZER
+from geowh.errors import InputError
+from geowh.ingest.memorization import (
+    METRIC,
+    ZERO_RULE,
+    QAItem,
+    answer_logliks,
+    infgram_side,
+    load_task,
+    log_p_inf,
+    spearman,
+    suffix_length_table,
+)
+from test_infgram import BruteForce
+
+WORDS = ["red", "blue", "green", "river", "mountain", "city", "king", "queen", "ocean", "forest", "star", "moon"]
+
+
+def qa_items(n: int = 24) -> list[dict]:
+    """Questions with answers from WORDS; items 0, 5, 10, … answer with words the corpus lacks."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        answer = " ".join(rng.choice(WORDS) for _ in range(1 + i % 3))
+        if i % 10 == 0:
+            answer = "zephyr xylophone"  # every answer token has P∞ = 0: excluded
+        elif i % 10 == 5:
+            answer = "red zephyr"  # one zero token, dropped from the sum
+        rows.append({"id": f"q{i}", "question": f"Which {WORDS[i % 12]} is number {i}" + ("?" if i % 2 else ""),
+                     "answer": answer})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in qa_items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def qa_index(tmp_path_factory, qa_file):
+    """A corpus where item i's question and answer appear together i % 5 times, among noise."""
+    from geowh.ingest.infgram import Index, build_index
+
+    rng = random.Random(1)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(200)]
+    for row in qa_items():
+        item = QAItem(row["id"], row["question"], row["answer"])
+        docs += [item.prompt + item.target] * (int(row["id"][1:]) % 5)
+    rng.shuffle(docs)
+    root = tmp_path_factory.mktemp("qa-index")
+    (root / "corpus.txt").write_text("\n".join(docs) + "\n")
+    build_index([root / "corpus.txt"], str(PYTHIA_TOKENIZER), root / "index")
+    return Index(root / "index")
+
+
+def test_items_are_formatted_with_one_question_mark():
+    assert QAItem("1", "Who wrote Hamlet", "Shakespeare").prompt == "Question: Who wrote Hamlet? Answer:"
+    assert QAItem("1", "Who wrote Hamlet? ", "Shakespeare").prompt == "Question: Who wrote Hamlet? Answer:"
+    assert QAItem("1", "q", " Paris ").target == " Paris"
+
+
+def test_a_local_jsonl_task_is_keyed_by_its_content(qa_file, tmp_path):
+    key, items = load_task(str(qa_file))
+    assert key.startswith("qa-") and len(key) == len("qa-") + 12
+    assert [i.item for i in items][:2] == ["q0", "q1"] and len(items) == 24
+    other = tmp_path / "qa.jsonl"
+    other.write_text(qa_file.read_text().replace("red", "pink"))
+    assert load_task(str(other))[0] != key
+    assert len(load_task(str(qa_file), limit=5)[1]) == 5
+    with pytest.raises(InputError, match="unknown QA task"):
+        load_task("no-such-task")
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(InputError, match="bad.jsonl:1"):
+        load_task(str(tmp_path / "bad.jsonl"))
+
+
+def test_triviaqa_reads_the_rc_validation_split_and_its_answer_value(monkeypatch):
+    import datasets
+
+    seen = {}
+    rows = [{"question_id": "tc_1", "question": "Who?", "answer": {"value": "Him", "aliases": ["He"]}},
+            {"question_id": "tc_1", "question": "Who?", "answer": {"value": "Him", "aliases": []}},
+            {"question_id": "tc_2", "question": "Where", "answer": {"value": "There", "aliases": []}}]
+
+    def fake_load(name, config, split):
+        seen.update(name=name, config=config, split=split)
+        return datasets.Dataset.from_list([r | {"entity_pages": {}} for r in rows])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    key, items = load_task("triviaqa")
+    assert key == "triviaqa" and seen == {"name": "mandarjoshi/trivia_qa", "config": "rc", "split": "validation"}
+    assert items == [QAItem("tc_1", "Who?", "Him"), QAItem("tc_2", "Where", "There")]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    with pytest.raises(InputError, match="local .jsonl"):
+        load_task("triviaqa")
+
+
+def test_zero_probability_tokens_are_dropped_and_all_zero_items_excluded():
+    assert log_p_inf([0.5, 0.0, 0.25]) == (math.log(0.5) + math.log(0.25), 1, None)
+    value, zeros, excluded = log_p_inf([0.0, 0.0])
+    assert value is None and zeros == 2 and "P∞ = 0" in excluded
+    assert log_p_inf([])[2] is not None
+    assert log_p_inf([1.0]) == (0.0, 0, None)
+
+
+def test_spearman_on_constructed_data():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert spearman(x, [math.exp(v) for v in x])["rho"] == pytest.approx(1.0)
+    assert spearman(x, [-v**3 for v in x])["rho"] == pytest.approx(-1.0)
+    y = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0]  # ranks differ by one swap per pair: 1 - 6·6/(6·35) = 0.8286
+    result = spearman(x, y)
+    assert result["rho"] == pytest.approx(1 - 6 * 6 / (6 * 35)) and result["n"] == 6
+    assert 0 < result["p"] < 0.05
+    with_gaps = spearman(x + [None, math.nan], y + [1.0, 2.0])
+    assert with_gaps["n"] == 6 and with_gaps["rho"] == result["rho"]
+    assert math.isnan(spearman([1.0, 2.0], [1.0, 2.0])["rho"])
+    assert "constant" in spearman(x, [1.0] * 6)["reason"]
+
+
+def test_the_infgram_side_matches_brute_force_and_is_cached(qa_index, qa_file, wh, monkeypatch):
+    from geowh.ingest.infgram import Index
+
+    key, items = load_task(str(qa_file))
+    rows = infgram_side(qa_index, key, items, wh)
+    lines = [x for x in (qa_index.directory.parent / "corpus.txt").read_text().split("\n") if x]
+    brute = BruteForce([qa_index.tokenize(x) for x in lines], 0xFFFF)
+    for item, row in zip(items, rows):
+        prompt, answer = qa_index.tokenize(item.prompt), qa_index.tokenize(item.target)
+        want = [brute.prob(prompt + answer[:i], t) for i, t in enumerate(answer)]
+        assert list(zip(row["probs"], row["suffix_lens"])) == want
+        assert row["excluded"] is None or all(p == 0 for p in row["probs"])
+    assert any(r["excluded"] for r in rows) and any(r["zero_tokens"] for r in rows if not r["excluded"])
+    stored = wh.query("SELECT count(*) AS n FROM infgram_items WHERE task = ?", [key])["n"][0]
+    assert stored == len(items)
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the cached rows should have been used")
+
+    monkeypatch.setattr(Index, "continuation_probs", no_engine)
+    again = infgram_side(qa_index, key, items, wh)
+    assert [r["log_p_inf"] for r in again] == [r["log_p_inf"] for r in rows]
+
+
+def test_suffix_length_table_uses_the_papers_buckets():
+    table = suffix_length_table([{"suffix_lens": [0, 3, 4, 8, 9, 20]}, {"suffix_lens": [5, 5]}])
+    assert [r["suffix_len"] for r in table] == ["<=3", "4", "5", "6", "7", "8", ">8"]
+    assert [r["tokens"] for r in table] == [2, 1, 2, 0, 0, 1, 2]
+    assert sum(r["share"] for r in table) == pytest.approx(1.0)
+
+
+def test_answer_logliks_take_one_forward_per_batch_and_match_a_plain_forward():
+    import torch
+    from tiny import tiny_model, tokenizer
+
+    model, tok = tiny_model(), tokenizer()
+    tok.pad_token = tok.eos_token
+    items = [QAItem(r["id"], r["question"], r["answer"]) for r in qa_items(10)]
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    batched = answer_logliks(model, tok, items, batch_size=4)
+    assert len(calls) == 3  # ceil(10 / 4), whatever the number of answer tokens
+    one_by_one = answer_logliks(model, tok, items, batch_size=1)
+    assert [n for _, n in batched] == [n for _, n in one_by_one]
+    np.testing.assert_allclose([v for v, _ in batched], [v for v, _ in one_by_one], rtol=1e-5)
+    item = items[7]
+    prompt, answer = tok(item.prompt)["input_ids"], tok(item.target, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0].double(), -1)
+    plain = sum(logprobs[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer))
+    assert batched[7][0] == pytest.approx(plain, rel=1e-5)
+
+
+def test_memorize_scores_a_local_series_resumes_and_records_failures(cli, tmp_path, qa_file, qa_index):
+    from tiny import corrupt, save_series
+
+    from geowh.warehouse import Warehouse
+
+    run, db = save_series(tmp_path / "run", steps=(0, 1, 2)), tmp_path / "w.duckdb"
+    args = ["memorize", run, "--task", qa_file, "--index", qa_index.directory, "--db", db, "--json", "--batch-size", "8"]
+    first = cli(args)
+    assert first.exit_code == 0, first.output
+    assert [s["status"] for s in json.loads(first.stdout)] == ["ok", "ok", "ok"]
+    wh = Warehouse(db)
+    traj = wh.trajectories(model="run")
+    assert traj.height == 3 and traj[METRIC].is_not_null().all()
+    assert traj["probe"].unique().to_list() == [load_task(str(qa_file))[0]] and traj["layer"].is_null().all()
+    metric = wh.query(f"SELECT value, params FROM metrics WHERE metric = '{METRIC}' AND checkpoint = 'step1'")
+    params = json.loads(metric["params"][0])
+    included = sum(1 for r in infgram_side(qa_index, params["task"], load_task(str(qa_file))[1]) if not r["excluded"])
+    assert params["n"] == included and params["zero_rule"] == ZERO_RULE
+    assert params["index_tokenizer"] == str(PYTHIA_TOKENIZER) and params["model_tokenizer"]
+    assert -1 <= metric["value"][0] <= 1
+    assert wh.query("SELECT count(*) AS n FROM memorization_items")["n"][0] == 3 * 24
+
+    again = cli(args)
+    assert [s["status"] for s in json.loads(again.stdout)] == ["skipped"] * 3
+
+    corrupt(run / "step2")
+    forced = cli([*args, "--force"])
+    assert forced.exit_code == 1
+    assert [s["status"] for s in json.loads(forced.stdout)] == ["ok", "ok", "failed"]
+    failed = wh.query("SELECT checkpoint, error FROM runs WHERE status = 'failed'")
+    assert failed["checkpoint"].to_list() == ["step2"] and "step2" in failed["error"][0]
+
+
+def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index):
+    result = cli(["index", "stats", qa_index.directory, "--task", qa_file, "--db", tmp_path / "w.duckdb", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    rows = infgram_side(qa_index, stats["task"], load_task(str(qa_file))[1])
+    assert sum(b["tokens"] for b in stats["buckets"]) == sum(len(r["suffix_lens"]) for r in rows)
+    assert stats["items"] == 24 and stats["excluded"] == sum(1 for r in rows if r["excluded"])
+
+
+def test_ingest_with_memorization_puts_both_measurements_in_trajectories(cli, tmp_path, qa_file, qa_index):
+    from tiny import save_series
+
+    from geowh.warehouse import Warehouse
+
+    run, db = save_series(tmp_path / "run", steps=(0, 4)), tmp_path / "w.duckdb"
+    probe = tmp_path / "probe.txt"
+    probe.write_text("\n".join(f"{w} flows past the {v} under the {u} sky" for w in WORDS for v in WORDS[:3] for u in WORDS[:2]))
+    result = cli(["ingest", run, "--probe", probe, "--n", 40, "--min-len", 2, "--max-len", 32, "--db", db,
+                  "--memorization", qa_file, "--index", qa_index.directory, "--json"])
+    assert result.exit_code == 0, result.output
+    traj = Warehouse(db).trajectories(model="run")
+    geometry = traj.filter(traj["rankme"].is_not_null())
+    memorization = traj.filter(traj[METRIC].is_not_null())
+    assert geometry.height == 2 and memorization.height == 2
+    assert memorization["checkpoint"].to_list() == ["step0", "step4"]
+    items = Warehouse(db).query("SELECT count(*) AS n, count(run_id) AS with_run FROM memorization_items")
+    assert items["n"][0] == items["with_run"][0] == 2 * 24
+    lonely = cli(["ingest", run, "--probe", probe, "--db", db, "--memorization", qa_file])
+    assert lonely.exit_code == 1 and "--index" in lonely.output

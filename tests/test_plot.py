@@ -1,0 +1,76 @@
+"""Plots: a PNG with phases shaded, several models overlaid, and the terminal variant."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import PYTHIA_EVALS
+
+from geowh.errors import InputError
+from geowh.queries import import_evals, import_metrics, plot
+
+STEPS = np.array([0] + [2**k for k in range(10)] + list(range(1000, 143001, 4000)))
+
+
+@pytest.fixture
+def two_models(wh, tmp_path):
+    t = np.log10(STEPS + 1)
+    knots = np.log10(np.array([0, 64, 4000, 143000]) + 1)
+    for i, model in enumerate(("pythia-410m", "pythia-160m")):
+        rankme = np.exp(np.interp(t, knots, np.log([300, 60, 180, 120])) + 0.05 * i)
+        alpha = np.interp(t, knots, [0.4, 1.2, 0.7, 0.95]) + 0.05 * i
+        pl.DataFrame({"model": model, "step": STEPS, "probe": "fineweb", "layer": 12,
+                      "rankme": rankme, "alpha_req": alpha}).write_csv(tmp_path / f"{model}.csv")
+        import_metrics(wh, tmp_path / f"{model}.csv")
+    import_evals(wh, [PYTHIA_EVALS / "pythia-410m" / "zero-shot"])
+    return wh
+
+
+def test_a_png_is_drawn_with_evals_and_two_models(two_models, tmp_path):
+    out = tmp_path / "fig.png"
+    points = plot(two_models, "pythia-410m,pythia-160m", "rankme,alpha_req", "sciq/acc", out=out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert set(points["series"]) == {"rankme", "alpha_req", "eval:sciq/acc"}
+    assert points.filter(pl.col("series") == "rankme").group_by("model").len().sort("model")["len"].to_list() == [
+        len(STEPS), len(STEPS)]
+    assert points.filter(pl.col("series") == "eval:sciq/acc")["model"].unique().to_list() == ["pythia-410m"]
+    assert points["step"].min() == 0  # step 0 is drawn (symlog axis)
+
+
+def test_the_terminal_plot_is_text_with_every_panel(two_models):
+    stream = io.StringIO()
+    plot(two_models, "pythia-410m,pythia-160m", "rankme,alpha_req", terminal=True, stream=stream, size=(90, 14))
+    text = stream.getvalue()
+    assert len(text.splitlines()) >= 2 * 14 - 2
+    assert "rankme" in text and "alpha_req" in text and "pythia-160m" in text and "1e+05" in text
+    assert "\x1b[" not in text  # not a terminal: no colour codes
+
+
+def test_cli_plot_writes_the_png_and_draws_in_the_terminal(two_models, tmp_path, cli):
+    out = tmp_path / "cli.png"
+    result = cli(["plot", "--model", "pythia-410m", "--eval", "sciq/acc", "--out", out, "--db", two_models.path])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 20_000
+    shown = cli(["plot", "--model", "pythia-160m", "--terminal", "--x", "tokens", "--db", two_models.path])
+    assert shown.exit_code == 1 and "--x step" in shown.output  # imported without tokens: said, not drawn empty
+    shown = cli(["plot", "--model", "pythia-410m", "--terminal", "--db", two_models.path])
+    assert shown.exit_code == 0 and len(shown.stdout.strip()) > 500
+
+
+def test_nowhere_to_draw_is_an_error(wh):
+    with pytest.raises(InputError, match="--out"):
+        plot(wh, "pythia-410m")
+
+
+def test_queries_never_import_torch_transformers_or_infini_gram():
+    code = (
+        "import sys, geowh.queries, geowh.queries.plot, geowh.cli.queries\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'infini_gram') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
