@@ -50,7 +50,8 @@ def index_build(
 
         meta = build_index(corpus, tokenizer, out, shards=shards, progress=progress)
     record_index(Warehouse(db), out)
-    summary = {"index": str(out.resolve()), **{k: getattr(meta, k) for k in ("tokenizer", "token_dtype", "shards", "documents", "tokens", "seconds")}}
+    fields = ("tokenizer", "token_dtype", "shards", "documents", "tokens", "seconds")
+    summary = {"index": str(out.resolve()), **{k: getattr(meta, k) for k in fields}}
     if json_:
         print_json(summary)
     else:

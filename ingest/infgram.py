@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +298,8 @@ def read_meta(directory: str | Path, tokenizer: str | None = None) -> IndexMeta:
         raise InputError(f"no index folder at {directory}: build one with `geowh index build`")
     meta_path = directory / META_FILE
     if meta_path.exists():
-        meta = IndexMeta(**json.loads(meta_path.read_text()))
+        known = {f.name for f in fields(IndexMeta)}
+        meta = IndexMeta(**{k: v for k, v in json.loads(meta_path.read_text()).items() if k in known})
         if tokenizer is not None and tokenizer != meta.tokenizer:
             meta = IndexMeta(**{**asdict(meta), "tokenizer": tokenizer})
         return meta
@@ -450,9 +451,6 @@ class Index:
         p = self.prob(tokens[:-1], tokens[-1])
         return {"tokens": tokens, "count": self.count(tokens), "prob": p.prob, "suffix_len": p.suffix_len}
 
-    def stats(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), **asdict(self.meta)}
-
 
 def _checked(result: Any) -> dict:
     """The engine reports bad input as {'error': ...} instead of raising."""
@@ -461,10 +459,10 @@ def _checked(result: Any) -> dict:
     return result
 
 
-def index_row(index: "Index | str | Path", meta: IndexMeta | None = None) -> dict[str, Any]:
+def index_row(index: "Index | str | Path") -> dict[str, Any]:
     """The `indexes` table row of an index."""
     directory = index.directory if isinstance(index, Index) else Path(index)
-    meta = meta or (index.meta if isinstance(index, Index) else read_meta(directory))
+    meta = index.meta if isinstance(index, Index) else read_meta(directory)
     return {
         "index_dir": str(directory.resolve()),
         "tokenizer": meta.tokenizer,

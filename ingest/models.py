@@ -183,11 +183,16 @@ def load_checkpoint(
     where, kwargs = _where(ref)
     cls = AutoModelForCausalLM if with_head else AutoModel
     try:
-        model = cls.from_pretrained(where, dtype=torch_dtype, **kwargs)
+        model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
     except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
         raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
-    if _has_meta_tensors(model):
-        raise CheckpointError(f"{ref.source} is missing weights (some tensors were never loaded)")
+    # transformers fills tensors absent from the files with random values: that is a broken checkpoint.
+    if missing := info.get("missing_keys"):
+        names = sorted(missing)
+        raise CheckpointError(
+            f"{ref.source} is missing {len(names)} weight tensor(s) ({', '.join(names[:3])}, …): "
+            "the checkpoint is incomplete; download or save it again"
+        )
     try:
         model.to(torch_device)
     except Exception as e:  # out of memory, most often
@@ -195,10 +200,6 @@ def load_checkpoint(
     model.eval()
     model.requires_grad_(False)
     return Loaded(model, tok, torch_device, torch_dtype, ref)
-
-
-def _has_meta_tensors(model) -> bool:
-    return any(p.device.type == "meta" for p in model.parameters())
 
 
 def _short(error: BaseException) -> str:

@@ -55,7 +55,7 @@ class TrainConfig:
     layers: int = 4
     d_model: int = 128
     heads: int | None = None
-    """Attention heads (default d_model // 32, at least 1: Pythia's 64-dimensional heads halved)."""
+    """Attention heads (default: heads of 32 dimensions, half Pythia's 64, which suits small d)."""
     vocab: int = 8000
     """Size of the BPE trained on the corpus; ignored when `tokenizer` is given."""
     tokenizer: str | None = None
@@ -92,7 +92,10 @@ class TrainConfig:
 
     @property
     def n_heads(self) -> int:
-        return self.heads or max(1, self.d_model // 32)
+        if self.heads:
+            return self.heads
+        # Heads of 32 dimensions, or the nearest count below that divides d_model.
+        return next(h for h in range(max(1, self.d_model // 32), 0, -1) if self.d_model % h == 0)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"corpus": list(self.corpus)}
@@ -292,7 +295,7 @@ def _prepare_data(out: Path, config: TrainConfig, log: _Log) -> dict:
         ids = encode_documents(tokenizer, train_docs)
         dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
         partial = out / "tokens.partial.npy"
-        np.save(partial, np.asarray(ids, dtype=dtype))
+        np.save(partial, ids.astype(dtype))
         partial.replace(out / "tokens.npy")
     log.info(f"{len(ids):,} training tokens, vocabulary {len(tokenizer):,}")
     return corpus.describe() | {
@@ -354,22 +357,22 @@ def _sample(texts, limit: int) -> list[str]:
     return list(texts[::stride])
 
 
-def encode_documents(tokenizer, texts, chunk: int = 2048) -> list[int]:
-    """One token stream: each document's ids followed by EOS."""
+def encode_documents(tokenizer, texts, chunk: int = 2048):
+    """One token stream (int64 array): each document's ids followed by EOS."""
+    import numpy as np
+
     eos = tokenizer.eos_token_id
     # The fast backend directly: no "longer than model_max_length" warning for long documents.
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    ids: list[int] = []
+    parts = []
     for i in range(0, len(texts), chunk):
         part = list(texts[i : i + chunk])
         if backend is not None:
             docs = [e.ids for e in backend.encode_batch(part, add_special_tokens=False)]
         else:
             docs = tokenizer(part, add_special_tokens=False)["input_ids"]
-        for doc in docs:
-            ids += doc
-            ids.append(eos)
-    return ids
+        parts.append(np.fromiter((t for doc in docs for t in (*doc, eos)), dtype=np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _load_tokenizer(folder: Path):
@@ -395,7 +398,7 @@ def _eval_batch(probe_file: Path, tokenizer, config: TrainConfig):
     ids = encode_documents(tokenizer, docs[: 4 * EVAL_WINDOWS])
     width = config.seq_len + 1
     count = min(EVAL_WINDOWS, len(ids) // width)
-    return np.asarray(ids[: count * width], dtype=np.int64).reshape(count, width) if count else None
+    return ids[: count * width].reshape(count, width) if count else None
 
 
 # -- model and steps -------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
 import typer
@@ -19,15 +18,15 @@ from geowh.warehouse import Warehouse
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def all_commands() -> dict[str, click.Command]:
+def all_commands() -> dict:
     """Every leaf command as its full name ("sql", "index build", …)."""
     from geowh.cli import app
 
     found = {}
 
-    def walk(group: click.Group, prefix: str) -> None:
+    def walk(group, prefix: str) -> None:
         for name, command in group.commands.items():
-            if isinstance(command, click.Group):
+            if hasattr(command, "commands"):  # a sub-app (typer ships its own copy of click)
                 walk(command, f"{prefix}{name} ")
             else:
                 found[f"{prefix}{name}"] = command

@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 from tiny import corrupt, save_hub_cache, save_series, tiny_model, tokenizer, write_docs
 
 N, MAX_LEN = 500, 128
@@ -148,19 +148,23 @@ def test_a_corrupt_checkpoint_gets_a_failed_run_while_the_others_succeed(workdir
     shutil.copytree(workdir / "my-run", run)
     corrupt(run / "step2")
     (run / "step8").mkdir()  # named like a checkpoint, never written: missing weights
+    shutil.copytree(run / "step4", run / "step6")  # weights file without one tensor: incomplete
+    tensors = load_file(run / "step6" / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if "layers.1.mlp" not in k}, run / "step6" / "model.safetensors")
     db = tmp_path / "w.duckdb"
     args = ["ingest", run, "--probe", workdir / "docs.txt", "--n", 60, "--max-len", 32, "--db", db]
     result = cli(args)
     assert result.exit_code == 1
     runs = Warehouse(db).query("select checkpoint, status, error from runs order by checkpoint")
     status = dict(zip(runs["checkpoint"], runs["status"]))
-    assert status == {"step0": "ok", "step1": "ok", "step2": "failed", "step4": "ok", "step8": "failed"}
+    assert status == {"step0": "ok", "step1": "ok", "step2": "failed", "step4": "ok", "step6": "failed", "step8": "failed"}
     errors = dict(zip(runs["checkpoint"], runs["error"]))
-    assert "step2" in errors["step2"] and errors["step8"]
+    assert "step2" in errors["step2"] and errors["step8"] and "missing 4 weight tensor(s)" in errors["step6"]
     metrics = Warehouse(db).query("select distinct checkpoint from metrics order by 1")["checkpoint"].to_list()
     assert metrics == ["step0", "step1", "step4"]  # nothing half-written for the failures
 
     shutil.rmtree(run / "step8")
+    shutil.rmtree(run / "step6")
     shutil.copytree(workdir / "my-run" / "step2", run / "step2", dirs_exist_ok=True)
     result = cli(args + ["--json"])
     assert result.exit_code == 0, result.output

@@ -166,7 +166,7 @@ def test_olmo_short_names_are_aliases_of_the_olmo_2_series():
     assert canonical_model("pythia-410m") == "pythia-410m"
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     values=st.lists(
         st.floats(allow_nan=True, allow_infinity=False, width=64), min_size=1, max_size=6
