@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.ingest.texts import SUFFIXES, iter_documents
 
 META_FILE = "geowh-index.json"
 INDEX_VERSION = 4
 # The engine sorts every file of an index directory by these substrings of its full path.
 ENGINE_MARKERS = ("tokenized", "table", "offset", "metadata", "metaoff")
-CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
 TOKENIZE_BATCH = 1024
 SA_WRITE_CHUNK = 1 << 22  # suffix-array entries converted and written at a time
 
@@ -123,48 +123,19 @@ def corpus_files(paths: Sequence[str | Path]) -> list[Path]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in CORPUS_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
             if not found:
                 raise InputError(f"{path} holds no .txt, .jsonl or .parquet file to index")
             files.extend(found)
         elif not path.is_file():
             raise InputError(f"corpus file {path} does not exist")
-        elif path.suffix not in CORPUS_SUFFIXES:
+        elif path.suffix not in SUFFIXES:
             raise InputError(f"{path}: corpus files must be .txt (a document per line), .jsonl or .parquet (`text`)")
         else:
             files.append(path)
     if not files:
         raise InputError("no corpus file given: pass .txt, .jsonl or .parquet files (or folders holding them)")
     return files
-
-
-def read_documents(path: Path) -> Iterator[tuple[str, int]]:
-    """(text, bytes consumed) per document: .txt lines, .jsonl / .parquet `text` fields."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        file = pq.ParquetFile(path)
-        if "text" not in file.schema_arrow.names:
-            raise InputError(f"{path} has no `text` column (columns: {file.schema_arrow.names})")
-        per_row = path.stat().st_size / max(file.metadata.num_rows, 1)
-        for batch in file.iter_batches(columns=["text"], batch_size=4096):
-            for text in batch.column(0).to_pylist():
-                if text:
-                    yield text, int(per_row)
-        return
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if path.suffix == ".txt":
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            else:
-                if not raw.strip():
-                    yield "", len(raw)
-                    continue
-                try:
-                    text = json.loads(raw)["text"]
-                except (ValueError, KeyError, TypeError):
-                    raise InputError(f"{path}:{number} is not a JSON object with a `text` field") from None
-            yield text, len(raw)
 
 
 def build_index(
@@ -212,7 +183,7 @@ def _build(files: list[Path], tok, tokenizer: str, out: Path, shards: int, progr
     od_files = [open(out / f"offset.{s}", "wb") for s in range(shards)]
     sizes = [0] * shards
     try:
-        for texts, consumed in _batches((d for p in files for d in read_documents(p)), TOKENIZE_BATCH):
+        for texts, consumed in _batches((d for p in files for d in iter_documents(p)), TOKENIZE_BATCH):
             ids = encode_batch(tok, texts) if texts else []
             for row in ids:
                 s = documents % shards

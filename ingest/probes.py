@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
+from geowh.ingest.texts import read_documents
 from geowh.settings import settings
 
 # The paper's settings (METHOD.md §1).
@@ -96,35 +97,6 @@ def load_texts(probe: str | Path, n: int = DEFAULT_N) -> ProbeTexts:
         return ProbeTexts(path.name, str(path.resolve()), None, None, tuple(read_documents(path)))
     names = ", ".join(PROBES)
     raise InputError(f"unknown probe {probe!r}: use {names} or the path of a .txt, .jsonl or .parquet file")
-
-
-def read_documents(path: Path) -> list[str]:
-    """Documents of a local file: .txt lines, .jsonl `text` fields or a .parquet `text` column."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        docs = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    elif suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                docs.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InputError(f"{path}:{i} is not a JSON object with a \"text\" field") from None
-    elif suffix == ".parquet":
-        import polars as pl
-
-        frame = pl.read_parquet(path)
-        if "text" not in frame.columns:
-            raise InputError(f"{path} has no `text` column (it has {', '.join(frame.columns)})")
-        docs = [t for t in frame["text"].to_list() if t is not None]
-    else:
-        raise InputError(f"{path}: probe files must be .txt (one document per line), .jsonl or .parquet")
-    docs = [d for d in docs if d and d.strip()]
-    if not docs:
-        raise InputError(f"{path} holds no text")
-    return docs
 
 
 def _registry_texts(source: ProbeSource, pool: int) -> ProbeTexts:

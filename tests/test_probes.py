@@ -35,7 +35,7 @@ def test_bad_probe_files_are_clear_errors(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(InputError, match="must be .txt"):
         load_texts(tmp_path / "p.csv")
-    with pytest.raises(InputError, match='"text" field'):
+    with pytest.raises(InputError, match='`text` field'):
         load_texts(tmp_path / "p.jsonl")
     with pytest.raises(InputError, match="unknown probe"):
         load_texts("fineweeb")

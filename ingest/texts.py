@@ -1,0 +1,54 @@
+"""Documents from local files, in the one layout geowh reads everywhere (probes, corpora, indexes):
+`.txt` (a document per line), `.jsonl` (a `text` field per line) or `.parquet` (a `text` column)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from geowh.errors import InputError
+
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+def iter_documents(path: Path) -> Iterator[tuple[str, int]]:
+    """(text, bytes consumed) per document, streamed; empty lines come as "" so progress adds up."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"{path}: text files must be .txt (a document per line), .jsonl or .parquet (`text`)")
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        if "text" not in file.schema_arrow.names:
+            raise InputError(f"{path} has no `text` column (columns: {', '.join(file.schema_arrow.names)})")
+        per_row = path.stat().st_size / max(file.metadata.num_rows, 1)
+        for batch in file.iter_batches(columns=["text"], batch_size=4096):
+            for text in batch.column(0).to_pylist():
+                yield text or "", int(per_row)
+        return
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if suffix == ".txt":
+                yield raw.decode("utf-8", errors="replace").rstrip("\r\n"), len(raw)
+                continue
+            if not raw.strip():
+                yield "", len(raw)
+                continue
+            try:
+                text = json.loads(raw)["text"]
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{path}:{number} is not a JSON object with a `text` field") from None
+            yield text or "", len(raw)
+
+
+def read_documents(path: Path) -> list[str]:
+    """The non-empty documents of a file, stripped of surrounding white space."""
+    docs = [text.strip() for text, _ in iter_documents(path) if text and text.strip()]
+    if not docs:
+        raise InputError(f"{path} holds no text")
+    return docs
