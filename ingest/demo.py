@@ -1,0 +1,432 @@
+"""`geowh demo`: the whole method on one laptop, offline — train, index, ingest, phases, plot.
+
+`demo(OUT, db)` chains what the other commands do, each stage skipping the work already done
+in OUT (so an interrupted demo continues where it stopped):
+
+1. **train** — `train_mini(OUT)`: a mini Pythia on the default corpus (the docstrings and
+   comments of the installed Python code), checkpoints `OUT/step{N}/`, held-out `OUT/probe.txt`.
+   A finished run is reused, an interrupted one resumed.
+2. **index** — the training split (the corpus minus the probe documents, exactly the documents
+   the model read) written to `OUT/train.txt`, and an infini-gram index of it in `OUT/index/`,
+   tokenized with the run's own tokenizer. Reused when `OUT/index/geowh-index.json` exists.
+3. **task** — a QA task derived from the corpus, `OUT/qa.jsonl` (see `derive_task`): for public
+   functions and classes of the Python sources, `Question: What does os.path.join do? Answer:
+   <the first sentence of its docstring>`, kept only when that sentence occurs in the index of
+   the training split. Reused when present.
+4. **ingest** — every checkpoint: the geometry on the probe and the ∞-gram memorization of the
+   task, in one transaction per checkpoint (`geowh ingest … --memorization`); checkpoints done
+   with the same settings are skipped.
+5. **phases** — `geowh phases` on the trajectory, and two plots: `OUT/geometry.png` (RankMe and
+   αReQ) and `OUT/memorization.png` (memorization ρ), both with the phases shaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import shutil
+import sysconfig
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geowh.errors import InputError
+
+INDEX_DIR = "index"
+TRAIN_TEXT = "train.txt"
+TASK_FILE = "qa.jsonl"
+PLOTS = {"geometry": ("rankme", "alpha_req"), "memorization": ("memorization_spearman",)}
+# Budget defaults, measured on 2 shared CPU cores to finish the whole demo within 15 minutes
+# (docs/results.md has the timings).
+DEFAULT_MINUTES = 7.0
+DEFAULT_N = 500
+DEFAULT_MAX_LEN = 128
+DEFAULT_QA_ITEMS = 300
+# A derived answer: the first sentence of a docstring, of this many words.
+ANSWER_WORDS = (4, 30)
+# At most this many items per module, so that the task spans many modules.
+ITEMS_PER_MODULE = 2
+_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)")
+
+
+@dataclass
+class DemoSummary:
+    """What `demo` did, stage by stage: `geowh demo --json` prints `to_dict()`."""
+
+    out: str
+    db: str
+    model: str
+    train: dict
+    """train-mini's summary: status trained, resumed or reused."""
+    index: dict
+    """The index: directory, documents, tokens, status built or reused."""
+    task: dict
+    """The derived QA task: file, items, status derived or reused."""
+    ingest: dict
+    """Checkpoints ok (ingested now), skipped (already done) and failed."""
+    phases: list[dict]
+    memorization_by_phase: list[dict]
+    plots: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds of each stage of this call, and the total."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def demo(
+    out: str | Path,
+    db: str | Path | None = None,
+    *,
+    minutes: float = DEFAULT_MINUTES,
+    steps: int | None = None,
+    config=None,
+    n: int = DEFAULT_N,
+    max_len: int = DEFAULT_MAX_LEN,
+    qa_items: int = DEFAULT_QA_ITEMS,
+    qa_sources: Sequence[str | Path] | None = None,
+    name: str | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> DemoSummary:
+    """Train a mini Pythia in `out`, index its corpus, derive a QA task, ingest every checkpoint with
+    geometry and memorization into `db`, find the phases and plot them. Resumable.
+
+    `minutes` is train-mini's budget (corpus preparation included) and `steps` replaces it;
+    `config` is a `TrainConfig` (default: the one of the run in OUT, else train-mini's). `n` and `max_len` size the probe,
+    `qa_items` the task; `qa_sources` are the Python files the task is derived from (default:
+    the standard library, the first source of the default corpus). `name` is the model's name in
+    the warehouse (default: OUT's folder name).
+
+    Example:
+        summary = demo("runs/demo", "demo.duckdb")
+        summary.phases   # [{'phase': 'warmup', 'start_step': 0, …}, {'phase': 'entropy-seeking', …}]
+    """
+    from geowh.ingest.memorization import Memorization
+    from geowh.ingest.run import ingest
+    from geowh.ingest.train import TrainConfig, train_mini
+    from geowh.queries import phases, plot
+    from geowh.warehouse import Warehouse
+
+    started = time.monotonic()
+    out = Path(out).expanduser()
+    if qa_items < 3:
+        raise InputError("--qa-items must be at least 3: memorization is a rank correlation across items")
+    config = config or saved_config(out) or TrainConfig()
+    wh = Warehouse(db)
+    say = _Say(quiet)
+    seconds: dict[str, float] = {}
+
+    def stage(key: str, title: str):
+        say.rule(f"{len(seconds) + 1}/5 {title}")
+        return _Timer(seconds, key)
+
+    with stage("train", "train-mini → checkpoints"):
+        trained = train_mini(out, config, minutes=minutes if steps is None else None, steps=steps, device=device,
+                             quiet=quiet)
+        say.line(f"{trained.status}: {trained.steps:,} steps, {len(trained.checkpoints)} checkpoints, "
+                 f"held-out loss {trained.eval_loss}")
+
+    with stage("index", "∞-gram index of the training split"):
+        index = ensure_index(out, config, say)
+
+    with stage("task", "QA task from the corpus"):
+        task = ensure_task(out, qa_items, qa_sources, say)
+
+    with stage("ingest", "ingest: geometry + memorization per checkpoint"):
+        mem = Memorization(task["file"], index["directory"], wh=wh)
+        summary = ingest(str(out), probe=str(out / "probe.txt"), n=n, max_len=max_len, name=name, device=device,
+                         quiet=quiet, db=wh.path, measurements=[mem.measurement()])
+        ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),
+                    "skipped": summary.count("skipped"), "failed": summary.failed,
+                    "errors": [c for c in summary.checkpoints if c["status"] == "failed"]}
+        say.line(f"{ingested['ok']} ingested, {ingested['skipped']} already done, {ingested['failed']} failed")
+
+    with stage("phases", "phases and plots"):
+        found = phases(wh, summary.model, note=say.line)
+        plots = {}
+        for key, metrics in PLOTS.items():
+            plots[key] = str(out / f"{key}.png")
+            plot(wh, summary.model, metrics=metrics, out=plots[key], note=say.line)
+        by_phase = memorization_by_phase(wh, summary.model, found.to_dicts())
+
+    seconds["total"] = round(time.monotonic() - started, 1)
+    return DemoSummary(
+        out=str(out), db=str(wh.path), model=summary.model, train=_train_dict(trained), index=index, task=task,
+        ingest=ingested, phases=found.to_dicts(), memorization_by_phase=by_phase, plots=plots, seconds=seconds,
+    )
+
+
+def saved_config(out: Path):
+    """The TrainConfig of the train-mini run in OUT, or None: rerunning the demo continues that run."""
+    from geowh.ingest.train import CONFIG_FILE, TrainConfig
+
+    path = Path(out) / CONFIG_FILE
+    return TrainConfig.from_dict(json.loads(path.read_text())["config"]) if path.is_file() else None
+
+
+# -- stage 2: the index ----------------------------------------------------------------------------
+
+
+def ensure_index(out: Path, config, say: _Say | None = None) -> dict:
+    """OUT/train.txt (the training split, one document per line) and its index OUT/index/, or those there."""
+    from geowh.ingest.infgram import META_FILE, build_index, read_meta
+
+    say = say or _Say(True)
+    directory = out / INDEX_DIR
+    if (directory / META_FILE).is_file():
+        meta = read_meta(directory)
+        say.line(f"reused {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens")
+        return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "reused"}
+    if directory.exists():  # a build killed before its metadata: start again
+        shutil.rmtree(directory)
+    text = out / TRAIN_TEXT
+    if not text.is_file():
+        _write_text(text, "".join(d + "\n" for d in training_documents(config)))
+    with say.bar("index") as progress:
+        meta = build_index([text], str(out / "tokenizer"), directory, progress=progress)
+    say.line(f"built {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens in {meta.seconds:.0f} s")
+    return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "built"}
+
+
+def training_documents(config) -> list[str]:
+    """The documents train-mini trained on: its corpus minus the held-out probe documents."""
+    from geowh.ingest.corpus import load_corpus
+    from geowh.ingest.train import split_documents
+
+    corpus = load_corpus(config.corpus, max_mb=config.corpus_mb)
+    train, _ = split_documents(corpus.texts, config.probe_docs, config.seed)
+    return train
+
+
+# -- stage 3: the QA task --------------------------------------------------------------------------
+
+
+def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = None, say: _Say | None = None) -> dict:
+    """OUT/qa.jsonl derived from the sources against OUT/index/, or the one there."""
+    from geowh.ingest.infgram import Index
+
+    say = say or _Say(True)
+    path = out / TASK_FILE
+    if path.is_file():
+        count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        say.line(f"reused {path}: {count} items")
+        return {"file": str(path), "items": count, "status": "reused"}
+    files = [Path(f) for f in sources] if sources else stdlib_files()
+    with say.spinner(f"deriving up to {items} QA items from {len(files):,} Python files"):
+        derived = derive_task(files, Index(out / INDEX_DIR, threads=1), items)
+    if len(derived) < 3:
+        raise InputError(
+            f"only {len(derived)} QA item(s) found in the training split: give Python sources whose docstrings "
+            "the corpus holds (qa_sources)"
+        )
+    _write_text(path, "".join(json.dumps(row) + "\n" for row in derived))
+    say.line(f"derived {path}: {len(derived)} items, e.g. {derived[0]['question']} → {derived[0]['answer']}")
+    return {"file": str(path), "items": len(derived), "status": "derived"}
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's .py files (tests excluded), sorted: where the default task comes from."""
+    from geowh.ingest.corpus import corpus_sources
+
+    return corpus_sources()[0][2]
+
+
+def derive_task(files: Sequence[Path], index, limit: int) -> list[dict]:
+    """QA items `{id, question, answer}` from the docstrings of `files`, each answer found in `index`.
+
+    For each public function, method or class with a docstring (files in order, at most
+    ITEMS_PER_MODULE per module, distinct answers): the question is "What does MODULE.NAME do?"
+    (a function or method) or "What is MODULE.NAME?" (a class), the answer the docstring's first
+    sentence, white space collapsed as in the corpus, of 4–30 words. An item is kept only when
+    its answer's tokens occur in the index (as a document's start or after a space), i.e. when the
+    model was trained on that sentence.
+    """
+    roots = [Path(sysconfig.get_paths()["stdlib"])]
+    items: list[dict] = []
+    seen: set[str] = set()
+    for path in files:
+        module = _module_name(path, roots)
+        taken = 0
+        for question, answer in _docstring_items(path, module):
+            if taken >= ITEMS_PER_MODULE or len(items) >= limit:
+                break
+            if answer in seen or not _in_index(index, answer):
+                continue
+            seen.add(answer)
+            items.append({"id": f"{module}:{len(items)}", "question": question, "answer": answer})
+            taken += 1
+        if len(items) >= limit:
+            break
+    return items
+
+
+def _docstring_items(path: Path, module: str) -> Iterator[tuple[str, str]]:
+    if module.startswith("_") or any(part.startswith("_") for part in module.split(".")[1:]):
+        return
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return  # not text we can read: the corpus skipped it too
+
+    def visit(node, prefix: str) -> Iterator[tuple[str, str]]:
+        for child in node.body:
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if child.name.startswith("_"):
+                continue
+            name = f"{prefix}.{child.name}"
+            answer = first_sentence(ast.get_docstring(child) or "")
+            if answer:
+                is_class = isinstance(child, ast.ClassDef)
+                yield (f"What is {name}?" if is_class else f"What does {name} do?"), answer
+            if isinstance(child, ast.ClassDef):
+                yield from visit(child, name)
+
+    yield from visit(tree, module)
+
+
+def first_sentence(docstring: str) -> str | None:
+    """The first sentence of a docstring's first paragraph, white space collapsed; None when unfit."""
+    paragraph = docstring.strip().split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    match = _SENTENCE.match(text)
+    if not match:
+        return None
+    sentence = match.group(1)
+    words = len(sentence.split())
+    letters = sum(c.isalpha() or c == " " for c in sentence)
+    if not ANSWER_WORDS[0] <= words <= ANSWER_WORDS[1] or letters < 0.8 * len(sentence) or ">>>" in sentence:
+        return None
+    return sentence
+
+
+def _in_index(index, answer: str) -> bool:
+    return any(index.count(index.tokenize(text)) > 0 for text in (answer, " " + answer))
+
+
+def _module_name(path: Path, roots: Sequence[Path]) -> str:
+    path = Path(path)
+    for root in roots:
+        if path.is_relative_to(root):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            return ".".join(parts) or path.stem
+    return path.stem
+
+
+# -- stage 5: memorization against the phases ------------------------------------------------------
+
+
+def memorization_by_phase(wh, model: str, found: list[dict]) -> list[dict]:
+    """Per phase: memorization ρ at its first and last checkpoint and its largest value (and where)."""
+    from geowh.ingest.memorization import METRIC
+
+    frame = wh.query(
+        "SELECT c.step, m.value FROM metrics m JOIN checkpoints c USING (model, checkpoint) "
+        "WHERE m.model = ? AND m.metric = ? AND c.step IS NOT NULL AND NOT isnan(m.value) ORDER BY c.step",
+        [model, METRIC],
+    )
+    points = list(zip(frame["step"].to_list(), frame["value"].to_list()))
+    rows = []
+    for phase in found:
+        if phase.get("stage") not in (None, "pretrain"):
+            continue
+        inside = [(s, v) for s, v in points if phase["start_step"] <= s <= phase["end_step"]]
+        if not inside:
+            continue
+        peak = max(inside, key=lambda p: p[1])
+        rows.append({
+            "phase": phase["phase"], "start_step": phase["start_step"], "end_step": phase["end_step"],
+            "memorization_start": _r(inside[0][1]), "memorization_end": _r(inside[-1][1]),
+            "memorization_max": _r(peak[1]), "max_at_step": peak[0],
+        })
+    return rows
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _train_dict(trained) -> dict:
+    d = trained.to_dict()
+    plan = d["config"].get("plan") or {}
+    return {k: d[k] for k in ("status", "steps", "tokens", "parameters", "device", "train_loss", "eval_loss",
+                              "seconds", "probe")} | {"checkpoints": len(d["checkpoints"]),
+                                                      "corpus": d["corpus"].get("name"),
+                                                      "step_seconds": plan.get("step_seconds")}
+
+
+def _r(x: float) -> float | None:
+    return round(x, 4) if x is not None and math.isfinite(x) else None
+
+
+def _write_text(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+class _Timer:
+    def __init__(self, seconds: dict[str, float], key: str):
+        self.seconds, self.key = seconds, key
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        self.seconds[self.key] = 0.0  # the stage counts as begun (numbering)
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds[self.key] = round(time.monotonic() - self.start, 1)
+
+
+class _Say:
+    """Stage headers, lines, a spinner and a bar on stderr (rich); silent when quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        if not quiet:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+
+    def rule(self, text: str) -> None:
+        if not self.quiet:
+            self.console.rule(f"[bold]{text}", align="left")
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False)
+
+    def spinner(self, text: str):
+        from contextlib import nullcontext
+
+        return nullcontext() if self.quiet else self.console.status(text)
+
+    def bar(self, title: str):
+        """A context manager yielding progress(stage, done, total) for `build_index`."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar() -> Iterator[Callable[[str, int, int], None] | None]:
+            if self.quiet:
+                yield None
+                return
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                          console=self.console) as progress:
+                tasks: dict[str, Any] = {}
+
+                def update(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = progress.add_task(f"{title}: {stage}", total=total)
+                    progress.update(tasks[stage], completed=done, total=total)
+
+                yield update
+
+        return bar()
