@@ -13,15 +13,20 @@ from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, pr
 @app.command()
 def demo(
     out: Annotated[
-        Optional[Path], typer.Argument(help="Run folder (checkpoints, index, QA task, plots). Default: $GEOWH_HOME/demo.")
+        Optional[Path],
+        typer.Argument(help="Run folder (checkpoints, index, QA task, plots). Default: $GEOWH_HOME/demo."),
     ] = None,
     minutes: Annotated[
-        float, typer.Option(help="Training budget in minutes (corpus preparation included); the demo takes ~5 more.")
+        float,
+        typer.Option(help="Training budget in minutes (corpus preparation included); the rest takes ~5 more."),
     ] = 7.0,
     steps: Annotated[Optional[int], typer.Option(help="Train exactly this many steps instead of a time budget.")] = None,
     n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = 500,
     qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = 300,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[
+        Optional[int], typer.Option(help="torch CPU threads (default: the cores the load average leaves free).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
@@ -40,7 +45,7 @@ def demo(
     from geowh.settings import settings
 
     summary = run(out or settings().home / "demo", db, minutes=minutes, steps=steps, n=n, qa_items=qa_items,
-                  device=device, quiet=quiet or json_)
+                  device=device, threads=threads, quiet=quiet or json_)
     if json_:
         print_json(summary.to_dict())
     else:
@@ -51,7 +56,8 @@ def demo(
         shown = [c for c in COLUMNS if c not in ("model", "probe", "layer", "pooling", "basis", "evidence")]
         render_frame(pl.DataFrame(summary.phases, schema=COLUMNS).select(shown), title=f"phases of {summary.model}")
         if summary.memorization_by_phase:
-            render_frame(pl.DataFrame(summary.memorization_by_phase), title="memorization ρ (∞-gram vs model) by phase")
+            render_frame(pl.DataFrame(summary.memorization_by_phase),
+                         title="memorization ρ (∞-gram vs model) by phase")
         for name, path in summary.plots.items():
             console().print(f"{name} plot: {path}", highlight=False)
         err_console().print(

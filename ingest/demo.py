@@ -71,6 +71,8 @@ class DemoSummary:
     phases: list[dict]
     memorization_by_phase: list[dict]
     plots: dict[str, str]
+    threads: int
+    """torch's CPU threads during the call."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall-clock seconds of each stage of this call, and the total."""
 
@@ -91,21 +93,55 @@ def demo(
     qa_sources: Sequence[str | Path] | None = None,
     name: str | None = None,
     device: str = "auto",
+    threads: int | None = None,
     quiet: bool = False,
 ) -> DemoSummary:
     """Train a mini Pythia in `out`, index its corpus, derive a QA task, ingest every checkpoint with
     geometry and memorization into `db`, find the phases and plot them. Resumable.
 
     `minutes` is train-mini's budget (corpus preparation included) and `steps` replaces it;
-    `config` is a `TrainConfig` (default: the one of the run in OUT, else train-mini's). `n` and `max_len` size the probe,
-    `qa_items` the task; `qa_sources` are the Python files the task is derived from (default:
+    `config` is a `TrainConfig` (default: the one of the run in OUT, else train-mini's). `n` and
+    `max_len` size the probe, `qa_items` the task; `qa_sources` are the Python files the task is derived from (default:
     the standard library, the first source of the default corpus). `name` is the model's name in
-    the warehouse (default: OUT's folder name).
+    the warehouse (default: OUT's folder name). `threads` are torch's CPU threads for the
+    call (default: `cpu_threads()`, the cores the load average leaves free).
 
     Example:
         summary = demo("runs/demo", "demo.duckdb")
         summary.phases   # [{'phase': 'warmup', 'start_step': 0, …}, {'phase': 'entropy-seeking', …}]
     """
+    import torch
+
+    if qa_items < 3:
+        raise InputError("--qa-items must be at least 3: memorization is a rank correlation across items")
+    if threads is not None and threads < 1:
+        raise InputError("--threads must be at least 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or cpu_threads())
+    try:
+        return _demo(Path(out).expanduser(), db, minutes, steps, config, n, max_len, qa_items, qa_sources, name,
+                     device, _Say(quiet))
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_threads() -> int:
+    """CPU threads for torch: the cores not already busy by the 1-minute load average (at least 1).
+
+    On a machine shared with other jobs, torch's default (every core) oversubscribes the CPUs,
+    and its threads then wait on each other: on 2 cores with one other busy process, a
+    train-mini step took 3.7 s with 2 threads and 0.39 s with 1.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - round(os.getloadavg()[0])))
+
+
+def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_sources, name, device,
+          say: _Say) -> DemoSummary:
+    import torch
+
     from geowh.ingest.memorization import Memorization
     from geowh.ingest.run import ingest
     from geowh.ingest.train import TrainConfig, train_mini
@@ -113,13 +149,11 @@ def demo(
     from geowh.warehouse import Warehouse
 
     started = time.monotonic()
-    out = Path(out).expanduser()
-    if qa_items < 3:
-        raise InputError("--qa-items must be at least 3: memorization is a rank correlation across items")
+    quiet = say.quiet
     config = config or saved_config(out) or TrainConfig()
     wh = Warehouse(db)
-    say = _Say(quiet)
     seconds: dict[str, float] = {}
+    say.line(f"torch on {torch.get_num_threads()} CPU thread(s); run folder {out}, warehouse {wh.path}")
 
     def stage(key: str, title: str):
         say.rule(f"{len(seconds) + 1}/5 {title}")
@@ -157,7 +191,8 @@ def demo(
     seconds["total"] = round(time.monotonic() - started, 1)
     return DemoSummary(
         out=str(out), db=str(wh.path), model=summary.model, train=_train_dict(trained), index=index, task=task,
-        ingest=ingested, phases=found.to_dicts(), memorization_by_phase=by_phase, plots=plots, seconds=seconds,
+        ingest=ingested, phases=found.to_dicts(), memorization_by_phase=by_phase, plots=plots,
+        threads=torch.get_num_threads(), seconds=seconds,
     )
 
 
