@@ -18,8 +18,8 @@ def demo(
     ] = None,
     minutes: Annotated[
         float,
-        typer.Option(help="Training budget in minutes (corpus preparation included); the rest takes ~5 more."),
-    ] = 7.0,
+        typer.Option(help="Training budget in minutes (corpus preparation included); the rest takes ~2 more."),
+    ] = 9.0,
     steps: Annotated[Optional[int], typer.Option(help="Train exactly this many steps instead of a time budget.")] = None,
     n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = 500,
     qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = 300,
@@ -36,8 +36,8 @@ def demo(
     Trains a small Pythia-architecture model on the docstrings of the installed Python code,
     indexes its training split with infini-gram, derives a QA task from the docstrings, ingests
     every checkpoint (geometry and memorization) into --db, prints the phase table and writes
-    OUT/geometry.png and OUT/memorization.png. Rerunning continues where it stopped. About 12
-    minutes on 2 CPU cores with the defaults.
+    OUT/geometry.png and OUT/memorization.png. Rerunning continues where it stopped. About 11
+    minutes on 2 CPU cores with the defaults (docs/results.md).
 
     Example: geowh demo runs/demo --db demo.duckdb
     """
@@ -53,11 +53,19 @@ def demo(
 
         from geowh.queries.phases import COLUMNS
 
-        shown = [c for c in COLUMNS if c not in ("model", "probe", "layer", "pooling", "basis", "evidence")]
-        render_frame(pl.DataFrame(summary.phases, schema=COLUMNS).select(shown), title=f"phases of {summary.model}")
+        phase_table = pl.DataFrame(summary.phases, schema=COLUMNS).select(
+            "phase", "stage", "start_step", "end_step",
+            pl.col("delta_rankme").round(3).alias("Δ rankme"), pl.col("delta_alpha_req").round(3).alias("Δ αReQ"),
+        )
+        render_frame(phase_table, title=f"phases of {summary.model} (Δ: change of the fitted trajectory)")
         if summary.memorization_by_phase:
-            render_frame(pl.DataFrame(summary.memorization_by_phase),
-                         title="memorization ρ (∞-gram vs model) by phase")
+            render_frame(
+                pl.DataFrame(summary.memorization_by_phase).rename({
+                    "memorization_start": "ρ at start", "memorization_end": "ρ at end", "memorization_max": "ρ max",
+                    "max_at_step": "max at step",
+                }),
+                title="memorization ρ (∞-gram vs model log-likelihood, Spearman) in each phase",
+            )
         for name, path in summary.plots.items():
             console().print(f"{name} plot: {path}", highlight=False)
         err_console().print(
