@@ -9,6 +9,7 @@ A registry of model families (`FAMILIES`) turns the name a user types (`pythia-4
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import os
 import re
@@ -325,14 +326,18 @@ def _local(model: str, name: str | None = None, **_) -> Series:
         ref = CheckpointRef(series_name, root.name, step, parse_tokens(root.name), path=root)
         return Series(series_name, "local", (ref,), tokenizer=None)
     series_name = name or root.name
+    per_step = _tokens_per_step(root)
     refs, skipped = [], []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
         step = local_step(child.name)
         if step is None and not is_checkpoint_dir(child):
             skipped.append(child.name)
             continue
+        tokens = parse_tokens(child.name)
+        if tokens is None and per_step and step is not None:
+            tokens = float(step * per_step)
         # A folder named like a checkpoint but without weights is kept: it fails, visibly.
-        refs.append(CheckpointRef(series_name, child.name, step, parse_tokens(child.name), path=child))
+        refs.append(CheckpointRef(series_name, child.name, step, tokens, path=child))
     if not refs:
         raise InputError(
             f"{root} holds no checkpoint folders (named checkpoint-N, stepN, global_stepN, iter_N, … "
@@ -340,6 +345,15 @@ def _local(model: str, name: str | None = None, **_) -> Series:
         )
     refs.sort(key=lambda r: (r.step is None, r.step or 0, r.label))
     return Series(series_name, "local", tuple(refs), tokenizer=None, skipped=tuple(skipped))
+
+
+def _tokens_per_step(root: Path) -> int | None:
+    """Tokens per optimizer step of a run `geowh train-mini` wrote (its train_config.json), else None."""
+    try:
+        plan = json.loads((root / "train_config.json").read_text())["plan"]
+        return int(plan["tokens_per_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # -- the registry --------------------------------------------------------------------------------

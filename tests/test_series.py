@@ -141,6 +141,16 @@ def test_a_local_run_lists_its_checkpoint_folders_in_step_order(tmp_path):
         resolve_series(str(run / "logs"))
 
 
+def test_a_train_mini_run_gives_each_checkpoint_its_tokens(tmp_path):
+    run = tmp_path / "mini"
+    for name in ("step0", "step4", "step16"):
+        _fake_checkpoint(run / name)
+    (run / "train_config.json").write_text('{"plan": {"tokens_per_step": 2048}}')
+    assert [r.tokens for r in resolve_series(str(run)).checkpoints] == [0.0, 4 * 2048.0, 16 * 2048.0]
+    (run / "train_config.json").unlink()
+    assert [r.tokens for r in resolve_series(str(run)).checkpoints] == [None, None, None]
+
+
 @pytest.fixture
 def pythia():
     return resolve_series("pythia-70m").checkpoints
