@@ -391,7 +391,6 @@ def _batch(tokens, step: int, config: TrainConfig):
 
 def _eval_batch(probe_file: Path, tokenizer, config: TrainConfig):
     """Fixed held-out windows (at most EVAL_WINDOWS) for the loss logged at each checkpoint."""
-    import numpy as np
 
     docs = probe_file.read_text(encoding="utf-8").splitlines()
     ids = encode_documents(tokenizer, docs[: 4 * EVAL_WINDOWS])
