@@ -108,11 +108,14 @@ def test_an_older_warehouse_is_migrated_once_and_reopening_is_harmless(tmp_path)
     assert wh.table("schema_migrations").height == latest_version()
 
 
-def test_every_migration_can_run_twice_without_error():
+def test_every_migration_can_run_twice_without_changing_anything():
     con = duckdb.connect(":memory:")
+    catalogue = "SELECT table_name, column_name, data_type FROM duckdb_columns() ORDER BY ALL"
     for migration in migrations():
         con.execute(migration.sql)
+        once = con.execute(catalogue).fetchall()
         con.execute(migration.sql)
+        assert con.execute(catalogue).fetchall() == once, f"migration {migration.version} is not idempotent"
     con.close()
 
 
