@@ -1,0 +1,21 @@
+# The two commands of the README's quick start. Each creates and fills the virtual
+# environment on first use (and again when pyproject.toml changes), so a fresh machine
+# needs nothing but Python 3.11+ and make.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# torch 2.13.0 from PyPI is the CPU build here; install a CUDA build first for a GPU.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install "$(TORCH)" -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed  ## the main job, offline: train, index, ingest, phases, plots
+	$(BIN)/geowh demo runs/demo --db demo.duckdb
+
+test: $(VENV)/.installed  ## the whole test suite, offline, on the CPU
+	$(BIN)/python -m pytest
