@@ -44,7 +44,10 @@ LEADING_METRICS = ("rankme", "alpha_req")
 # Statement types `geowh sql` runs; everything else could change a file and is refused. MULTI is
 # PIVOT (DuckDB plans it as several statements); EXPLAIN is judged by the statement it explains.
 READ_ONLY_STATEMENTS = {"SELECT", "PRAGMA", "CALL", "RELATION", "MULTI"}
-_EXPLAIN = re.compile(r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*explain\s+(?:analy[sz]e\b|\([^)]*\))?", re.IGNORECASE | re.DOTALL)
+_COMMENTS = r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*"
+_EXPLAIN = re.compile(_COMMENTS + r"explain\s+(?:analy[sz]e\b|\([^)]*\))?", re.IGNORECASE | re.DOTALL)
+# The one PRAGMA that runs SQL read from files (a folder's schema.sql, which may COPY into it).
+_IMPORT_DATABASE = re.compile(_COMMENTS + r'pragma\s+"?import_database\b', re.IGNORECASE | re.DOTALL)
 
 LOCK_WAIT_SECONDS = 60.0
 
@@ -434,6 +437,10 @@ def refuse_writes(statement: str) -> None:
             if inner != parsed.query and inner.strip():
                 refuse_writes(inner)
                 continue
+        if kind == "PRAGMA" and _IMPORT_DATABASE.match(parsed.query):
+            raise WarehouseError(
+                "geowh sql only reads; PRAGMA import_database runs the SQL files of a folder and is refused"
+            )
         if kind not in READ_ONLY_STATEMENTS:
             raise WarehouseError(
                 f"geowh sql only reads; a {kind} statement is refused. "
