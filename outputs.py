@@ -64,6 +64,8 @@ def output_path(path: str | Path, force: bool = False, protect: Iterable[str | P
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
             os.close(fd)
             tmp = Path(name)
+        # mkstemp/mkdtemp make private (0600/0700) entries; the output gets the usual mode.
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     try:
@@ -77,6 +79,12 @@ def output_path(path: str | Path, force: bool = False, protect: Iterable[str | P
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _same(a: Path, b: Path) -> bool:

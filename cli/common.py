@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import sys
@@ -16,8 +17,11 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from geowh import __version__
-from geowh.errors import GeowhError
+from geowh.errors import GeowhError, OutputError
 from geowh.outputs import output_path
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class _Group(TyperGroup):
@@ -28,6 +32,15 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except GeowhError as e:
             err_console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except OSError as e:
+            # The machine, not geowh: a full disk, a read-only or forbidden path. Anything else
+            # is a bug and keeps its traceback.
+            if e.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            err_console().print(f"[bold red]error:[/] {e.strerror}{where}: free space or fix the path, then run this again",
+                                highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     def list_commands(self, ctx: Any) -> list[str]:
@@ -98,14 +111,19 @@ def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, 
     never over a path in `protect` (the warehouse).
     """
     if out is not None:
+        import polars as pl
+
         suffix = out.suffix.lower()
         with output_path(out, force=force, protect=protect) as tmp:
-            if suffix == ".parquet":
-                frame.write_parquet(tmp)
-            elif suffix == ".json" or fmt is Format.json:
-                tmp.write_text(to_json(frame.to_dicts()))
-            else:
-                flat_frame(frame).write_csv(tmp)
+            try:
+                if suffix == ".parquet":
+                    frame.write_parquet(tmp)
+                elif suffix == ".json" or fmt is Format.json:
+                    tmp.write_text(to_json(frame.to_dicts()))
+                else:
+                    flat_frame(frame).write_csv(tmp)
+            except pl.exceptions.PolarsError as e:  # polars wraps I/O errors (a full disk) in its own
+                raise OutputError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
         err_console().print(f"wrote {frame.height} rows to {out}")
         return
     if fmt is Format.csv:
