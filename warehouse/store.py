@@ -119,10 +119,7 @@ class Warehouse:
             raise self._damaged(e) from None
         if current == 0:
             if tables:
-                raise WarehouseError(
-                    f"{self.path} is a DuckDB file but not a geowh warehouse (it holds {', '.join(tables[:5])}"
-                    f"{' …' if len(tables) > 5 else ''} and no schema_migrations): point --db / GEOWH_DB at a geowh warehouse"
-                )
+                raise _foreign(self.path, tables)
             raise WarehouseError(
                 f"{self.path} is an empty DuckDB file, not a geowh warehouse yet: ingest or import something into it first"
             )
@@ -181,10 +178,7 @@ class Warehouse:
             finally:
                 con.close()
             if foreign:
-                raise WarehouseError(
-                    f"{self.path} is a DuckDB file but not a geowh warehouse (it holds {', '.join(foreign[:5])}"
-                    f"{' …' if len(foreign) > 5 else ''}): geowh does not add its tables to it; give a new file with --db"
-                )
+                raise _foreign(self.path, foreign)
             if current == latest_version():
                 self._migrated = True
                 return
@@ -231,7 +225,6 @@ class Warehouse:
             raise self._damaged(e) from None
         finally:
             con.close()
-        self._migrated = False
         self._migrate()
         return before, latest_version()
 
@@ -479,6 +472,14 @@ def _user_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
         "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal "
         "ORDER BY 1"
     ).fetchall()]
+
+
+def _foreign(path: Path, tables: list[str]) -> WarehouseError:
+    shown = ", ".join(tables[:5]) + (" …" if len(tables) > 5 else "")
+    return WarehouseError(
+        f"{path} is a DuckDB file but not a geowh warehouse (it holds {shown} and no schema_migrations): "
+        "geowh neither reads it nor adds its tables to it; point --db / GEOWH_DB at a geowh warehouse or a new file"
+    )
 
 
 def _newer(path: Path, version: int) -> WarehouseError:
