@@ -168,3 +168,15 @@ def test_sql_out_in_a_fresh_process_refuses_the_warehouse_in_one_line(db, tmp_pa
     done = subprocess.run([sys.executable, "-c", "from geowh.cli import main; main()", "sql", "select 1",
                            "--db", str(db), "--out", str(db), "--force"], capture_output=True, text=True, env=env)
     assert done.returncode == 1 and done.stderr.startswith("error:") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_full_disk_anywhere_else_is_one_line_not_a_traceback(cli, db, monkeypatch):
+    import errno
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/file")
+
+    monkeypatch.setattr(Warehouse, "info", full)
+    one_line_error(cli(["info", "--db", db]), "No space left on device", "/somewhere/file")
+    monkeypatch.setattr(Warehouse, "info", lambda self: 1 / 0)
+    assert isinstance(cli(["info", "--db", db]).exception, ZeroDivisionError)  # a bug keeps its traceback
