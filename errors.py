@@ -17,5 +17,9 @@ class InputError(GeowhError):
     """A file, name or option given by the user cannot be used."""
 
 
+class OutputError(InputError):
+    """An output file cannot be written where asked (refused, or the write failed)."""
+
+
 class CheckpointError(GeowhError):
     """One checkpoint could not be processed (download, weights, memory, NaN features)."""

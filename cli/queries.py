@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
 
 
 def _note(message: str) -> None:
@@ -46,17 +46,18 @@ def import_evals(
 def import_metrics(
     file: Annotated[Path, typer.Argument(help="CSV, TSV or Parquet: long (model, step, metric, value) or wide.")],
     model: Annotated[Optional[str], typer.Option(help="Model name for every row (when the file has no model column).")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite values an ingest measured (refused otherwise).")] = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
-    """Import trajectories computed elsewhere into the metrics table.
+    """Import trajectories computed elsewhere into the metrics table (never over measured values unless --replace).
 
     Example: geowh import-metrics old_runs.csv
     """
     from geowh.queries import import_metrics as run
     from geowh.warehouse import Warehouse
 
-    summary = run(Warehouse(db), file, model=model)
+    summary = run(Warehouse(db), file, model=model, replace=replace)
     if json_:
         print_json(summary.to_dicts())
     else:
@@ -71,6 +72,7 @@ def phases(
     pooling: Annotated[Optional[str], typer.Option(help="Pooling: last or mean (default: last).")] = None,
     metric: Annotated[str, typer.Option(help="Signal to segment: rankme, alpha_req or both.")] = "both",
     x: XAxis = "step",
+    store: Annotated[bool, typer.Option("--store/--no-store", help="Store the phases in the warehouse (--no-store only reads).")] = True,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -81,7 +83,7 @@ def phases(
     from geowh.queries import phases as run
     from geowh.warehouse import Warehouse
 
-    found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, note=_note)
+    found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store, note=_note)
     if json_:
         print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
     else:
@@ -127,10 +129,11 @@ def plot(
     metric: Annotated[str, typer.Option(help="Metrics, comma-separated.")] = "rankme,alpha_req",
     eval_: Annotated[Optional[str], typer.Option("--eval", help="Eval series TASK/METRIC, comma-separated (sciq/acc).")] = None,
     x: XAxis = "step",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG file to write.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Image file to write: .png, .pdf or .svg.")] = None,
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw in the terminal (plotext) instead.")] = False,
     probe: Probe = None,
     layer: Layer = None,
+    force: Force = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -142,7 +145,7 @@ def plot(
     from geowh.warehouse import Warehouse
 
     points = run(Warehouse(db), model, metric, eval_ or (), x=x, out=None if terminal else out, terminal=terminal,
-                 probe=probe, layer=layer, note=_note)
+                 probe=probe, layer=layer, note=_note, force=force)
     if json_:
         print_json({"out": None if terminal else str(out), "points": points.height})
     elif out is not None and not terminal:

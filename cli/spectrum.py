@@ -20,18 +20,26 @@ def metrics(
     fit_end: Annotated[int, typer.Option(help="Last rank (1-based) of the αReQ fit.")] = 100,
     json_: Json = False,
 ) -> None:
-    """All registered spectral metrics of a feature matrix you already have.
+    """All registered spectral metrics of a feature matrix you already have, and why any is null.
 
     Example: geowh metrics features.npy --json
     """
-    from geowh.ingest.spectrum import metrics_of_file
+    import math
 
-    values = metrics_of_file(
+    from geowh.ingest.spectrum import metric_values_of_file
+
+    values = metric_values_of_file(
         features, max_components=max_components or None, fit_start=fit_start, fit_end=fit_end
     )
+    # Why a value is null, or what limits it (a clipped fit range): the metric's own `reason`.
+    reasons = {v.metric: v.params["reason"] for v in values if "reason" in v.params}
     if json_:
-        print_json(values)
+        print_json({"metrics": {v.metric: v.value for v in values}, "reasons": reasons})
         return
     import polars as pl
 
-    render_frame(pl.DataFrame({"metric": list(values), "value": list(values.values())}))
+    render_frame(pl.DataFrame({
+        "metric": [v.metric for v in values],
+        "value": [None if math.isnan(v.value) else v.value for v in values],
+        "note": [reasons.get(v.metric, "") for v in values],
+    }))

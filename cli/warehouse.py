@@ -1,4 +1,4 @@
-"""Commands over the warehouse file: sql, info, export."""
+"""Commands over the warehouse file: sql, info, export, migrate."""
 
 from __future__ import annotations
 
@@ -7,23 +7,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Format, Json, app, console, print_json, render_frame
+from geowh.cli.common import DEFAULT_DB, Db, Force, Format, Json, app, console, err_console, print_json, render_frame
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})
 def sql(
     statement: Annotated[str, typer.Argument(help="A read-only SQL statement.")],
-    db: Db = DEFAULT_DB,
+    db: Annotated[
+        Optional[Path],
+        typer.Option("--db", envvar="GEOWH_DB", show_default=False,
+                     help=f"Warehouse file (env GEOWH_DB; default {DEFAULT_DB}, or an empty warehouse if that is missing)."),
+    ] = None,
+    read: Annotated[
+        Optional[list[Path]],
+        typer.Option("--read", help="A file or folder of your own (Parquet, CSV) the SQL may read; repeatable."),
+    ] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to FILE (.parquet, .csv or .json).")] = None,
+    force: Force = False,
 ) -> None:
-    """Run read-only SQL over the warehouse.
+    """Run read-only SQL over the warehouse, in DuckDB's sandbox: no file is written or read but --read ones.
 
     Example: geowh sql "select step, rankme, alpha_req from trajectories where model = 'pythia-410m'"
     """
     from geowh.warehouse import Warehouse
 
-    render_frame(Warehouse(db).sql(statement), format, out)
+    wh = Warehouse(db or DEFAULT_DB)
+    frame = wh.sql(statement, read=read or (), missing_ok=db is None)
+    render_frame(frame, format, out, force=force, protect=[wh.path])
 
 
 @app.command()
@@ -53,6 +64,7 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
 def export(
     directory: Annotated[Path, typer.Argument(help="Folder to write one Parquet file per table into.")],
     db: Db = DEFAULT_DB,
+    force: Force = False,
     json_: Json = False,
 ) -> None:
     """Export every table (and the trajectories view) as Parquet.
@@ -61,7 +73,7 @@ def export(
     """
     from geowh.warehouse import Warehouse
 
-    written = Warehouse(db).export(directory)
+    written = Warehouse(db).export(directory, force=force)
     if json_:
         print_json([str(p) for p in written])
     else:
@@ -69,3 +81,19 @@ def export(
             console().print(str(path))
 
 
+@app.command()
+def migrate(db: Db = DEFAULT_DB, json_: Json = False) -> None:
+    """Upgrade a warehouse written by an older geowh to this version's schema (reading commands never do).
+
+    Example: geowh migrate --db old.duckdb
+    """
+    from geowh.warehouse import Warehouse
+
+    wh = Warehouse(db)
+    before, after = wh.migrate()
+    if json_:
+        print_json({"path": str(wh.path), "from_version": before, "to_version": after})
+    elif before == after:
+        err_console().print(f"{wh.path} is already at schema version {after}: nothing to do")
+    else:
+        console().print(f"{wh.path}: schema version {before} → {after}")

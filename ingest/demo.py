@@ -185,7 +185,7 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
         plots = {}
         for key, metrics in PLOTS.items():
             plots[key] = str(out / f"{key}.png")
-            plot(wh, summary.model, metrics=metrics, out=plots[key], note=say.line)
+            plot(wh, summary.model, metrics=metrics, out=plots[key], note=say.line, force=True)  # a rerun redraws
         by_phase = memorization_by_phase(wh, summary.model, found.to_dicts())
 
     seconds["total"] = round(time.monotonic() - started, 1)

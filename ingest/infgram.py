@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 import weakref
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.outputs import check_output, output_path
 from geowh.ingest.texts import SUFFIXES, iter_documents
 
 META_FILE = "geowh-index.json"
@@ -155,16 +155,13 @@ def build_index(
         raise InputError(f"--shards must be at least 1, not {shards}")
     out = Path(out)
     files = corpus_files(corpus)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty: give a new folder for the index, or delete this one")
+    check_output(out, folder=True)
     tok = load_tokenizer(tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        meta = _build(files, tok, str(tokenizer), out, shards, progress, start)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a half-built index must not pass for a whole one
-        raise
-    (out / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    # Built in a temporary folder beside `out` and renamed when whole: a half-built index
+    # (a failure, Ctrl-C, a full disk) must not pass for a whole one.
+    with output_path(out, folder=True) as building:
+        meta = _build(files, tok, str(tokenizer), building, shards, progress, start)
+        (building / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return meta
 
 

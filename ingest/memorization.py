@@ -188,6 +188,7 @@ def infgram_side(index, task: str, items: Sequence[QAItem], wh=None) -> list[dic
     directory = str(index.directory.resolve())
     cached: dict[str, dict] = {}
     if wh is not None and wh.path.exists():
+        wh.migrate()  # fresh rows are stored below: upgrade an older file first, as any writer does
         frame = wh.query("SELECT * FROM infgram_items WHERE index_dir = ? AND task = ?", [directory, task])
         cached = {r["item"]: r for r in frame.to_dicts()}
     missing = [i for i in items if i.item not in cached]

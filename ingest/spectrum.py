@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -476,7 +477,10 @@ def alpha_req(
     k, y = k[y > 0], y[y > 0]
     extra["n_fit_points"] = int(k.size)
     if k.size < 3:
-        reasons.append(f"only {k.size} positive eigenvalue(s) in the fit range: need 3")
+        reasons.append(
+            f"only {k.size} positive eigenvalue(s) in the fit range: need 3, i.e. at least {fit_start + 2} "
+            f"eigenvalues above the numerical floor ({int(np.count_nonzero(lam > 0))} here)"
+        )
         extra["reason"] = "; ".join(reasons)
         return {"alpha_req": math.nan, "alpha_req_r2": math.nan}, extra
 
@@ -727,6 +731,96 @@ def _load_parquet(path: Path, key: str | None) -> np.ndarray:
     return numeric.to_numpy()
 
 
+def gram_eigenvalues(x: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """The covariance spectrum of the rows of `x` (n, d), through the (n, n) Gram matrix.
+
+    For n < d the centred F·Fᵀ has the same nonzero eigenvalues as Fᵀ·F, at n²
+    instead of d² memory: a 10 x 40,000 matrix needs 3 MB, not 12 GiB. Same output as
+    `Covariance.eigenvalues` (length min(n, d), largest first, the same numerical-zero floor).
+    """
+    n, d = x.shape
+    if n < 2:
+        raise InputError(f"eigenvalues need at least 2 rows of features; this matrix has {n}.")
+    mean = np.zeros(d)
+    for i in range(0, n, chunk_rows):
+        mean += x[i : i + chunk_rows].sum(axis=0, dtype=np.float64)
+    mean /= n
+    centred = np.empty((n, d), dtype=np.float64)  # (n, d)
+    for i in range(0, n, chunk_rows):
+        np.subtract(x[i : i + chunk_rows], mean, out=centred[i : i + chunk_rows])
+    # centredᵀ is the Fortran-ordered (d, n) operand; trans=1 gives centred·centredᵀ, (n, n).
+    gram = dsyrk(1.0, centred.T, trans=1, lower=0)
+    del centred
+    if not np.isfinite(gram).all():
+        raise InputError("the Gram matrix overflows float64: features are too large (rescale them).")
+    lam = eigh(gram, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False)
+    lam = lam[::-1] / n
+    lam = np.where(lam > max(lam[0], 0.0) * d * _EPS64, lam, 0.0)
+    return np.ascontiguousarray(lam[: min(n, d)])
+
+
+def spectrum_bytes(n: int, d: int) -> tuple[str, int]:
+    """How `metrics_of_file` gets the spectrum of an (n, d) matrix and about how many bytes it needs.
+
+    Covariance: the (d, d) accumulator and its centred copy. Gram: the centred (n, d) float64
+    matrix and the (n, n) Gram matrix with its copy. Blocks and solver workspace are small.
+    """
+    if n < d:
+        return "gram", 8 * (n * d + 2 * n * n)
+    return "covariance", 8 * (2 * d * d + min(n, CHUNK_ROWS) * d)
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def spectrum_of_file(path: str | Path, *, key: str | None = None, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """The covariance spectrum of a feature file: streamed through `Covariance` (d x d), or through
+    the Gram matrix (n x n) when the file has fewer rows than columns. Refused, with the
+    estimate, when even the smaller of the two does not fit in the memory available.
+    """
+    x = load_features(path, key=key)
+    n, d = x.shape
+    how, needed = spectrum_bytes(n, d)
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise InputError(
+            f"the spectrum of {Path(path).name} ({n:,} x {d:,}) needs about {needed / 2**30:.1f} GiB "
+            f"({'the n x n Gram matrix' if how == 'gram' else 'the d x d covariance'}), more than the "
+            f"{free / 2**30:.1f} GiB of memory available: use fewer rows or columns (pool or project the "
+            "features), or a machine with more memory."
+        )
+    if how == "gram":
+        return gram_eigenvalues(x, chunk_rows)
+    cov = Covariance(d)
+    for i in range(0, n, chunk_rows):
+        cov.update(x[i : i + chunk_rows])
+    return cov.eigenvalues()
+
+
+def metric_values_of_file(
+    path: str | Path,
+    *,
+    key: str | None = None,
+    names: Iterable[str] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    **overrides: Any,
+) -> list[MetricValue]:
+    """Every registered metric of a feature file with its parameters (a `reason` where it is NaN)."""
+    return compute_metrics(spectrum_of_file(path, key=key, chunk_rows=chunk_rows), names=names, **overrides)
+
+
 def metrics_of_file(
     path: str | Path,
     *,
@@ -735,14 +829,10 @@ def metrics_of_file(
     chunk_rows: int = CHUNK_ROWS,
     **overrides: Any,
 ) -> dict[str, float]:
-    """Every registered metric of a feature file: load, stream into Covariance in blocks,
-    eigenvalues, compute_metrics, metrics_dict.
+    """Every registered metric of a feature file: load, its spectrum (`spectrum_of_file`),
+    compute_metrics, metrics_dict.
 
     Example:
         metrics_of_file("features.npy", max_components=None)
     """
-    x = load_features(path, key=key)
-    cov = Covariance(x.shape[1])
-    for i in range(0, x.shape[0], chunk_rows):
-        cov.update(x[i : i + chunk_rows])
-    return metrics_dict(compute_metrics(cov.eigenvalues(), names=names, **overrides))
+    return metrics_dict(metric_values_of_file(path, key=key, names=names, chunk_rows=chunk_rows, **overrides))

@@ -25,6 +25,8 @@ STAGE_ORDER = {"pretrain": 0, "mid": 1, "sft": 2, "dpo": 3, "rlvr": 4}
 KEY_COLUMNS = ("model", "checkpoint", "step", "tokens", "stage", "probe", "layer", "pooling")
 LONG_COLUMNS = ("metric", "value", "stderr")
 
+ROW = "_row"  # the file's row a long row came from
+
 _RUN_NAMESPACE = uuid.UUID("6f1c8f5e-3d0a-4c39-9a57-5b1f0e6a2c11")
 
 
@@ -55,9 +57,11 @@ def import_run(key: str, model: str, checkpoint: str | None, config: dict[str, A
 
 
 def imported_keys(wh: Warehouse) -> set[str]:
-    """config_keys of the imports the warehouse already holds."""
+    """config_keys of the imports the warehouse already holds (asked before an import writes, so an
+    older file is upgraded here, as any write would)."""
     if not wh.path.exists():
         return set()
+    wh.migrate()
     rows = wh.query("SELECT config_key FROM runs WHERE kind = 'import' AND status = 'ok'")
     return set(rows["config_key"].to_list())
 
@@ -83,8 +87,9 @@ def read_table(path: Path) -> pl.DataFrame:
 
 
 def long_metrics(frame: pl.DataFrame, path: Path, model: str | None = None) -> pl.DataFrame:
-    """The file's rows in the long layout: model, checkpoint, step, …, metric, value, stderr."""
-    frame = frame.rename({c: c.strip().lower() for c in frame.columns})
+    """The file's rows in the long layout: model, checkpoint, step, …, metric, value, stderr, and
+    `_row`, the row of the file each came from (0-based, for messages)."""
+    frame = frame.rename({c: c.strip().lower() for c in frame.columns}).with_row_index(ROW)
     if model is not None:
         frame = frame.with_columns(pl.lit(model).alias("model"))
     if "model" not in frame.columns:
@@ -96,14 +101,14 @@ def long_metrics(frame: pl.DataFrame, path: Path, model: str | None = None) -> p
     else:
         metrics = [
             c for c in frame.columns
-            if c not in KEY_COLUMNS and not c.endswith("_stderr") and frame[c].dtype.is_numeric()
+            if c not in KEY_COLUMNS and c != ROW and not c.endswith("_stderr") and frame[c].dtype.is_numeric()
         ]
         if not metrics:
             raise InputError(
                 f"{path} is neither long (columns model, step, metric, value) nor wide "
                 "(model, step and one numeric column per metric)"
             )
-        keys = [c for c in KEY_COLUMNS if c in frame.columns]
+        keys = [ROW, *(c for c in KEY_COLUMNS if c in frame.columns)]
         parts = []
         for name in metrics:
             stderr = pl.col(f"{name}_stderr") if f"{name}_stderr" in frame.columns else pl.lit(None)
@@ -142,6 +147,9 @@ def long_metrics(frame: pl.DataFrame, path: Path, model: str | None = None) -> p
             .otherwise(pl.format("{}-step{}", "stage", "step")),
         ).alias("checkpoint")
     )
+    _refuse_rows(long, pl.col("step") < 0, path, "a negative step: steps count up from 0")
+    _refuse_rows(long, ~pl.col("value").is_finite() | ~pl.col("stderr").is_finite(), path,
+                 "a NaN or infinite value: leave the cell empty for a missing value, or drop the row")
     if long["checkpoint"].null_count() or long["model"].null_count() or long["metric"].null_count():
         raise InputError(f"{path}: every row needs a model, a metric and a step or checkpoint; some are empty")
     unknown = set(long["stage"].drop_nulls().unique().to_list()) - set(STAGE_ORDER)
@@ -155,14 +163,43 @@ def long_metrics(frame: pl.DataFrame, path: Path, model: str | None = None) -> p
     return long
 
 
-def import_metrics(wh: Warehouse, path: str | Path, model: str | None = None) -> pl.DataFrame:
+def _lines(path: Path, rows: pl.Series) -> str:
+    """Where rows (0-based) are in the file: CSV lines (the header is line 1) or Parquet rows."""
+    first = sorted(set(rows.to_list()))
+    shown = ", ".join(str(r + 2 if path.suffix.lower() in (".csv", ".tsv") else r + 1) for r in first[:5])
+    more = f" and {len(first) - 5} more" if len(first) > 5 else ""
+    return f"{'line' if path.suffix.lower() in ('.csv', '.tsv') else 'row'}{'s' if len(first) > 1 else ''} {shown}{more}"
+
+
+def _refuse_rows(long: pl.DataFrame, bad: pl.Expr, path: Path, what: str) -> None:
+    found = long.filter(bad.fill_null(False))
+    if found.height:
+        raise InputError(f"{path}, {_lines(path, found[ROW])}: {what}")
+
+
+def measured_rows(wh: Warehouse, rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `rows` whose metrics key holds a value that geowh measured (not imported)."""
+    keys = ["model", "checkpoint", "probe", "layer", "pooling", "metric"]
+    measured = wh.query(
+        "SELECT m.model, m.checkpoint, m.probe, m.layer, m.pooling, m.metric FROM metrics m "
+        "LEFT JOIN runs r USING (run_id) WHERE r.kind IS DISTINCT FROM 'import' AND list_contains(?, m.model)",
+        [sorted(rows["model"].unique().to_list())],
+    )
+    if measured.height == 0:
+        return rows.clear()
+    return rows.join(measured.cast(dict(rows.select(keys).schema)), on=keys, how="semi", nulls_equal=True)
+
+
+def import_metrics(wh: Warehouse, path: str | Path, model: str | None = None, replace: bool = False) -> pl.DataFrame:
     """Import a CSV/Parquet file of trajectories into `metrics`, `checkpoints` and `models`.
 
     Long files have columns `model, step, metric, value` (optional `checkpoint, tokens, stage,
     probe, layer, pooling, stderr`); wide files have `model, step` and one numeric column per
     metric (a `<metric>_stderr` column gives its standard error). A checkpoint without a label is
     called `step{N}` (`{stage}-step{N}` for post-training stages). Each model gets a `runs` row of
-    kind `import`; importing the same file again changes nothing.
+    kind `import`; importing the same file again changes nothing. A row whose value geowh measured
+    (an ingest wrote it) is refused, naming the rows, unless `replace`; so are NaN or infinite
+    values and negative steps (with their line).
 
     Returns one row per model: model, checkpoints, metrics, rows, status (imported/unchanged).
     """
@@ -199,6 +236,17 @@ def import_metrics(wh: Warehouse, path: str | Path, model: str | None = None) ->
             "model", "checkpoint", "probe", "layer", "pooling", "metric", "value", "stderr",
             pl.lit(json.dumps({"imported_from": path.name})).alias("params"), pl.lit(run["run_id"]).alias("run_id"),
         ))
+    if writes["metrics"] and wh.path.exists() and not replace:
+        clash = measured_rows(wh, long.filter(pl.col("model").is_in([r["model"] for r in writes["runs"]])))
+        if clash.height:
+            named = "; ".join(
+                f"{r['model']} {r['checkpoint']} {r['metric']} (probe {r['probe']}, layer {r['layer']}, {r['pooling']})"
+                for r in clash.head(3).to_dicts()
+            )
+            raise InputError(
+                f"{path}, {_lines(path, clash[ROW])}: {clash.height} row(s) would replace values an ingest "
+                f"measured, e.g. {named}. Pass --replace to overwrite them, or drop those rows"
+            )
     if writes["runs"]:
         models = new_models(wh, {r["model"] for r in writes["runs"]})
         wh.write({"models": models, "runs": writes["runs"], "checkpoints": writes["checkpoints"],

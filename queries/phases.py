@@ -175,6 +175,8 @@ def phases(
     if metric not in BASES:
         raise InputError(f"--metric must be one of {', '.join(BASES)}, not {metric!r}")
     model = canonical_model(model)
+    if store and wh.path.exists():
+        wh.migrate()  # it will write: upgrade an older file as every writer does (readers never do)
     needed = ["rankme", "alpha_req"] if metric == "both" else [metric]
     pick = pick_series(wh, model, needed, probe, layer, pooling, note)
     series = load_series(wh, pick, ["rankme", "alpha_req"])

@@ -18,10 +18,14 @@ import numpy as np
 import polars as pl
 
 from geowh.errors import GeowhError, InputError
+from geowh.outputs import check_output, output_path
 from geowh.queries.correlate import Series, series_values
 from geowh.queries.phases import phases as find_phases
 from geowh.queries.series import Note, check_axis, load_series, models_arg, pick_series
 from geowh.warehouse import Warehouse
+
+# Image formats `--out` may name (by its extension); matplotlib writes each without extra packages.
+FORMATS = ("png", "pdf", "svg")
 
 PHASE_COLOURS = {
     "warmup": "#bbbbbb", "entropy-seeking": "#9ecae1", "compression-seeking": "#fdae6b", "flat": "#eeeeee",
@@ -90,17 +94,30 @@ def plot(
     stream: TextIO | None = None,
     size: tuple[int, int] | None = None,
     note: Note = None,
+    force: bool = False,
 ) -> pl.DataFrame:
-    """Draw trajectories to a PNG (`out`) or the terminal; returns the points drawn."""
+    """Draw trajectories to an image (`out`: .png, .pdf or .svg) or the terminal; returns the points drawn.
+
+    `out` is written whole or not at all; an existing file is replaced only with `force`.
+    """
     if out is None and not terminal:
         raise InputError("say where to draw: --out fig.png or --terminal")
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower().lstrip(".") not in FORMATS:
+            raise InputError(
+                f"--out {out}: cannot draw a {out.suffix or 'file without an extension'}; "
+                f"name a {', '.join('.' + f for f in FORMATS)} file"
+            )
+        check_output(out, force=force, protect=[wh.path])
     frame = plot_frame(wh, models, metrics, evals, x, probe, layer, note)
     names = models_arg(models)
     spans = _phase_spans(wh, names, x, probe, layer, note) if shade_phases and _names(metrics) else {}
     if terminal:
         _terminal(frame, x, stream or sys.stdout, size)
     if out is not None:
-        _png(frame, spans, x, Path(out))
+        with output_path(out, force=force, protect=[wh.path]) as tmp:
+            _image(frame, spans, x, tmp, out.suffix.lower().lstrip("."))
     return frame
 
 
@@ -118,7 +135,7 @@ def _phase_spans(wh: Warehouse, models: list[str], x: str, probe, layer, note: N
     return spans
 
 
-def _png(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Path) -> None:
+def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Path, fmt: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,9 +169,10 @@ def _png(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Path)
     handles += [Patch(color=c, alpha=0.6, label=p) for p, c in PHASE_COLOURS.items() if p in shown]
     axes[0, 0].legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=120, format=fmt)
+    finally:
+        plt.close(fig)
 
 
 def _terminal(frame: pl.DataFrame, x: str, stream: TextIO, size: tuple[int, int] | None) -> None:

@@ -35,10 +35,15 @@ def all_commands() -> dict:
     return found
 
 
-def test_sql_prints_42(cli, tmp_path):
-    result = cli(["sql", "select 42 as answer", "--db", tmp_path / "w.duckdb"])
+def test_sql_prints_42_without_a_warehouse_but_a_missing_db_is_an_error(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GEOWH_DB", raising=False)
+    result = cli(["sql", "select 42 as answer"])
     assert result.exit_code == 0, result.output
     assert "42" in result.output
+    missing = cli(["sql", "select 42 as answer", "--db", tmp_path / "w.duckdb"])
+    assert missing.exit_code == 1 and "no warehouse at" in missing.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sql_refuses_a_create_table_with_a_clear_message(cli, tmp_path):
@@ -101,7 +106,7 @@ def test_metrics_json_matches_the_library(cli, tmp_path):
     np.save(path, features)
     result = cli(["metrics", path, "--json"])
     assert result.exit_code == 0, result.output
-    printed = json.loads(result.output)
+    printed = json.loads(result.output)["metrics"]
     assert printed == pytest.approx(metrics_of_file(path), rel=1e-12)
     assert {"rankme", "alpha_req", "alpha_req_r2", "participation_ratio"} <= set(printed)
 

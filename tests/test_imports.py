@@ -99,3 +99,67 @@ def test_cli_import_metrics_prints_json(cli, tmp_path):
     ]
     missing = cli(["import-metrics", tmp_path / "nope.csv", "--db", tmp_path / "w.duckdb"])
     assert missing.exit_code == 1 and "nope.csv" in missing.output
+
+
+def measured(wh):
+    """A warehouse holding rankme and alpha_req of my-run step100 (layer 12, probe fineweb) from an ingest."""
+    wh.write({
+        "models": [{"model": "my-run", "family": "local"}],
+        "checkpoints": [{"model": "my-run", "checkpoint": "step100", "step": 100}],
+        "runs": [{"run_id": "ingest-1", "kind": "geometry", "model": "my-run", "checkpoint": "step100", "status": "ok"}],
+        "metrics": [{"model": "my-run", "checkpoint": "step100", "probe": "fineweb", "layer": 12, "pooling": None,
+                     "metric": m, "value": v, "run_id": "ingest-1"} for m, v in (("rankme", 61.5), ("alpha_req", 1.05))],
+    })
+    return wh
+
+
+def test_rows_an_ingest_measured_are_refused_naming_them_unless_replace(wh, tmp_path):
+    measured(wh)
+    path = tmp_path / "long.csv"
+    LONG.write_csv(path)
+    with pytest.raises(InputError, match=r"lines 4, 5: 2 row\(s\) would replace values an ingest measured.*step100.*--replace"):
+        import_metrics(wh, path)
+    values = wh.query("SELECT metric, value FROM metrics ORDER BY metric")
+    assert values.rows() == [("alpha_req", 1.05), ("rankme", 61.5)]  # untouched, nothing else written
+    assert wh.query("SELECT count(*) AS n FROM runs WHERE kind = 'import'")["n"].item() == 0
+    import_metrics(wh, path, replace=True)
+    assert wh.trajectories(model="my-run")["rankme"].to_list() == [120.0, 60.0, 150.0]
+
+
+def test_imported_values_may_be_replaced_by_another_import(wh, tmp_path):
+    path = tmp_path / "long.csv"
+    LONG.write_csv(path)
+    import_metrics(wh, path)
+    LONG.with_columns(pl.col("value") * 2).write_csv(path)
+    import_metrics(wh, path)
+    assert wh.trajectories(model="my-run")["rankme"].to_list() == [240.0, 120.0, 300.0]
+
+
+@pytest.mark.parametrize("cell", ["nan", "inf", "-inf"])
+def test_nan_and_infinite_values_are_refused_with_their_line(wh, tmp_path, cell):
+    path = tmp_path / "long.csv"
+    path.write_text(f"model,step,metric,value\nm,1,rankme,3.5\nm,2,rankme,{cell}\n")
+    with pytest.raises(InputError, match="long.csv, line 3: a NaN or infinite value"):
+        import_metrics(wh, path)
+    wide = tmp_path / "wide.parquet"
+    pl.DataFrame({"model": ["m"] * 3, "step": [1, 2, 3], "rankme": [1.0, 2.0, float(cell)]}).write_parquet(wide)
+    with pytest.raises(InputError, match="wide.parquet, row 3: a NaN or infinite value"):
+        import_metrics(wh, wide)
+    assert not wh.path.exists()
+
+
+def test_negative_steps_are_refused_with_their_line(wh, tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text("model,step,rankme,alpha_req\nm,0,3.5,0.9\nm,-100,3.5,0.9\nm,100,3.1,1.0\n")
+    with pytest.raises(InputError, match="wide.csv, line 3: a negative step"):
+        import_metrics(wh, path)
+    assert not wh.path.exists()
+
+
+def test_import_metrics_replace_in_the_cli(cli, wh, tmp_path):
+    measured(wh)
+    path = tmp_path / "long.csv"
+    LONG.write_csv(path)
+    refused = cli(["import-metrics", path, "--db", wh.path])
+    assert refused.exit_code == 1 and "--replace" in refused.output and "Traceback" not in refused.output
+    assert cli(["import-metrics", path, "--db", wh.path, "--replace"]).exit_code == 0

@@ -20,6 +20,7 @@ from geowh.ingest.spectrum import (
     Covariance,
     MetricValue,
     compute_metrics,
+    gram_eigenvalues,
     load_features,
     metric,
     metrics_dict,
@@ -585,3 +586,43 @@ def test_importing_the_spectrum_module_does_not_import_torch():
     code = "import sys, geowh.ingest.spectrum; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("shape", [(30, 200), (64, 65), (5, 3000)])
+def test_the_gram_path_gives_the_covariance_spectrum_of_a_wide_matrix(shape):
+    m, d = shape
+    f = power_law_features(m, d, seed=m) if d <= 200 else np.random.default_rng(1).standard_normal((m, d)) * 3 + 50
+    lam = gram_eigenvalues(f, chunk_rows=7)
+    assert_spectra_agree(lam, streamed(f).eigenvalues())
+    assert_spectra_agree(lam, authors_spectrum(f))
+    assert np.count_nonzero(lam) == m - 1  # centring removes one dimension
+
+
+def test_a_wide_file_goes_through_the_gram_matrix_and_gives_the_covariance_metrics(tmp_path, monkeypatch):
+    f = power_law_features(40, 300, seed=3)
+    np.save(tmp_path / "wide.npy", f)
+    via_gram = metrics_of_file(tmp_path / "wide.npy", max_components=None, fit_start=3, fit_end=30)
+    assert_metrics_agree(via_gram, metrics_of(streamed(f).eigenvalues(), max_components=None, fit_start=3, fit_end=30))
+    monkeypatch.setattr(spectrum, "Covariance", None)  # the wide file must not touch the d x d path at all
+    assert metrics_of_file(tmp_path / "wide.npy", max_components=None, fit_start=3, fit_end=30) == via_gram
+
+
+def test_a_10_by_40000_matrix_takes_megabytes_not_12_gib(tmp_path):
+    np.save(tmp_path / "wide.npy", np.random.default_rng(0).standard_normal((10, 40_000)).astype(np.float32))
+    how, needed = spectrum.spectrum_bytes(10, 40_000)
+    assert how == "gram" and needed < 4e6
+    assert spectrum.spectrum_bytes(40_000, 10)[0] == "covariance"
+    assert metrics_of_file(tmp_path / "wide.npy")["rankme"] == pytest.approx(9, rel=0.05)
+
+
+def test_a_spectrum_that_does_not_fit_in_memory_is_refused_with_the_estimate(tmp_path, monkeypatch):
+    np.save(tmp_path / "f.npy", np.ones((50, 40)))
+    monkeypatch.setattr(spectrum, "available_bytes", lambda: 1000)
+    with pytest.raises(InputError, match=r"needs about 0\.0 GiB .*d x d covariance.*more than the 0\.0 GiB"):
+        metrics_of_file(tmp_path / "f.npy")
+
+
+def test_alpha_req_of_a_short_spectrum_says_how_many_eigenvalues_it_needs():
+    values = {v.metric: v for v in compute_metrics(np.arange(10, 0, -1.0))}
+    assert math.isnan(values["alpha_req"].value)
+    assert "at least 14 eigenvalues above the numerical floor (10 here)" in values["alpha_req"].params["reason"]

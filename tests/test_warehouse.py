@@ -93,19 +93,59 @@ def test_a_new_metric_name_gets_its_own_trajectories_column(wh):
     assert row["my_metric"] == 7.0 and row["alpha_req"] is None
 
 
-def test_an_older_warehouse_is_migrated_once_and_reopening_is_harmless(tmp_path):
-    path = tmp_path / "old.duckdb"
+def old_warehouse(path):
+    """A warehouse as geowh's first schema wrote it, holding one model."""
     con = duckdb.connect(str(path))
     con.execute(migrations()[0].sql)
     con.execute("INSERT INTO schema_migrations VALUES (1, 'core trajectories', now())")
     con.execute("INSERT INTO models (model) VALUES ('kept')")
     con.close()
+    return path
 
+
+def test_an_older_warehouse_is_migrated_once_by_a_writer_and_reopening_is_harmless(tmp_path):
+    path = old_warehouse(tmp_path / "old.duckdb")
+    Warehouse(path).write({"models": [{"model": "new"}]})
     for _ in range(2):
         wh = Warehouse(path)
         assert wh.schema_version() == latest_version()
-    assert wh.table("models")["model"].to_list() == ["kept"]
+    assert wh.table("models")["model"].to_list() == ["kept", "new"]
     assert wh.table("schema_migrations").height == latest_version()
+
+
+def test_reading_an_older_warehouse_is_refused_naming_migrate_and_changes_nothing(tmp_path):
+    path = old_warehouse(tmp_path / "old.duckdb")
+    before = path.read_bytes()
+    wh = Warehouse(path)
+    for read in (wh.info, lambda: wh.table("models"), lambda: wh.sql("select 42"),
+                 lambda: wh.export(tmp_path / "out")):
+        with pytest.raises(WarehouseError, match="geowh migrate"):
+            read()
+    assert path.read_bytes() == before and not (tmp_path / "out").exists()
+    assert wh.migrate() == (1, latest_version())
+    assert wh.table("models")["model"].to_list() == ["kept"]
+    assert Warehouse(path).migrate() == (latest_version(), latest_version())
+
+
+def test_a_duckdb_file_of_another_program_is_refused_and_never_given_geowh_tables(tmp_path):
+    path = tmp_path / "theirs.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE sales (id INT)")
+    con.close()
+    before = path.read_bytes()
+    wh = Warehouse(path)
+    for use in (wh.info, lambda: wh.sql("select 42"), lambda: wh.write({"models": [{"model": "m"}]}), wh.migrate):
+        with pytest.raises(WarehouseError, match="not a geowh warehouse"):
+            use()
+    assert path.read_bytes() == before
+
+
+def test_reading_a_missing_warehouse_is_an_error_and_creates_nothing(tmp_path):
+    wh = Warehouse(tmp_path / "none.duckdb")
+    for read in (wh.info, lambda: wh.table("models"), lambda: wh.sql("select 42"), lambda: wh.export(tmp_path / "o")):
+        with pytest.raises(WarehouseError, match="no warehouse"):
+            read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_every_migration_can_run_twice_without_changing_anything():
@@ -135,8 +175,8 @@ def test_user_sql_that_writes_is_refused(wh):
     assert wh.table("metrics").height == 2
 
 
-def test_user_sql_reads_and_works_without_a_file(tmp_path):
-    assert Warehouse(tmp_path / "none.duckdb").sql("select 42 as x")["x"].to_list() == [42]
+def test_user_sql_reads_and_works_without_a_file_when_told_to(tmp_path):
+    assert Warehouse(tmp_path / "none.duckdb").sql("select 42 as x", missing_ok=True)["x"].to_list() == [42]
     assert not (tmp_path / "none.duckdb").exists()
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from geowh.errors import WarehouseError
+from geowh.errors import InputError, OutputError, WarehouseError
+from geowh.outputs import check_output, output_path
 from geowh.settings import settings
 from geowh.warehouse.schema import latest_version, migrations
 
@@ -38,8 +41,13 @@ MERGED_TABLES = {"models", "checkpoints", "probes"}
 TRAJECTORY_KEYS = ("model", "checkpoint", "stage", "stage_order", "step", "tokens", "probe", "layer", "pooling")
 LEADING_METRICS = ("rankme", "alpha_req")
 
-# Statement types `geowh sql` runs; everything else could change the file and is refused.
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION"}
+# Statement types `geowh sql` runs; everything else could change a file and is refused. MULTI is
+# PIVOT (DuckDB plans it as several statements); EXPLAIN is judged by the statement it explains.
+READ_ONLY_STATEMENTS = {"SELECT", "PRAGMA", "CALL", "RELATION", "MULTI"}
+_COMMENTS = r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*"
+_EXPLAIN = re.compile(_COMMENTS + r"explain\s+(?:analy[sz]e\b|\([^)]*\))?", re.IGNORECASE | re.DOTALL)
+# The one PRAGMA that runs SQL read from files (a folder's schema.sql, which may COPY into it).
+_IMPORT_DATABASE = re.compile(_COMMENTS + r'pragma\s+"?import_database\b', re.IGNORECASE | re.DOTALL)
 
 LOCK_WAIT_SECONDS = 60.0
 
@@ -66,24 +74,71 @@ class Warehouse:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection to the file, migrated to the current schema.
+        """A connection to the file: read-only and checked, or writable and migrated.
 
         The file is held only for the duration of the block: a days-long ingest then leaves
         gaps in which `geowh sql` or a notebook can read. While another process holds the file,
         this waits (up to a minute) rather than failing at once.
+
+        A read-only connection never changes the file: a missing file, a DuckDB file that is
+        not a geowh warehouse and one of an older schema are refused (`migrate()` upgrades
+        it). A writable one migrates the file to the current schema first.
         """
-        if read_only and not self.path.exists():
-            raise WarehouseError(
-                f"no warehouse at {self.path}: ingest or import something first, "
-                "or point --db / GEOWH_DB at an existing .duckdb file"
-            )
-        if not self._migrated:
-            self._migrate()
-        con = self._open(read_only)
+        if read_only:
+            con = self._open_checked()
+        else:
+            if not self._migrated:
+                self._migrate()
+            con = self._open(read_only=False)
         try:
             yield con
         finally:
             con.close()
+
+    def _open_checked(self) -> duckdb.DuckDBPyConnection:
+        if not self.path.exists():
+            raise WarehouseError(
+                f"no warehouse at {self.path}: ingest or import something first, "
+                "or point --db / GEOWH_DB at an existing .duckdb file"
+            )
+        con = self._open(read_only=True)
+        try:
+            if not self._migrated:
+                self._check_readable(con)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _check_readable(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse, without writing, a file a reader cannot use as it is."""
+        try:
+            current = _schema_version(con)
+            tables = _user_tables(con) if current == 0 else []
+        except duckdb.Error as e:
+            raise self._damaged(e) from None
+        if current == 0:
+            if tables:
+                raise _foreign(self.path, tables)
+            raise WarehouseError(
+                f"{self.path} is an empty DuckDB file, not a geowh warehouse yet: ingest or import something into it first"
+            )
+        if current > latest_version():
+            raise _newer(self.path, current)
+        if current < latest_version():
+            raise WarehouseError(
+                f"{self.path} has schema version {current}, older than this geowh's ({latest_version()}); "
+                f"reading commands never change the file: upgrade it with `geowh migrate --db {self.path}` "
+                "(any writing command, such as ingest, also upgrades it), then run this again"
+            )
+        self._migrated = True
+
+    def _damaged(self, e: duckdb.Error) -> WarehouseError:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return WarehouseError(
+            f"{self.path} cannot be read ({message}): the file is damaged or truncated. "
+            "Restore it from a backup, or rebuild it with the commands that wrote it"
+        )
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         if not read_only:
@@ -111,21 +166,24 @@ class Warehouse:
                 ) from None
 
     def _migrate(self) -> None:
-        """Bring the file to the current schema; refuse one written by a newer geowh."""
+        """Bring the file to the current schema; refuse one written by a newer geowh, or another
+        program's DuckDB file (geowh never adds its tables to it)."""
         if self.path.exists():
             con = self._open(read_only=True)
             try:
                 current = _schema_version(con)
+                foreign = _user_tables(con) if current == 0 else []
+            except duckdb.Error as e:
+                raise self._damaged(e) from None
             finally:
                 con.close()
+            if foreign:
+                raise _foreign(self.path, foreign)
             if current == latest_version():
                 self._migrated = True
                 return
             if current > latest_version():
-                raise WarehouseError(
-                    f"{self.path} has schema version {current}, newer than this geowh knows "
-                    f"({latest_version()}): upgrade geowh (pip install -U geowh) to open it"
-                )
+                raise _newer(self.path, current)
         con = self._open(read_only=False)
         try:
             applied = _schema_version(con)
@@ -151,6 +209,24 @@ class Warehouse:
         finally:
             con.close()
         self._migrated = True
+
+    def migrate(self) -> tuple[int, int]:
+        """Upgrade the file to this geowh's schema; returns (version before, version after).
+
+        Readers never migrate; writers do it themselves. This is the explicit upgrade of a file
+        written by an older geowh (`geowh migrate`).
+        """
+        if not self.path.exists():
+            raise WarehouseError(f"no warehouse at {self.path}: nothing to migrate; check --db / GEOWH_DB")
+        con = self._open(read_only=True)
+        try:
+            before = _schema_version(con)
+        except duckdb.Error as e:
+            raise self._damaged(e) from None
+        finally:
+            con.close()
+        self._migrate()
+        return before, latest_version()
 
     def schema_version(self) -> int:
         with self.connect(read_only=True) as con:
@@ -189,15 +265,27 @@ class Warehouse:
         with self.connect(read_only=True) as con:
             return _run_read_only(con, statement, params)
 
-    def sql(self, statement: str) -> pl.DataFrame:
-        """A user's SQL: refused unless it only reads. Without a file, an empty warehouse is used."""
+    def sql(self, statement: str, read: Sequence[str | Path] = (), missing_ok: bool = False) -> pl.DataFrame:
+        """A user's SQL, run in DuckDB's own sandbox so that it can only read.
+
+        The warehouse is opened read-only; external access is off except for the files and
+        folders in `read` (the user's own Parquet/CSV to join); extensions are neither installed
+        nor loaded; then the configuration is locked, so no statement can undo any of it.
+        Statements that write are refused before they run, with a clear message. A missing
+        file is an error, unless `missing_ok`: then the statement runs on an empty warehouse
+        in memory, sandboxed alike.
+        """
         refuse_writes(statement)
-        if self.path.exists():
-            return self.query(statement)
+        readable = _readable(read)
+        if self.path.exists() or not missing_ok:
+            with self.connect(read_only=True) as con:
+                _sandbox(con, readable)
+                return _run_read_only(con, statement, None)
         con = duckdb.connect(":memory:")
         try:
             for migration in migrations():
                 con.execute(migration.sql)
+            _sandbox(con, readable)
             return _run_read_only(con, statement, None)
         finally:
             con.close()
@@ -225,9 +313,14 @@ class Warehouse:
         )
 
     def completed(self, kind: str, model: str, config_key: str) -> set[str]:
-        """Checkpoints of `model` that already have an ok run of this kind and config."""
+        """Checkpoints of `model` that already have an ok run of this kind and config.
+
+        Asked by writers before they write, so an older file is migrated here as a write would.
+        """
         if not self.path.exists():
             return set()
+        if not self._migrated:
+            self._migrate()
         rows = self.query(
             "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND config_key = ? AND status = 'ok'",
             [kind, model, config_key],
@@ -237,24 +330,27 @@ class Warehouse:
     def info(self) -> dict[str, Any]:
         """What the warehouse holds: schema version, row counts, models and probes."""
         with self.connect(read_only=True) as con:
-            tables = [r[0] for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-                "AND NOT internal ORDER BY table_name"
-            ).fetchall()]
-            counts = {t: con.execute(f"SELECT count(*) FROM {_identifier(t)}").fetchall()[0][0] for t in tables}
-            models = _fetch(
-                con,
-                """
-                SELECT m.model, m.family, count(DISTINCT c.checkpoint) AS checkpoints,
-                       min(c.step) AS first_step, max(c.step) AS last_step,
-                       (SELECT count(*) FROM metrics x WHERE x.model = m.model) AS metric_rows
-                FROM models m LEFT JOIN checkpoints c USING (model)
-                GROUP BY ALL ORDER BY m.model
-                """,
-            )
-            probes = _fetch(con, "SELECT probe, name, sequences, max_len, tokenizer FROM probes ORDER BY probe")
-            failed = con.execute("SELECT count(*) FROM runs WHERE status = 'failed'").fetchall()[0][0]
-            version = _schema_version(con)
+            try:
+                tables = [r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                    "AND NOT internal ORDER BY table_name"
+                ).fetchall()]
+                counts = {t: con.execute(f"SELECT count(*) FROM {_identifier(t)}").fetchall()[0][0] for t in tables}
+                models = _fetch(
+                    con,
+                    """
+                    SELECT m.model, m.family, count(DISTINCT c.checkpoint) AS checkpoints,
+                           min(c.step) AS first_step, max(c.step) AS last_step,
+                           (SELECT count(*) FROM metrics x WHERE x.model = m.model) AS metric_rows
+                    FROM models m LEFT JOIN checkpoints c USING (model)
+                    GROUP BY ALL ORDER BY m.model
+                    """,
+                )
+                probes = _fetch(con, "SELECT probe, name, sequences, max_len, tokenizer FROM probes ORDER BY probe")
+                failed = con.execute("SELECT count(*) FROM runs WHERE status = 'failed'").fetchall()[0][0]
+                version = _schema_version(con)
+            except duckdb.Error as e:
+                raise self._damaged(e) from None
         return {
             "path": str(self.path),
             "schema_version": version,
@@ -265,41 +361,132 @@ class Warehouse:
             "probes": probes.to_dicts(),
         }
 
-    def export(self, directory: str | Path) -> list[Path]:
-        """Write every table, and the trajectories view, as Parquet files into `directory`."""
+    def export(self, directory: str | Path, force: bool = False) -> list[Path]:
+        """Write every table, and the trajectories view, as Parquet files into `directory`.
+
+        Each file is written under a temporary name and renamed only once every table is
+        written, so a failure (a full disk, Ctrl-C) leaves no partial file. Files already in
+        `directory` are kept unless `force`.
+        """
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        with self.connect(read_only=True) as con:
-            names = [r[0] for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal "
-                "UNION ALL SELECT 'trajectories' ORDER BY 1"
-            ).fetchall()]
-            for name in names:
-                target = out / f"{name}.parquet"
-                con.execute(f"COPY (SELECT * FROM {_identifier(name)}) TO {_literal(str(target))} (FORMAT parquet)")
-                written.append(target)
-        return written
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out} exists and is not a folder: give a folder to export into")
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the folder {out}: {e.strerror or e}") from None
+        try:
+            with self.connect(read_only=True) as con, ExitStack() as outputs:
+                try:
+                    names = [r[0] for r in con.execute(
+                        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal "
+                        "UNION ALL SELECT 'trajectories' ORDER BY 1"
+                    ).fetchall()]
+                except duckdb.Error as e:
+                    raise self._damaged(e) from None
+                targets = [out / f"{name}.parquet" for name in names]
+                for target in targets:
+                    check_output(target, force=force, protect=[self.path])
+                for name, target in zip(names, targets):
+                    tmp = outputs.enter_context(output_path(target, force=force, protect=[self.path]))
+                    try:
+                        con.execute(
+                            f"COPY (SELECT * FROM {_identifier(name)}) TO {_literal(str(tmp))} (FORMAT parquet)"
+                        )
+                    except duckdb.IOException as e:
+                        raise OutputError(f"cannot write {target}: {str(e).splitlines()[0]}") from None
+                    except duckdb.Error as e:
+                        raise self._damaged(e) from None
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        return targets
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
 def refuse_writes(statement: str) -> None:
-    """Raise unless every statement in `statement` only reads."""
+    """Raise unless every statement in `statement` only reads.
+
+    The sandbox of `Warehouse.sql` is what keeps the files safe; this check gives a statement
+    that would write a clear message before it runs, and keeps writes out of the folders
+    opened with `read` (DuckDB's allowed directories are writable).
+    """
     try:
         statements = duckdb.extract_statements(statement)
     except duckdb.Error as e:
-        raise WarehouseError(f"cannot parse the SQL: {e}") from None
+        raise WarehouseError(f"cannot parse the SQL: {str(e).splitlines()[0]}") from None
     if not statements:
-        raise WarehouseError("no SQL statement given: pass one, e.g. geowh sql \"select 42\"")
+        raise WarehouseError(
+            "the SQL holds no statement (only comments or blanks): pass one, e.g. geowh sql \"select 42\""
+        )
     for parsed in statements:
         kind = parsed.type.name
+        if kind == "EXPLAIN":
+            inner = _EXPLAIN.sub("", parsed.query, count=1)
+            if inner != parsed.query and inner.strip():
+                refuse_writes(inner)
+                continue
+        if kind == "PRAGMA" and _IMPORT_DATABASE.match(parsed.query):
+            raise WarehouseError(
+                "geowh sql only reads; PRAGMA import_database runs the SQL files of a folder and is refused"
+            )
         if kind not in READ_ONLY_STATEMENTS:
             raise WarehouseError(
                 f"geowh sql only reads; a {kind} statement is refused. "
                 "Write through geowh's commands, or open the file with duckdb yourself"
             )
+
+
+def _readable(paths: Sequence[str | Path]) -> list[Path]:
+    """The files and folders `geowh sql --read` opens, resolved; each must exist."""
+    found = []
+    for path in paths:
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.exists():
+            raise InputError(f"--read {path}: no such file or folder")
+        found.append(resolved)
+    return found
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, readable: Sequence[Path]) -> None:
+    """DuckDB's own sandbox: no file but `readable`, no extension install or load, then locked."""
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    files = [str(p) for p in readable if not p.is_dir()]
+    folders = [str(p).rstrip("/") + "/" for p in readable if p.is_dir()]
+    if files:
+        con.execute("SET allowed_paths = ?", [files])
+    if folders:
+        con.execute("SET allowed_directories = ?", [folders])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _user_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal "
+        "ORDER BY 1"
+    ).fetchall()]
+
+
+def _foreign(path: Path, tables: list[str]) -> WarehouseError:
+    shown = ", ".join(tables[:5]) + (" …" if len(tables) > 5 else "")
+    return WarehouseError(
+        f"{path} is a DuckDB file but not a geowh warehouse (it holds {shown} and no schema_migrations): "
+        "geowh neither reads it nor adds its tables to it; point --db / GEOWH_DB at a geowh warehouse or a new file"
+    )
+
+
+def _newer(path: Path, version: int) -> WarehouseError:
+    return WarehouseError(
+        f"{path} has schema version {version}, newer than this geowh knows "
+        f"({latest_version()}): upgrade geowh (pip install -U geowh) to open it"
+    )
 
 
 def _run_read_only(con: duckdb.DuckDBPyConnection, statement: str, params) -> pl.DataFrame:
