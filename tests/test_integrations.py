@@ -148,14 +148,17 @@ def test_a_reporting_callback_sees_rankme_in_the_logs_of_the_measured_steps(tmp_
 
 def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_path):
     import torch
-    from tiny import tiny_model
+    from transformers import AutoModelForCausalLM
 
     from geowh.ingest.run import ingest
     from geowh.integrations import GeometryProbe
     from geowh.warehouse import Warehouse
 
     docs = write_docs(tmp_path / "docs.txt", limit=100)
-    model = tiny_model(layers=2, d=32, heads=2).train()
+    config = tiny_config(layers=2, d=32, heads=2)
+    config.hidden_dropout = 0.5  # features measured in train mode would differ from an ingest's
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).train()
     probe = GeometryProbe(tokenizer(), docs, db=tmp_path / "live.duckdb", name="loop", n=32, max_len=48,
                           layers="all")
     state = torch.get_rng_state()
