@@ -62,6 +62,11 @@ class GeometryCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
         _go_before_reporters(self)  # also when added with trainer.add_callback after init
+        if self.every is None and args.eval_strategy == "no":
+            raise GeowhError(
+                "GeometryCallback(every=None) measures at each evaluation, but this trainer never evaluates: "
+                "pass every=N (steps), or set eval_strategy and eval_steps in TrainingArguments"
+            )
         if self.probe is None and state.is_world_process_zero:
             tokenizer = self.tokenizer or processing_class
             if tokenizer is None:
