@@ -13,15 +13,16 @@ clipping, AdamW; bf16 autocast on CUDA). The probe pass is the real path: tokeni
 → batched forward → covariance → eigenvalues → metrics. Every probe text is longer than
 512 tokens, so every probe sequence has the full length.
 
-Where the full sizes are too slow (the 410M shape on a CPU), both are timed at two smaller
-sizes and extrapolated linearly: a step at batches b1 < b2 gives seconds = a + c·b (a: the
-optimizer and other per-step work, c: forward + backward per sequence), evaluated at 16; a
-probe pass at n1 < n2 sequences gives seconds = a + c·n (a: the eigendecomposition and
-metrics), evaluated at the probe's n. Compute grows linearly in both at fixed length.
+Where the full sizes are too slow (the 410M shape on a CPU), both are timed smaller and
+scaled: the step at batch b, minus the optimizer update (timed alone), is forward + backward
+for b sequences, so step(16) = optimizer + 16/b × (step(b) − optimizer); the probe pass on n
+sequences scales by N/n to the probe's N sequences (all of the same length, in the same
+batches; the eigendecomposition, a fixed cost, is scaled too, which overstates the pass a
+little). Timings are medians of `--repeats` after one warm-up.
 
     python bench/live.py                          # both shapes, sizes fitting the device
-    python bench/live.py --shape demo --device cpu
-    python bench/live.py --shape pythia-410m --train-batches 1,2 --probe-ns 2,4 --repeats 1 --threads 1
+    python bench/live.py --shape demo --device cpu --threads 1
+    python bench/live.py --shape pythia-410m --train-batch 1 --probe-n 4 --repeats 2 --threads 1
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ class _Vocab:
         return self.size
 
 
-def step_seconds(model, config, batch: int, seq: int, dev, repeats: int) -> float:
-    """Median seconds of train-mini's training step at `batch` × `seq` random tokens."""
+def step_seconds(model, config, batch: int, seq: int, dev, repeats: int) -> tuple[float, float]:
+    """Median seconds of train-mini's training step at `batch` × `seq` random tokens, and of its optimizer update alone."""
     import numpy as np
     import torch
 
@@ -107,10 +108,20 @@ def step_seconds(model, config, batch: int, seq: int, dev, repeats: int) -> floa
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t
 
+    def update() -> float:  # the step's AdamW update again, on the gradients the last step left
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t
+
     one()  # allocations, optimizer state
-    times = sorted(one() for _ in range(repeats))
+    steps = sorted(one() for _ in range(repeats))
+    updates = sorted(update() for _ in range(repeats))
     del optimizer
-    return times[len(times) // 2]
+    return steps[len(steps) // 2], updates[len(updates) // 2]
 
 
 def probe_seconds(model, tokenizer, probe_file: Path, n: int, max_len: int, repeats: int) -> float:
@@ -135,20 +146,12 @@ def probe_seconds(model, tokenizer, probe_file: Path, n: int, max_len: int, repe
     return times[len(times) // 2]
 
 
-def linear(xs: list[int], ys: list[float], at: int) -> float:
-    """Seconds at `at`, on the line through the measured points (or their ratio when one point)."""
-    if len(xs) == 1 or at in xs:
-        return ys[xs.index(at)] if at in xs else ys[0] * at / xs[0]
-    slope = (ys[-1] - ys[0]) / (xs[-1] - xs[0])
-    return ys[0] + slope * (at - xs[0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--train-batches", help="batches to time the step at, e.g. 1,2 (default: 16 for demo or GPU, 1,2 else)")
-    parser.add_argument("--probe-ns", help="probe sizes to time, e.g. 2,4 (default: the real n for demo or GPU, 2,4 else)")
+    parser.add_argument("--train-batch", type=int, help="batch to time the step at (default: 16 for demo or GPU, 1 else)")
+    parser.add_argument("--probe-n", type=int, help="probe sequences to time (default: the real n for demo or GPU, 4 else)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -162,7 +165,6 @@ def main() -> None:
     from geowh.ingest.train import TrainConfig, build_model
 
     dev = resolve_device(args.device)
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         texts = long_texts(1100)
         probe_file = Path(tmp) / "probe.txt"
@@ -171,27 +173,26 @@ def main() -> None:
             if args.shape not in ("all", name):
                 continue
             small = name != "demo" and dev.type == "cpu"
-            batches = [int(b) for b in (args.train_batches or ("1,2" if small else str(shape["batch"]))).split(",")]
+            batch = args.train_batch or (1 if small else shape["batch"])
             config = TrainConfig(layers=shape["layers"], d_model=shape["d_model"], heads=shape["heads"],
                                  batch_size=shape["batch"], seq_len=shape["seq"])
             tokenizer = tokenizer_for(shape, texts)
             model = build_model(config, _Vocab(shape["vocab"])).to(dev).train()
-            measured = [step_seconds(model, config, b, shape["seq"], dev, args.repeats) for b in batches]
-            step = linear(batches, measured, shape["batch"])
+            timed, update = step_seconds(model, config, batch, shape["seq"], dev, args.repeats)
+            step = update + shape["batch"] / batch * (timed - update)
             for n, max_len in shape["probes"]:
-                ns = [int(x) for x in (args.probe_ns or ("2,4" if small else str(n))).split(",")]
-                probe_measured = [probe_seconds(model, tokenizer, probe_file, k, max_len, args.repeats) for k in ns]
-                probe = linear(ns, probe_measured, n)
+                k = min(n, args.probe_n or (4 if small else n))
+                timed_probe = probe_seconds(model, tokenizer, probe_file, k, max_len, args.repeats)
+                probe = timed_probe * n / k
                 row = {
                     "shape": name, "device": device_name(dev), "threads": torch.get_num_threads(),
                     "train_batch": f"{shape['batch']}x{shape['seq']}", "step_s": round(step, 3),
-                    "step_timed_at_batches": dict(zip(batches, map(lambda s: round(s, 3), measured))),
+                    "step_timed": {"batch": batch, "step_s": round(timed, 3), "optimizer_s": round(update, 3)},
                     "probe": f"{n}x{max_len}", "probe_s": round(probe, 3),
-                    "probe_timed_at_n": dict(zip(ns, map(lambda s: round(s, 3), probe_measured))),
+                    "probe_timed": {"n": k, "seconds": round(timed_probe, 3)},
                     "probe_per_step": round(probe / step, 2),
                     "overhead_every_1000_steps": f"{100 * probe / step / 1000:.2f}%",
                 }
-                results.append(row)
                 print(json.dumps(row), flush=True)
             del model
 

@@ -52,6 +52,7 @@ class GeometryCallback(TrainerCallback):
         self.name, self.every, self.tokenizer, self.seq_len = name, every, tokenizer, seq_len
         self.probe: GeometryProbe | None = None
         self.pending: dict[str, float] = {}
+        self.last_step: int | None = None
         self.measured: list[dict] = []
         """What each measurement returned, in order."""
 
@@ -76,10 +77,11 @@ class GeometryCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         due = state.global_step % self.every == 0 if self.every else control.should_evaluate
-        if due and state.is_world_process_zero and model is not None:
-            self._measure(args, state, model)
-            control.should_log = True  # so that the values reach the reporters at this step
-        return control
+        return self._maybe_measure(due, args, state, control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        # eval_strategy="epoch" decides to evaluate here, not at a step's end.
+        return self._maybe_measure(self.every is None and control.should_evaluate, args, state, control, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.pending and logs is not None:
@@ -89,6 +91,13 @@ class GeometryCallback(TrainerCallback):
             self.pending = {}
 
     # -- the measurement -------------------------------------------------------------------------
+
+    def _maybe_measure(self, due: bool, args, state, control, model):
+        if due and state.is_world_process_zero and model is not None and state.global_step != self.last_step:
+            self.last_step = state.global_step
+            self._measure(args, state, model)
+            control.should_log = True  # so that the values reach the reporters at this step
+        return control
 
     def _measure(self, args, state, model) -> None:
         try:

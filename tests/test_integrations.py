@@ -117,7 +117,8 @@ def test_the_callback_names_checkpoints_by_step_with_tokens_and_logs_rankme_to_t
     assert all("loss" in h and h["alpha_req"] > 0 for h in logged)
 
 
-def test_a_reporting_callback_sees_rankme_in_the_logs_of_the_measured_steps(tmp_path):
+@pytest.mark.parametrize(("strategy", "evaluations"), [("steps", 2), ("epoch", 2)])
+def test_a_reporting_callback_sees_rankme_in_the_logs_of_each_evaluation(tmp_path, strategy, evaluations):
     """W&B, MLflow and TensorBoard are callbacks placed before the user's: they must see the values."""
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator
@@ -134,15 +135,15 @@ def test_a_reporting_callback_sees_rankme_in_the_logs_of_the_measured_steps(tmp_
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(layers=1, d=32, heads=2))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2,
-                             eval_strategy="steps", eval_steps=2, save_strategy="no", logging_steps=100,
+                             eval_strategy=strategy, eval_steps=2, save_strategy="no", logging_steps=100,
                              report_to=[], use_cpu=True, disable_tqdm=True)
-    data = _dataset(tok, 8)
+    data = _dataset(tok, 4)  # two steps per epoch
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:2],
                       data_collator=default_data_collator, processing_class=tok, callbacks=[Reporter()])
     trainer.add_callback(GeometryCallback(write_docs(tmp_path / "docs.txt", limit=60), n=16, max_len=32))
     trainer.train()
     measured = [logs for logs in seen if "rankme" in logs]
-    assert len(measured) == 2  # default: at each evaluation (steps 2 and 4)
+    assert len(measured) == evaluations  # default: at each evaluation (steps 2 and 4)
     assert all(np.isfinite(logs["rankme"]) and np.isfinite(logs["alpha_req"]) for logs in measured)
 
 
@@ -221,3 +222,13 @@ def test_a_lightning_callback_logs_the_geometry_of_the_module_it_trains(tmp_path
     assert {"rankme", "alpha_req"} <= set(trainer.callback_metrics)
     rows = Warehouse(tmp_path / "w.duckdb").query("SELECT checkpoint, tokens FROM checkpoints ORDER BY step")
     assert rows.to_dicts() == [{"checkpoint": "step2", "tokens": 2 * 4 * SEQ}, {"checkpoint": "step4", "tokens": 4 * 4 * SEQ}]
+
+
+def test_the_readme_shows_the_three_ways_of_a_live_run():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Live runs") :]
+    section = section[: section.index("\n### ", 5)]
+    for way in ("geowh watch ", "GeometryCallback(", "GeometryProbe(", ".measure(model, step"):
+        assert way in section, way
