@@ -120,7 +120,6 @@ def step_seconds(model, config, batch: int, seq: int, dev, repeats: int) -> tupl
     one()  # allocations, optimizer state
     steps = sorted(one() for _ in range(repeats))
     updates = sorted(update() for _ in range(repeats))
-    del optimizer
     return steps[len(steps) // 2], updates[len(updates) // 2]
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ WRITER_STEPS = (0, 1, 2, 4)
 # HF Trainer's checkpoint-N with trainer_state.json written last.
 WRITER = """
 import shutil, sys, time
-from pathlib import Path
 
 staged, run, signals = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 for i, folder in enumerate(sorted(staged.iterdir(), key=lambda p: int(p.name[4:]))):
