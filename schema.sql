@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     tokens       DOUBLE,         -- training tokens seen at this checkpoint; NULL when not known
     stage        TEXT,           -- training stage: pretrain, mid, sft, dpo, rlvr
     stage_order  INTEGER,        -- position of the stage in the series (pretrain 0, mid 1, sft 2, dpo 3, rlvr 4)
-    source       TEXT,           -- where the weights come from: hf://repo@revision or file:///path
+    source       TEXT,           -- where the weights come from: hf://repo@revision, file:///path, or live (measured during training by geowh.integrations, not saved)
     PRIMARY KEY (model, checkpoint)
 );
 

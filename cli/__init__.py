@@ -5,7 +5,7 @@ Each module below adds its commands to the one Typer app; the import order is th
 """
 
 from geowh.cli.common import app
-from geowh.cli import ingest, spectrum, memorization, toy, train, demo, warehouse, queries  # noqa: F401  (registers commands)
+from geowh.cli import ingest, watch, spectrum, memorization, toy, train, demo, warehouse, queries  # noqa: F401  (registers commands)
 
 
 def main() -> None:

@@ -189,12 +189,17 @@ def process_checkpoint(
     *,
     run_id: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    loaded=None,
 ) -> CheckpointResult:
     """Load `ref`, extract features, compute spectra and metrics, run the measurements.
 
     Returns a result holding all rows, or a failed result with the error for a checkpoint
     that cannot be processed (download, weights, memory, NaN). A config error (InputError)
     is raised: it would fail every checkpoint alike.
+
+    `loaded` measures a model already in memory instead of loading `ref` (a `Loaded` whose
+    `ref` is `ref`; `geowh.integrations` passes the model in training): the rows are those
+    an ingest of the same weights writes, and the model is left as it was, not released.
     """
     from geowh.ingest.models import device_name, load_checkpoint
     from geowh.warehouse import utcnow
@@ -203,11 +208,11 @@ def process_checkpoint(
     started = utcnow()
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
-    loaded = None
+    given = loaded is not None
     probe = None
     try:
         t = time.perf_counter()
-        loaded = load_checkpoint(
+        loaded = loaded or load_checkpoint(
             ref,
             device=plan.config.device,
             dtype=plan.dtype,
@@ -237,7 +242,8 @@ def process_checkpoint(
             device, dtype = loaded.device, loaded.dtype
             models_row = plan.series.models_row() | loaded.models_row()
             models_row["tokenizer"] = models_row["tokenizer"] or loaded.tokenizer.name_or_path
-            loaded.release()
+            if not given:
+                loaded.release()
         else:
             device, dtype, models_row = None, None, plan.series.models_row()
     rows = {"models": [models_row], "checkpoints": [ref.row()], **rows}

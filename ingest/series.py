@@ -49,6 +49,8 @@ class CheckpointRef:
     def source(self) -> str:
         if self.path is not None:
             return self.path.resolve().as_uri()
+        if self.repo is None:  # measured in memory during training (geowh.integrations): no weights saved
+            return "live"
         return f"hf://{self.repo}@{self.revision or 'main'}"
 
     def row(self) -> dict:

@@ -12,7 +12,7 @@ OUT holds everything the run needs to be resumed or inspected:
     OUT/tokenizer/          the tokenizer (trained on the training documents, or the given one)
     OUT/tokens.npy          the training documents as one token stream, EOS between documents
     OUT/state.pt            model and optimizer at the last checkpoint, for resuming
-    OUT/train_log.jsonl     train loss, held-out loss, learning rate and time at each checkpoint
+    OUT/train_log.jsonl     train loss, held-out loss, learning rate, time, RankMe and αReQ at each checkpoint
     OUT/step0/, step1/, …   the checkpoints (config.json, model.safetensors, tokenizer files)
 
 A wall-clock budget (`minutes`) is turned into a step count before training starts, from the
@@ -45,6 +45,9 @@ CALIBRATION_SEED = 10**12
 EVAL_WINDOWS = 32
 # Documents the tokenizer is trained on, at most: BPE merges settle long before 28 MB.
 TOKENIZER_SAMPLE_BYTES = 8_000_000
+# Probe sequences of the live RankMe/αReQ at each checkpoint: `geowh ingest OUT --probe
+# OUT/probe.txt --n 256 --max-len SEQ_LEN` gives the same values.
+LIVE_PROBE_N = 256
 
 
 @dataclass(frozen=True)
@@ -216,12 +219,14 @@ def train_mini(
     if len(tokens) < config.seq_len + 2:
         raise InputError(f"the corpus holds only {len(tokens)} tokens: give more text or a shorter --seq-len")
     eval_batch = _eval_batch(out / "probe.txt", tokenizer, config)
+    probe = _live_probe(out, tokenizer, config, log)
 
     model, optimizer, start = _model_and_optimizer(out, config, tokenizer, dev)
     status = "resumed" if start > 0 else "trained"
     if start == 0 and not (out / "step0" / "config.json").is_file():
         t = time.monotonic()
-        _save_checkpoint(out, 0, model, tokenizer, optimizer, log_row=_log_row(0, None, model, eval_batch, 0, config, started))
+        row = _log_row(0, None, model, eval_batch, 0, config, started) | _geometry(probe, model, 0, config)
+        _save_checkpoint(out, 0, model, tokenizer, optimizer, log_row=row)
         save_seconds = time.monotonic() - t
     else:
         save_seconds = 0.5
@@ -263,6 +268,8 @@ def train_mini(
             advance(loss, lr)
             if step in save_at:
                 row = _log_row(step, sum(losses) / len(losses), model, eval_batch, lr, config, started)
+                row |= _geometry(probe, model, step, config)
+                advance.geometry(row)
                 _save_checkpoint(out, step, model, tokenizer, optimizer, log_row=row)
                 losses = []
 
@@ -519,6 +526,25 @@ def _log_row(step: int, train_loss, model, eval_batch, lr: float, config: TrainC
     }
 
 
+def _live_probe(out: Path, tokenizer, config: TrainConfig, log: _Log):
+    """The held-out probe, tokenized once, for RankMe and αReQ at each checkpoint (None when no text is long enough)."""
+    from geowh.integrations import GeometryProbe
+
+    try:
+        return GeometryProbe(tokenizer, out / "probe.txt", name=out.name, n=LIVE_PROBE_N, max_len=config.seq_len)
+    except InputError as e:
+        log.info(f"no live RankMe/αReQ: {e}")
+        return None
+
+
+def _geometry(probe, model, step: int, config: TrainConfig) -> dict:
+    """RankMe and αReQ of the model on the probe (eval mode, random state untouched), for the log row."""
+    if probe is None:
+        return {}
+    values = probe.measure(model, step, tokens=step * config.batch_size * config.seq_len)
+    return {"rankme": values["rankme"], "alpha_req": values["alpha_req"]}
+
+
 def _save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, *, log_row: dict) -> None:
     """OUT/step{N}/ (model + tokenizer), then the resume state and the log line, each written atomically."""
     import torch
@@ -655,7 +681,7 @@ class _Log:
         @contextmanager
         def bar():
             if self.quiet:
-                yield lambda loss, lr: None
+                yield _Advance()
                 return
             from rich.progress import (
                 BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
@@ -663,15 +689,28 @@ class _Log:
 
             progress = Progress(
                 TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                console=self.console,
+                TextColumn("lr {task.fields[lr]}"), TextColumn("RankMe {task.fields[rankme]} αReQ {task.fields[alpha]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
             )
             with progress:
-                task = progress.add_task("train", total=total, completed=start, loss="…", lr="…")
+                task = progress.add_task("train", total=total, completed=start, loss="…", lr="…", rankme="…", alpha="…")
 
-                def advance(loss: float, lr: float) -> None:
-                    progress.update(task, advance=1, loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-
-                yield advance
+                yield _Advance(progress, task)
 
         return bar()
+
+
+class _Advance:
+    """What the step loop reports to: each step's loss and lr, each checkpoint's RankMe and αReQ."""
+
+    def __init__(self, progress=None, task=None):
+        self.progress, self.task = progress, task
+
+    def __call__(self, loss: float, lr: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+
+    def geometry(self, row: dict) -> None:
+        """Shown until the next checkpoint."""
+        if self.progress is not None and "rankme" in row:
+            self.progress.update(self.task, rankme=f"{row['rankme']:.1f}", alpha=f"{row['alpha_req']:.3f}")

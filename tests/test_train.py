@@ -146,6 +146,25 @@ def test_a_reduced_run_saves_loadable_checkpoints_with_their_tokenizer_on_the_sc
     assert all(math.isfinite(r["eval_loss"]) for r in log)
 
 
+def test_each_checkpoint_logs_the_rankme_and_alpha_req_that_an_ingest_of_it_finds(run, tmp_path):
+    from geowh.ingest.run import ingest
+    from geowh.ingest.train import LIVE_PROBE_N
+    from geowh.warehouse import Warehouse
+
+    out, _ = run
+    log = {r["step"]: r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
+    assert all(r["rankme"] >= 1 and r["alpha_req"] > 0 for r in log.values())
+    ingest(out, probe=out / "probe.txt", n=LIVE_PROBE_N, max_len=TINY["seq_len"], checkpoints=f"0,{STEPS}",
+           device="cpu", quiet=True, db=tmp_path / "w.duckdb")
+    found = Warehouse(tmp_path / "w.duckdb").query(
+        "SELECT c.step, m.metric, m.value FROM metrics m JOIN checkpoints c USING (model, checkpoint) "
+        "WHERE m.metric IN ('rankme', 'alpha_req')"
+    )
+    assert found.height == 4
+    for step, metric, value in found.rows():
+        assert math.isclose(log[step][metric], value, rel_tol=1e-5), (step, metric)
+
+
 def test_geowh_reads_the_run_as_an_ordinary_local_series_with_a_held_out_probe(run, text_file):
     from geowh.ingest.series import resolve_series
 

@@ -1,0 +1,220 @@
+"""`geowh watch DIR`: ingest a run's checkpoints as training writes them, and follow its phases.
+
+Each poll lists the run folder as `geowh ingest` does (every layout of `ingest.series`) and
+picks the checkpoints that are complete: the trainer's completion marker is there
+(`trainer_state.json`, which the HF Trainer writes last), or none of the files changed for
+`settle` seconds. Either way every safetensors file must be whole (its size is what its
+header says), so a half-written one is never read, and so never recorded as failed. Complete
+checkpoints are ingested one at a time by `ingest.run.ingest` (resume, failures and the
+transaction per checkpoint are the ingest's), after each the phases are computed again, and
+the caller hears of it through `on_event`; between checkpoints `stop()` is asked whether to
+end. The library prints nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geowh.errors import InputError
+
+MARKERS = ("trainer_state.json",)
+"""Files a trainer writes after everything else in a checkpoint folder."""
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """Something the watch did: `kind` is ingested, failed, waiting, phase or idle."""
+
+    kind: str
+    checkpoint: str | None = None
+    step: int | None = None
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class WatchSummary:
+    model: str | None
+    db: str
+    checkpoints: list[dict] = field(default_factory=list)
+    """The ingest entry of each checkpoint ingested (or skipped as already done)."""
+    phases: list[dict] = field(default_factory=list)
+    """The phases after the last checkpoint (empty while too few)."""
+    stopped: str = ""
+    """once, idle or stopped."""
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.checkpoints if c["status"] == status)
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ok": self.count("ok"), "failed": self.failed, "skipped": self.count("skipped")}
+
+
+def checkpoint_ready(folder: Path, settle: float, now: float | None = None) -> bool:
+    """Whether a checkpoint folder is complete: config and whole weights, and marked or settled."""
+    if not (folder / "config.json").is_file():
+        return False
+    try:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        weights = [p for pattern in WEIGHTS for p in folder.glob(pattern)]
+        if not weights or not all(_whole(p) for p in weights if p.suffix == ".safetensors"):
+            return False
+        if not _shards_present(folder):
+            return False
+        if any((folder / m).is_file() for m in MARKERS):
+            return True
+        newest = max(p.stat().st_mtime for p in files)
+    except OSError:  # a file vanished while we looked: a writer is busy there
+        return False
+    return (now if now is not None else time.time()) - newest >= settle
+
+
+def _whole(path: Path) -> bool:
+    """A safetensors file is 8 bytes of header length, the JSON header, then the data it indexes."""
+    size = path.stat().st_size
+    if size < 8:
+        return False
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if 8 + length > size:
+            return False
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            return False
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return size == 8 + length + max(ends, default=0)
+
+
+def _shards_present(folder: Path) -> bool:
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError):
+            return False
+        if not all((folder / s).is_file() for s in shards):
+            return False
+    return True
+
+
+def watch(
+    folder: str | Path,
+    *,
+    interval: float = 10.0,
+    settle: float = 30.0,
+    once: bool = False,
+    until_idle: float | None = None,
+    on_event: Callable[[WatchEvent], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    db: str | Path | None = None,
+    name: str | None = None,
+    **options: Any,
+) -> WatchSummary:
+    """Ingest the complete checkpoints of `folder`, then each new one as it appears; recompute phases after each.
+
+    `options` are those of `ingest.run.ingest` (probe, n, max_len, layers, measurements, …).
+    With `once`, what is complete now is ingested and the call returns; with `until_idle`, it
+    returns after that many seconds without a new complete checkpoint; otherwise it runs until
+    `stop()` returns true (checked between checkpoints and while waiting).
+
+    Example:
+        watch("runs/my-run", probe="held_out.txt", n=1000, max_len=256, db="w.duckdb", until_idle=3600)
+    """
+    from geowh.ingest.run import ingest
+    from geowh.warehouse import Warehouse
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{folder} is not a folder: give the run folder a training writes its checkpoints into")
+    if interval <= 0 or settle < 0 or (until_idle is not None and until_idle < 0):
+        raise InputError("--interval must be positive, --settle and --until-idle at least 0")
+    tell = on_event or (lambda event: None)
+    stop = stop or (lambda: False)
+    wh = Warehouse(db)
+    summary = WatchSummary(name, str(wh.path))
+    done: set[str] = set()
+    labels: list[dict] = []
+    shown_waiting: list[str] = []
+    last_new = time.monotonic()
+    while True:
+        ready, waiting = _scan(root, settle)
+        for ref in (r for r in ready if r.label not in done):
+            if stop():
+                summary.stopped = "stopped"
+                return summary
+            try:
+                result = ingest(str(root), checkpoints=ref.label, name=name, db=wh.path, quiet=True, **options)
+            except InputError:
+                if ref.path.is_dir():
+                    raise
+                continue  # deleted since the scan (a trainer's save_total_limit): nothing to ingest
+            summary.model = result.model
+            for entry in result.checkpoints:
+                summary.checkpoints.append(entry)
+                tell(WatchEvent("failed" if entry["status"] == "failed" else "ingested", entry["checkpoint"],
+                                entry["step"], entry))
+            done.add(ref.label)
+            last_new = time.monotonic()
+            labels = _phases(wh, result.model, labels, summary, tell)
+        if waiting != shown_waiting:
+            shown_waiting = waiting
+            if waiting:
+                tell(WatchEvent("waiting", detail={"checkpoints": waiting}))
+        if once:
+            summary.stopped = "once"
+            return summary
+        polled = time.monotonic()
+        while time.monotonic() - polled < interval:  # short naps, so that a stop is heard at once
+            if stop():
+                summary.stopped = "stopped"
+                return summary
+            if until_idle is not None and time.monotonic() - last_new >= until_idle:
+                summary.stopped = "idle"
+                tell(WatchEvent("idle", detail={"seconds": until_idle}))
+                return summary
+            time.sleep(min(0.2, interval))
+
+
+def _scan(root: Path, settle: float) -> tuple[list, list[str]]:
+    """The run's checkpoints (as `geowh ingest` lists them) that are complete, and the labels of the others."""
+    from geowh.ingest.series import is_checkpoint_dir, local_step, resolve_series
+
+    children = [p for p in root.iterdir() if p.is_dir()]
+    if not is_checkpoint_dir(root) and not any(local_step(p.name) is not None or is_checkpoint_dir(p) for p in children):
+        return [], []  # no checkpoint yet: training has not saved one
+    now = time.time()
+    refs = resolve_series(str(root)).checkpoints
+    ready = [r for r in refs if checkpoint_ready(r.path, settle, now)]
+    return ready, [r.label for r in refs if r not in ready]
+
+
+def _phases(wh, model: str, before: list[dict], summary: WatchSummary, tell) -> list[dict]:
+    """Phases of `model` now; a `phase` event for each phase start that was not there before."""
+    from geowh.queries.phases import phases
+
+    try:
+        rows = phases(wh, model).select("phase", "start_step", "end_step", "start_tokens").to_dicts()
+    except InputError:  # too few checkpoints so far
+        return before
+    summary.phases = rows
+    # Boundaries move a little as checkpoints arrive; a phase is new when the sequence of labels changes.
+    same = 0
+    while same < min(len(rows), len(before)) and rows[same]["phase"] == before[same]["phase"]:
+        same += 1
+    for i in range(max(same, 1), len(rows)):
+        tell(WatchEvent("phase", step=rows[i]["start_step"],
+                        detail={"before": rows[i - 1]["phase"], "after": rows[i]["phase"], "tokens": rows[i]["start_tokens"]}))
+    return rows

@@ -1,0 +1,234 @@
+"""Geometry from inside training: the HF Trainer callback, the probe for custom loops, Lightning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tiny import tiny_config, tokenizer, write_docs
+
+N, MAX_LEN, SEQ = 48, 64, 32
+STEPS, EVERY = 30, 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: on a busy machine OpenMP's spinning threads make them many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _dataset(tok, count: int = 160):
+    """Fixed-length causal-LM examples cut from the stdlib docstrings."""
+    import torch
+    from tiny import english_docs
+
+    ids = tok("\n".join(english_docs(400)))["input_ids"]
+    rows = [ids[i * SEQ : (i + 1) * SEQ] for i in range(count)]
+    return [{"input_ids": torch.tensor(r), "labels": torch.tensor(r)} for r in rows]
+
+
+def _train(out, probe_file, db, *, callback: bool):
+    """30 steps of a tiny GPT-NeoX (with dropout, so training draws random numbers), checkpoints every 10."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+
+    from geowh.integrations import GeometryCallback
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    config = tiny_config(layers=2, d=32, heads=2)
+    config.hidden_dropout = config.attention_dropout = 0.1
+    model = AutoModelForCausalLM.from_config(config)
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=3e-3,
+        save_strategy="steps", save_steps=EVERY, save_only_model=True, logging_steps=5, report_to=[],
+        use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    callbacks = [GeometryCallback(probe_file, db=db, every=EVERY, n=N, max_len=MAX_LEN, seq_len=SEQ)] if callback else []
+    trainer = Trainer(model=model, args=args, train_dataset=_dataset(tok), data_collator=default_data_collator,
+                      processing_class=tok, callbacks=callbacks)
+    trainer.train()
+    return trainer, callbacks
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same training with and without the callback."""
+    root = tmp_path_factory.mktemp("live")
+    probe_file = write_docs(root / "docs.txt", limit=200)
+    with_cb, callbacks = _train(root / "with-callback", probe_file, root / "live.duckdb", callback=True)
+    without, _ = _train(root / "without", probe_file, None, callback=False)
+    return root, probe_file, with_cb, without, callbacks[0]
+
+
+def test_training_with_the_callback_ends_in_the_same_weights_as_without(runs):
+    _, _, with_cb, without, callback = runs
+    assert [m["step"] for m in callback.measured] == [10, 20, 30]
+    a, b = with_cb.model.state_dict(), without.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key].numpy(), b[key].numpy()), key
+    assert with_cb.model.training == without.model.training
+
+
+def test_the_callbacks_rows_equal_an_ingest_of_the_saved_checkpoints(runs):
+    from geowh.ingest.run import ingest
+    from geowh.warehouse import Warehouse
+
+    root, probe_file, *_ = runs
+    summary = ingest(root / "with-callback", probe=probe_file, n=N, max_len=MAX_LEN, device="cpu", quiet=True,
+                     db=root / "ingested.duckdb", name="with-callback")
+    assert summary.count("ok") == 3
+    query = ("SELECT c.step, m.probe, m.layer, m.pooling, m.metric, m.value, r.config_key FROM metrics m "
+             "JOIN checkpoints c USING (model, checkpoint) JOIN runs r USING (run_id) "
+             "WHERE r.status = 'ok' ORDER BY ALL")
+    live = Warehouse(root / "live.duckdb").query(query)
+    ingested = Warehouse(root / "ingested.duckdb").query(query)
+    assert live.height == ingested.height > 0
+    assert sorted(set(live["step"])) == [10, 20, 30]
+    for column in ("step", "probe", "layer", "pooling", "metric", "config_key"):
+        assert live[column].to_list() == ingested[column].to_list(), column
+    assert np.allclose(live["value"].to_numpy(), ingested["value"].to_numpy(), rtol=1e-5, atol=1e-5, equal_nan=True)
+    spectra = "SELECT eigenvalues FROM spectra JOIN checkpoints USING (model, checkpoint) ORDER BY step"
+    for a, b in zip(Warehouse(root / "live.duckdb").query(spectra)["eigenvalues"],
+                    Warehouse(root / "ingested.duckdb").query(spectra)["eigenvalues"]):
+        assert np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_the_callback_names_checkpoints_by_step_with_tokens_and_logs_rankme_to_the_trainer(runs):
+    from geowh.warehouse import Warehouse
+
+    root, _, with_cb, *_ = runs
+    checkpoints = Warehouse(root / "live.duckdb").query(
+        "SELECT model, checkpoint, step, tokens, source FROM checkpoints ORDER BY step"
+    ).to_dicts()
+    assert [c["checkpoint"] for c in checkpoints] == ["step10", "step20", "step30"]
+    assert {c["model"] for c in checkpoints} == {"with-callback"}
+    assert [c["tokens"] for c in checkpoints] == [s * 4 * SEQ for s in (10, 20, 30)]
+    logged = [h for h in with_cb.state.log_history if "rankme" in h]
+    assert [h["step"] for h in logged] == [10, 20, 30]
+    assert all("loss" in h and h["alpha_req"] > 0 for h in logged)
+
+
+@pytest.mark.parametrize(("strategy", "evaluations"), [("steps", 2), ("epoch", 2)])
+def test_a_reporting_callback_sees_rankme_in_the_logs_of_each_evaluation(tmp_path, strategy, evaluations):
+    """W&B, MLflow and TensorBoard are callbacks placed before the user's: they must see the values."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    from geowh.integrations import GeometryCallback
+
+    seen = []
+
+    class Reporter(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(layers=1, d=32, heads=2))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2,
+                             eval_strategy=strategy, eval_steps=2, save_strategy="no", logging_steps=100,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    data = _dataset(tok, 4)  # two steps per epoch
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:2],
+                      data_collator=default_data_collator, processing_class=tok, callbacks=[Reporter()])
+    trainer.add_callback(GeometryCallback(write_docs(tmp_path / "docs.txt", limit=60), n=16, max_len=32))
+    trainer.train()
+    measured = [logs for logs in seen if "rankme" in logs]
+    assert len(measured) == evaluations  # default: at each evaluation (steps 2 and 4)
+    assert all(np.isfinite(logs["rankme"]) and np.isfinite(logs["alpha_req"]) for logs in measured)
+
+
+def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from geowh.ingest.run import ingest
+    from geowh.integrations import GeometryProbe
+    from geowh.warehouse import Warehouse
+
+    docs = write_docs(tmp_path / "docs.txt", limit=100)
+    config = tiny_config(layers=2, d=32, heads=2)
+    config.hidden_dropout = 0.5  # features measured in train mode would differ from an ingest's
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).train()
+    probe = GeometryProbe(tokenizer(), docs, db=tmp_path / "live.duckdb", name="loop", n=32, max_len=48,
+                          layers="all")
+    state = torch.get_rng_state()
+    values = probe.measure(model, 100, tokens=1e6)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert values["step"] == 100 and values["checkpoint"] == "step100" and values["layer"] == 2
+    assert values["rankme"] > 1 and values["alpha_req"] > 0
+
+    folder = tmp_path / "loop" / "step100"
+    model.save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    ingest(tmp_path / "loop", probe=docs, n=32, max_len=48, layers="all", device="cpu", quiet=True,
+           db=tmp_path / "ingested.duckdb")
+    query = "SELECT checkpoint, probe, layer, metric, value FROM metrics ORDER BY layer, metric"
+    live, ingested = Warehouse(tmp_path / "live.duckdb").query(query), Warehouse(tmp_path / "ingested.duckdb").query(query)
+    assert live.drop("value").equals(ingested.drop("value"))
+    assert np.allclose(live["value"].to_numpy(), ingested["value"].to_numpy(), rtol=1e-5, atol=1e-5, equal_nan=True)
+    runs = "SELECT config_key, status FROM runs"
+    assert Warehouse(tmp_path / "live.duckdb").query(runs).equals(Warehouse(tmp_path / "ingested.duckdb").query(runs))
+
+
+def test_importing_the_integrations_needs_neither_the_trainer_nor_lightning():
+    code = (
+        "import sys, geowh.integrations as g\n"
+        "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules, sorted(sys.modules)\n"
+        "assert set(g.__all__) == {'GeometryProbe', 'GeometryCallback', 'GeometryLightningCallback'}\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_lightning_callback_logs_the_geometry_of_the_module_it_trains(tmp_path):
+    pytest.importorskip("lightning")
+    import lightning.pytorch as L
+    import torch
+    from tiny import tiny_model
+
+    from geowh.integrations import GeometryLightningCallback
+    from geowh.warehouse import Warehouse
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_model(layers=1, d=32, heads=2).train()
+
+        def training_step(self, batch, batch_idx):
+            return self.model(input_ids=batch, labels=batch).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    tok = tokenizer()
+    data = torch.stack([row["input_ids"] for row in _dataset(tok, 16)])
+    callback = GeometryLightningCallback(tok, write_docs(tmp_path / "docs.txt", limit=60), db=tmp_path / "w.duckdb",
+                                         name="lit", every=2, n=16, max_len=32, tokens_per_step=4 * SEQ)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+    assert [m["step"] for m in callback.measured] == [2, 4]
+    assert {"rankme", "alpha_req"} <= set(trainer.callback_metrics)
+    rows = Warehouse(tmp_path / "w.duckdb").query("SELECT checkpoint, tokens FROM checkpoints ORDER BY step")
+    assert rows.to_dicts() == [{"checkpoint": "step2", "tokens": 2 * 4 * SEQ}, {"checkpoint": "step4", "tokens": 4 * 4 * SEQ}]
+
+
+def test_the_readme_shows_the_three_ways_of_a_live_run():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Live runs") :]
+    section = section[: section.index("\n### ", 5)]
+    for way in ("geowh watch ", "GeometryCallback(", "GeometryProbe(", ".measure(model, step"):
+        assert way in section, way
