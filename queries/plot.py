@@ -183,8 +183,8 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
               size: tuple[int, int] | None) -> None:
     """One plotext panel per series, built one after the other (x = log10(step + 1), real steps as ticks).
 
-    Phases are shaded as in the image: across the panel for one model, a band one row high at the
-    bottom per model for several; each phase in its colour and fill character, named in the legend.
+    Phases are shaded as in the image: across the panel for one model, a thin band at the bottom
+    per model for several; each phase in its colour and fill character, keyed below the panels.
     """
     import plotext as plt
 
@@ -196,6 +196,7 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
     colourless = not (hasattr(stream, "isatty") and stream.isatty())
     fig = plt.figure
     panels = []
+    named: set[str] = set()
     for name in frame["series"].unique(maintain_order=True).to_list():
         fig.clear()
         fig.plot_size(width, height)
@@ -205,19 +206,15 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
         if not name.startswith("eval:"):
             low, high = float(part["value"].min()), float(part["value"].max())
             row = (high - low) / max(height - 4, 1) or 1.0  # the value one text row spans
-            named = set()
             for i, model in enumerate(models):
                 band = (low, high) if len(models) == 1 else (low + i * row, low + (i + 1) * row)
                 for phase in spans.get(model, pl.DataFrame()).iter_rows(named=True):
                     start, end = phase[f"start_{x}"], phase[f"end_{x}"]
                     if start is None or end is None:
                         continue
-                    shade = _shade(fig, plt, np.log10(start + offset), np.log10(end + offset), band, phase["phase"],
-                                   top, width)
-                    if phase["phase"] not in named:
-                        shade.label(phase["phase"])
-                        named.add(phase["phase"])
-                    fig.draw(shade)
+                    fig.draw(_shade(fig, plt, np.log10(start + offset), np.log10(end + offset), band, phase["phase"],
+                                    top, width))
+                    named.add(phase["phase"])
         for model in models:
             points = part.filter(pl.col("model") == model).sort(x)
             t = np.log10(points[x].to_numpy().astype(float) + offset)  # step 0 sits at 0
@@ -229,17 +226,25 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
         fig.label(f"{x} (log axis of {x} + {offset:g})", axis="x")
         panels.append(fig.build().string(colorless=colourless).rstrip("\n"))
     fig.clear()
+    if named:  # the key goes below the panels: in a panel's legend it would hide the models on short panels
+        panels.append("phases: " + "  ".join(
+            _mark(plt, phase).string(colorless=colourless) + " " + phase for phase in PHASE_MARKS if phase in named))
     stream.write("\n".join(panels) + "\n")
 
 
 def _shade(fig, plt, start: float, end: float, band: tuple[float, float], phase: str, top: float, width: int):
     """A filled span from `start` to `end` (log axis) over the values `band`: a point per text column, each filled down."""
-    colour = tuple(int(PHASE_COLOURS.get(phase, "#eeeeee")[i:i + 2], 16) for i in (1, 3, 5))
-    mark = plt.colorize(PHASE_MARKS.get(phase, "·"), (colour,))
+    mark = _mark(plt, phase)
     count = max(2, int(np.ceil(2 * width * (end - start) / max(top, 1e-9))))
     xs = np.linspace(start, end, count).tolist()
     upper = fig.signal(xs, [band[1]] * count, marker=mark)
     return upper.fill(fig.signal(xs, [band[0]] * count, marker=mark)).density("full", scope="fill")
+
+
+def _mark(plt, phase: str):
+    """The phase's fill character in its PNG colour."""
+    colour = tuple(int(PHASE_COLOURS.get(phase, "#eeeeee")[i:i + 2], 16) for i in (1, 3, 5))
+    return plt.colorize(PHASE_MARKS.get(phase, "·"), (colour,))
 
 
 def _first_positive(values: pl.Series) -> float:
