@@ -261,6 +261,21 @@ def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index
     assert stats["items"] == 24 and stats["excluded"] == sum(1 for r in rows if r["excluded"])
 
 
+def test_index_stats_runs_in_a_fresh_process_with_a_table_that_fits_80_columns(tmp_path, qa_file, qa_index):
+    import os
+    import subprocess
+    import sys
+
+    # Fresh: the ∞-gram side is scored on threads before anything imported transformers.
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    done = subprocess.run([sys.executable, "-c", "from geowh.cli import main; main()", "index", "stats",
+                           str(qa_index.directory), "--task", str(qa_file), "--db", str(tmp_path / "w.duckdb")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "24 items, 3 excluded" in " ".join(done.stdout.split()) and "│ >8 " in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+
+
 def test_ingest_with_memorization_puts_both_measurements_in_trajectories(cli, tmp_path, qa_file, qa_index):
     from tiny import save_series
 
