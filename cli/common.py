@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
@@ -143,12 +144,13 @@ def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, 
             err_console().print("(no rows)")
 
 
-def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()) -> tuple[Table, list[str]]:
+def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()) -> tuple[RenderableType, list[str]]:
     """`frame` as a rich Table no wider than `width`, and the `optional` columns left out to fit.
 
     Numbers and names (values without spaces) keep their whole width, since a cut name ("entropy…")
     is unreadable; headers wrap at their spaces and prose wraps at words. `optional` columns, least
-    important first, are left out while the table is still too wide.
+    important first, are left out while the table is still too wide. Rows too wide for any table
+    (`sql "select * …"`) are shown one block per row, a column per line, as psql's expanded mode.
     """
     columns = []
     for name in frame.columns:
@@ -170,6 +172,16 @@ def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()
         if name in frame.columns:
             columns = [c for c in columns if c[0] != name]
             hidden.append(name)
+    if needed(columns) > width:
+        blocks: list[RenderableType] = [Text(title, justify="center", style="italic")] if title else []
+        for i, row in enumerate(zip(*(cells for _, cells, _, _, _ in columns))):
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(style="bold", no_wrap=True)
+            grid.add_column(overflow="fold")
+            for (name, *_), value in zip(columns, row):
+                grid.add_row(name, value)
+            blocks += [Rule(f"row {i + 1}", align="left", style="dim"), grid]
+        return Group(*blocks), hidden
     table = Table(title=title, show_lines=False, header_style="bold")
     for name, _, numeric, fixed, _ in columns:
         # A fixed width keeps rich from cutting the column to fit; should even the rest not

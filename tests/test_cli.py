@@ -186,3 +186,16 @@ def test_a_narrow_table_leaves_out_optional_columns_and_says_which(cli, tmp_path
     Warehouse(tmp_path / "w.duckdb").write({"models": [{"model": "pythia-1.4b-deduped", "family": "pythia"}]})
     shown = cli(["info", "--db", tmp_path / "w.duckdb"])
     assert shown.exit_code == 0 and "│ pythia-1.4b-deduped │" in shown.stdout and "…" not in shown.stdout
+
+
+def test_rows_too_wide_for_any_table_are_shown_one_column_per_line(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    names = [f"column_number_{i}" for i in range(8)]
+    select = ", ".join(f"'pythia-1.4b-deduped-{i}' AS {name}" for i, name in enumerate(names))
+    shown = cli(["sql", f"SELECT {select} UNION ALL SELECT {select}"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in shown.stdout
+    assert [line.split()[:2] for line in lines if line.startswith("column_number_3")] == [
+        ["column_number_3", "pythia-1.4b-deduped-3"]] * 2
+    assert sum(line.startswith("row ") for line in lines) == 2
