@@ -225,13 +225,13 @@ def number(value: float) -> str:
     size = abs(value)
     if (isinstance(value, int) and size < 1_000_000) or (isinstance(value, float) and value.is_integer() and size < 10_000):
         return str(int(value))
-    if size < 10_000:
+    if size < 9999.5:  # what .4g prints without an exponent
         return f"{value:.4g}"
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if size >= scale * 0.9995 or suffix == "k":
-            text = f"{value / scale:.3g}"
-            return (text if "e" not in text else f"{value / scale:.0f}") + suffix
-    raise AssertionError("unreachable")
+        if size >= scale * 0.9995:  # 999.6k reads 1M
+            break
+    text = f"{value / scale:.3g}"
+    return (text if "e" not in text else f"{value / scale:.0f}") + suffix
 
 
 def _version(value: bool) -> None:
