@@ -203,18 +203,17 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
         fig.title(name.removeprefix("eval:"))
         part = frame.filter(pl.col("series") == name)
         models = part["model"].unique(maintain_order=True).to_list()
-        if not name.startswith("eval:"):
-            low, high = float(part["value"].min()), float(part["value"].max())
-            row = (high - low) / max(height - 4, 1) or 1.0  # the value one text row spans
-            for i, model in enumerate(models):
-                band = (low, high) if len(models) == 1 else (low + i * row, low + (i + 1) * row)
-                for phase in spans.get(model, pl.DataFrame()).iter_rows(named=True):
-                    start, end = phase[f"start_{x}"], phase[f"end_{x}"]
-                    if start is None or end is None:
-                        continue
-                    fig.draw(_shade(fig, plt, np.log10(start + offset), np.log10(end + offset), band, phase["phase"],
-                                    top, width))
-                    named.add(phase["phase"])
+        low, high = float(part["value"].min()), float(part["value"].max())
+        row = (high - low) / max(height - 4, 1) or 1.0  # the value one text row spans
+        for i, model in enumerate(models):
+            band = (low, high) if len(models) == 1 else (low + i * row, low + (i + 1) * row)
+            for phase in spans.get(model, pl.DataFrame()).iter_rows(named=True):
+                start, end = phase[f"start_{x}"], phase[f"end_{x}"]
+                if start is None or end is None:
+                    continue
+                fig.draw(_shade(fig, plt, np.log10(start + offset), np.log10(end + offset), band, phase["phase"],
+                                top, width))
+                named.add(phase["phase"])
         for model in models:
             points = part.filter(pl.col("model") == model).sort(x)
             t = np.log10(points[x].to_numpy().astype(float) + offset)  # step 0 sits at 0
