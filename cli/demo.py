@@ -62,7 +62,7 @@ def demo(
             render_frame(
                 pl.DataFrame(summary.memorization_by_phase).rename({
                     "memorization_start": "ρ at start", "memorization_end": "ρ at end", "memorization_max": "ρ max",
-                    "max_at_step": "max at step",
+                    "max_at_step": "max at step", "start_step": "start step", "end_step": "end step",
                 }),
                 title="memorization ρ (∞-gram vs model log-likelihood, Spearman) in each phase",
             )
