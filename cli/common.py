@@ -139,7 +139,8 @@ def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, 
         table, hidden = fit_table(frame, title, console().width, optional)
         console().print(table)
         if hidden:
-            err_console().print(f"[dim]not shown at this width: {', '.join(hidden)} (--json shows all)[/]", highlight=False)
+            err_console().print(f"[dim]not shown at this width: {', '.join(hidden)} (--json shows all)[/]",
+                                highlight=False)
         if frame.height == 0:
             err_console().print("(no rows)")
 
@@ -223,7 +224,8 @@ def number(value: float) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     size = abs(value)
-    if (isinstance(value, int) and size < 1_000_000) or (isinstance(value, float) and value.is_integer() and size < 10_000):
+    whole = isinstance(value, int) or value.is_integer()
+    if whole and size < (1_000_000 if isinstance(value, int) else 10_000):
         return str(int(value))
     if size < 9999.5:  # what .4g prints without an exponent
         return f"{value:.4g}"

@@ -232,7 +232,7 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
 
 
 def _shade(fig, plt, start: float, end: float, band: tuple[float, float], phase: str, top: float, width: int):
-    """A filled span from `start` to `end` (log axis) over the values `band`: a point per text column, each filled down."""
+    """A filled span from `start` to `end` (log axis) over the values `band`: points two per text column, filled down."""
     mark = _mark(plt, phase)
     count = max(2, int(np.ceil(2 * width * (end - start) / max(top, 1e-9))))
     xs = np.linspace(start, end, count).tolist()

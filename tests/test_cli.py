@@ -165,7 +165,8 @@ def test_queries_and_warehouse_sources_do_not_mention_the_gpu_stack():
 
 @pytest.mark.parametrize("value, shown", [
     (2097152, "2.1M"), (2.09715e6, "2.1M"), (143000, "143000"), (143000.0, "143k"), (2.99893e11, "300B"),
-    (54300.0, "54.3k"), (-0.0977291, "-0.09773"), (5000.0, "5000"), (999_600.0, "1M"), (9999.7, "10k"), (2.5e15, "2500T"), (float("nan"), "nan"),
+    (54300.0, "54.3k"), (-0.0977291, "-0.09773"), (5000.0, "5000"), (999_600.0, "1M"), (9999.7, "10k"),
+    (2.5e15, "2500T"), (float("nan"), "nan"),
 ])
 def test_numbers_are_printed_as_people_read_them(value, shown):
     from geowh.cli.common import number

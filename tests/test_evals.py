@@ -203,8 +203,9 @@ def test_a_file_without_a_checkpoint_asks_for_one(tmp_path):
 
 def test_import_evals_prints_every_model_whole_at_80_columns(tmp_path):
     env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
-    done = subprocess.run([sys.executable, "-c", "from geowh.cli import main; main()", "import-evals", str(PYTHIA_EVALS),
-                           "--db", str(tmp_path / "w.duckdb")], capture_output=True, text=True, env=env)
+    geowh = [sys.executable, "-c", "from geowh.cli import main; main()"]
+    done = subprocess.run([*geowh, "import-evals", str(PYTHIA_EVALS), "--db", str(tmp_path / "w.duckdb")],
+                          capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in done.stdout

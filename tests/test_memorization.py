@@ -238,8 +238,10 @@ def test_the_stored_rho_is_spearman_over_independently_scored_items(cli, tmp_pat
     for row in qa_items():
         q = row["question"]
         prompt, target = f"Question: {q}{'' if q.endswith('?') else '?'} Answer:", " " + row["answer"]
-        p_ids, a_ids = index_tok(prompt, add_special_tokens=False)["input_ids"], index_tok(target, add_special_tokens=False)["input_ids"]
-        probs = [qa_index.engine.infgram_prob(prompt_ids=p_ids + a_ids[:j], cont_id=t)["prob"] for j, t in enumerate(a_ids)]
+        p_ids = index_tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = index_tok(target, add_special_tokens=False)["input_ids"]
+        probs = [qa_index.engine.infgram_prob(prompt_ids=p_ids + a_ids[:j], cont_id=t)["prob"]
+                 for j, t in enumerate(a_ids)]
         if not any(p > 0 for p in probs):
             continue  # the zero rule: every answer token unseen, the item is left out
         p_ids, a_ids = tok(prompt)["input_ids"], tok(target, add_special_tokens=False)["input_ids"]
