@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.rule import Rule
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from geowh import __version__
@@ -104,8 +106,11 @@ def print_json(value: Any) -> None:
 
 
 def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, title: str | None = None,
-                 force: bool = False, protect: Sequence[Path] = ()) -> None:
+                 force: bool = False, protect: Sequence[Path] = (), optional: Sequence[str] = ()) -> None:
     """Show a polars DataFrame as a rich table, CSV or JSON, or write it to `out`.
+
+    A table fits the terminal: `optional` columns, least important first, are left out when
+    it is too narrow (named on stderr).
 
     `out` is written as a whole or not at all, never over an existing file unless `force`,
     never over a path in `protect` (the warehouse).
@@ -131,15 +136,61 @@ def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, 
     elif fmt is Format.json:
         print_json(frame.to_dicts())
     else:
-        table = Table(title=title, show_lines=False, header_style="bold")
-        for name in frame.columns:
-            numeric = frame[name].dtype.is_numeric()
-            table.add_column(name, justify="right" if numeric else "left")
-        for row in frame.iter_rows():
-            table.add_row(*(cell(v) for v in row))
+        table, hidden = fit_table(frame, title, console().width, optional)
         console().print(table)
+        if hidden:
+            err_console().print(f"[dim]not shown at this width: {', '.join(hidden)} (--json shows all)[/]",
+                                highlight=False)
         if frame.height == 0:
             err_console().print("(no rows)")
+
+
+def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()) -> tuple[RenderableType, list[str]]:
+    """`frame` as a rich Table no wider than `width`, and the `optional` columns left out to fit.
+
+    Numbers and names (values without spaces) keep their whole width, since a cut name ("entropy…")
+    is unreadable; headers wrap at their spaces and prose wraps at words. `optional` columns, least
+    important first, are left out while the table is still too wide. Rows too wide for any table
+    (`sql "select * …"`) are shown one block per row, a column per line, as psql's expanded mode.
+    """
+    columns = []
+    for name in frame.columns:
+        cells = [cell(v) for v in frame[name].to_list()]
+        numeric = frame[name].dtype.is_numeric()
+        prose = not numeric and any(" " in text for text in cells)
+        # Markup such as [dim]null[/] counts by what it shows.
+        shown = [Text.from_markup(text).cell_len for text in cells]
+        whole = max([*shown, *(len(word) for word in name.split())])
+        columns.append((name, cells, numeric, None if prose else whole, max([*shown, len(name)])))
+
+    def needed(cols) -> int:  # one space of padding each side and a border after each column
+        return sum((fixed or min(natural, 12)) + 3 for _, _, _, fixed, natural in cols) + 1
+
+    hidden = []
+    for name in optional:
+        if needed(columns) <= width:
+            break
+        if name in frame.columns:
+            columns = [c for c in columns if c[0] != name]
+            hidden.append(name)
+    if needed(columns) > width:
+        blocks: list[RenderableType] = [Text(title, justify="center", style="italic")] if title else []
+        for i, row in enumerate(zip(*(cells for _, cells, _, _, _ in columns))):
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(style="bold", no_wrap=True)
+            grid.add_column(overflow="fold")
+            for (name, *_), value in zip(columns, row):
+                grid.add_row(name, value)
+            blocks += [Rule(f"row {i + 1}", align="left", style="dim"), grid]
+        return Group(*blocks), hidden
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for name, _, numeric, fixed, _ in columns:
+        # A fixed width keeps rich from cutting the column to fit; should even the rest not
+        # fit, its values fold onto a second line rather than lose their end.
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold", width=fixed)
+    for row in zip(*(cells for _, cells, _, _, _ in columns)):
+        table.add_row(*row)
+    return table, hidden
 
 
 def flat_frame(frame):
@@ -157,9 +208,32 @@ def flat_frame(frame):
 def cell(value: Any) -> str:
     if value is None:
         return "[dim]null[/]"
-    if isinstance(value, float):
-        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return number(value)
     return str(value)
+
+
+def number(value: float) -> str:
+    """A number as a person reads it in a table: 0.1042, 512, 143000, 2.1M, 300B.
+
+    Whole numbers below a million stay exact (steps, counts); larger ones, and any fraction
+    from 10 000 up, are cut to three significant digits with a k/M/B/T suffix.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    size = abs(value)
+    whole = isinstance(value, int) or value.is_integer()
+    if whole and size < (1_000_000 if isinstance(value, int) else 10_000):
+        return str(int(value))
+    if size < 9999.5:  # what .4g prints without an exponent
+        return f"{value:.4g}"
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if size >= scale * 0.9995:  # 999.6k reads 1M
+            break
+    text = f"{value / scale:.3g}"
+    return (text if "e" not in text else f"{value / scale:.0f}") + suffix
 
 
 def _version(value: bool) -> None:

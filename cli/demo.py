@@ -54,7 +54,7 @@ def demo(
         from geowh.queries.phases import COLUMNS
 
         phase_table = pl.DataFrame(summary.phases, schema=COLUMNS).select(
-            "phase", "stage", "start_step", "end_step",
+            "phase", "stage", pl.col("start_step").alias("start step"), pl.col("end_step").alias("end step"),
             pl.col("delta_rankme").round(3).alias("Δ rankme"), pl.col("delta_alpha_req").round(3).alias("Δ αReQ"),
         )
         render_frame(phase_table, title=f"phases of {summary.model} (Δ: change of the fitted trajectory)")
@@ -62,7 +62,7 @@ def demo(
             render_frame(
                 pl.DataFrame(summary.memorization_by_phase).rename({
                     "memorization_start": "ρ at start", "memorization_end": "ρ at end", "memorization_max": "ρ max",
-                    "max_at_step": "max at step",
+                    "max_at_step": "max at step", "start_step": "start step", "end_step": "end step",
                 }),
                 title="memorization ρ (∞-gram vs model log-likelihood, Spearman) in each phase",
             )

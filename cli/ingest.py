@@ -86,7 +86,8 @@ def ingest(
         import polars as pl
 
         frame = pl.DataFrame(summary.checkpoints, infer_schema_length=None).drop("run_id")
-        render_frame(frame, title=f"{summary.model} × {summary.probe}")
+        render_frame(frame.rename({"tokens_per_s": "tokens/s"}), title=f"{summary.model} × {summary.probe}",
+                     optional=["tokens/s"])
         err_console().print(
             f"{summary.count('ok')} ok, {summary.count('skipped')} skipped (already done), "
             f"{summary.failed} failed → {summary.db}"
@@ -117,7 +118,8 @@ def checkpoints(
         print_json(rows)
         return
     frame = pl.DataFrame(rows, infer_schema_length=None)
-    render_frame(frame.drop([c for c in frame.columns if frame[c].null_count() == frame.height]), title=series.model)
+    render_frame(frame.drop([c for c in frame.columns if frame[c].null_count() == frame.height]), title=series.model,
+                 optional=["repo", "revision"])
     err_console().print(f"{len(rows)} checkpoints of {series.model} ({series.family})")
 
 

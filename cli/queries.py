@@ -39,7 +39,8 @@ def import_evals(
     if json_:
         print_json(summary.to_dicts())
     else:
-        render_frame(summary, title="imported evals")
+        render_frame(summary.rename({"num_fewshot": "shots", "checkpoints": "check points"}), title="imported evals",
+                     optional=["files", "unchanged"])
 
 
 @app.command("import-metrics")
@@ -87,12 +88,18 @@ def phases(
     if json_:
         print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
     else:
+        import polars as pl
+
         first = found.row(0, named=True)
-        title = f"{first['model']}  probe={first['probe']} layer={first['layer']} pooling={first['pooling']} basis={metric}"
-        shown = ["phase_index", "phase", "stage", f"start_{x}", f"end_{x}", "delta_rankme", "delta_alpha_req"]
+        # A series without a probe (toy, imported metrics) has none to name.
+        where = " ".join(f"{k}={first[k]}" for k in ("probe", "layer", "pooling") if first[k] is not None)
+        shown = {"phase_index": "#", "phase": "phase", "stage": "stage", f"start_{x}": f"start {x}",
+                 f"end_{x}": f"end {x}", "delta_rankme": "Δ rankme", "delta_alpha_req": "Δ αReQ"}
         if found["matches_paper"].is_not_null().any():
-            shown.append("matches_paper")
-        render_frame(found.select(shown), title=title)
+            shown["matches_paper"] = "as paper"
+        render_frame(found.select(pl.col(k).alias(v) for k, v in shown.items()),
+                     title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
+                     optional=["stage", "#"])
 
 
 @app.command()
@@ -120,7 +127,7 @@ def correlate(
     if json_:
         print_json(found.drop("join").to_dicts())
     else:
-        render_frame(found, title=f"{method} correlation")
+        render_frame(found.rename({"p_value": "p value"}), title=f"{method} correlation", optional=["method", "join"])
 
 
 @app.command()

@@ -51,10 +51,10 @@ def toy(
     render_frame(
         pl.DataFrame([{
             "series": s["model"], "start": round(s["start"], 3),
-            "min": round(s["min"], 3), "min_at": s["min_step"],
-            "max": round(s["max"], 3), "max_at": s["max_step"],
-            "end": round(s["end"], 3), "late_fall": f"{100 * s['late_fall']:.1f}%",
-            "fell_late": "yes" if s["fell_late"] else "no",
+            "min": round(s["min"], 3), "min at": s["min_step"],
+            "max": round(s["max"], 3), "max at": s["max_step"],
+            "end": round(s["end"], 3), "late fall": f"{100 * s['late_fall']:.1f}%",
+            "fell late": "yes" if s["fell_late"] else "no",
         } for s in summaries]),
         title=f"RankMe by step (max: after the min; fell late: end ≥ {LATE_FALL:.0%} below that max)",
     )

@@ -55,7 +55,8 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
         f"[bold]{summary['path']}[/]  schema v{summary['schema_version']}  "
         f"{summary['bytes'] / 1e6:.1f} MB  failed runs: {summary['failed_runs']}"
     )
-    render_frame(pl.DataFrame(summary["models"]), title="models")
+    models = pl.DataFrame(summary["models"])  # spaced headers wrap, so the model names keep their width
+    render_frame(models.rename(lambda c: c.replace("_", " ").replace("checkpoints", "check points")), title="models")
     render_frame(pl.DataFrame(summary["probes"]), title="probes")
     render_frame(pl.DataFrame({"table": list(summary["tables"]), "rows": list(summary["tables"].values())}), title="tables")
 

@@ -408,6 +408,9 @@ class Index:
         """`fn` over `items` on threads: the engine's calls release the GIL."""
         if self.threads <= 1 or len(items) < 2:
             return [fn(x) for x in items]
+        # transformers' lazy modules are not safe to import first from a worker thread (in a fresh
+        # process `geowh index stats` failed with "cannot import name AutoTokenizer"): load here.
+        self.tokenizer  # noqa: B018
         with ThreadPoolExecutor(self.threads) as pool:
             return list(pool.map(fn, items))
 

@@ -4,7 +4,7 @@ The x axis is `symlog` with a linear part below 1 step (below the first checkpoi
 `--x tokens`), so step 0 is drawn where it is and steps ≥ 1 are logarithmic. One panel per
 metric, and one for the eval series if asked. With one model, its phases are shaded across the
 panels; with several, each model's phases are a thin band at the bottom of each panel in the
-phase's colour. `terminal=True` draws the same series with plotext (x = log10(step + 1)).
+phase's colour. `terminal=True` draws the same series and shading with plotext (x = log10(step + 1)).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def plot(
     names = models_arg(models)
     spans = _phase_spans(wh, names, x, probe, layer, note) if shade_phases and _names(metrics) else {}
     if terminal:
-        _terminal(frame, x, stream or sys.stdout, size)
+        _terminal(frame, spans, x, stream or sys.stdout, size)
     if out is not None:
         with output_path(out, force=force, protect=[wh.path]) as tmp:
             _image(frame, spans, x, tmp, out.suffix.lower().lstrip("."))
@@ -175,8 +175,17 @@ def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Pat
         plt.close(fig)
 
 
-def _terminal(frame: pl.DataFrame, x: str, stream: TextIO, size: tuple[int, int] | None) -> None:
-    """One plotext panel per series, built one after the other (x = log10(step + 1), real steps as ticks)."""
+# Without colour (a pipe, a file) the phases still read by their fill character.
+PHASE_MARKS = {"warmup": "·", "entropy-seeking": "░", "compression-seeking": "▒", "flat": "˙"}
+
+
+def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, stream: TextIO,
+              size: tuple[int, int] | None) -> None:
+    """One plotext panel per series, built one after the other (x = log10(step + 1), real steps as ticks).
+
+    Phases are shaded as in the image: across the panel for one model, a thin band at the bottom
+    per model for several; each phase in its colour and fill character, keyed below the panels.
+    """
     import plotext as plt
 
     width, height = size or (100, 16)  # per panel
@@ -187,12 +196,25 @@ def _terminal(frame: pl.DataFrame, x: str, stream: TextIO, size: tuple[int, int]
     colourless = not (hasattr(stream, "isatty") and stream.isatty())
     fig = plt.figure
     panels = []
+    named: set[str] = set()
     for name in frame["series"].unique(maintain_order=True).to_list():
         fig.clear()
         fig.plot_size(width, height)
         fig.title(name.removeprefix("eval:"))
         part = frame.filter(pl.col("series") == name)
-        for model in part["model"].unique(maintain_order=True).to_list():
+        models = part["model"].unique(maintain_order=True).to_list()
+        low, high = float(part["value"].min()), float(part["value"].max())
+        row = (high - low) / max(height - 4, 1) or 1.0  # the value one text row spans
+        for i, model in enumerate(models):
+            band = (low, high) if len(models) == 1 else (low + i * row, low + (i + 1) * row)
+            for phase in spans.get(model, pl.DataFrame()).iter_rows(named=True):
+                start, end = phase[f"start_{x}"], phase[f"end_{x}"]
+                if start is None or end is None:
+                    continue
+                fig.draw(_shade(fig, plt, np.log10(start + offset), np.log10(end + offset), band, phase["phase"],
+                                top, width))
+                named.add(phase["phase"])
+        for model in models:
             points = part.filter(pl.col("model") == model).sort(x)
             t = np.log10(points[x].to_numpy().astype(float) + offset)  # step 0 sits at 0
             signal = fig.signal(t.tolist(), points["value"].to_list())
@@ -203,7 +225,25 @@ def _terminal(frame: pl.DataFrame, x: str, stream: TextIO, size: tuple[int, int]
         fig.label(f"{x} (log axis of {x} + {offset:g})", axis="x")
         panels.append(fig.build().string(colorless=colourless).rstrip("\n"))
     fig.clear()
+    if named:  # the key goes below the panels: in a panel's legend it would hide the models on short panels
+        panels.append("phases: " + "  ".join(
+            _mark(plt, phase).string(colorless=colourless) + " " + phase for phase in PHASE_MARKS if phase in named))
     stream.write("\n".join(panels) + "\n")
+
+
+def _shade(fig, plt, start: float, end: float, band: tuple[float, float], phase: str, top: float, width: int):
+    """A filled span from `start` to `end` (log axis) over the values `band`: points two per text column, filled down."""
+    mark = _mark(plt, phase)
+    count = max(2, int(np.ceil(2 * width * (end - start) / max(top, 1e-9))))
+    xs = np.linspace(start, end, count).tolist()
+    upper = fig.signal(xs, [band[1]] * count, marker=mark)
+    return upper.fill(fig.signal(xs, [band[0]] * count, marker=mark)).density("full", scope="fill")
+
+
+def _mark(plt, phase: str):
+    """The phase's fill character in its PNG colour."""
+    colour = tuple(int(PHASE_COLOURS.get(phase, "#eeeeee")[i:i + 2], 16) for i in (1, 3, 5))
+    return plt.colorize(PHASE_MARKS.get(phase, "·"), (colour,))
 
 
 def _first_positive(values: pl.Series) -> float:

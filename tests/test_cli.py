@@ -161,3 +161,42 @@ def test_queries_and_warehouse_sources_do_not_mention_the_gpu_stack():
     for folder in ("warehouse", "queries"):
         for path in (root / folder).rglob("*.py"):
             assert not pattern.search(path.read_text()), f"{path} imports the GPU stack"
+
+
+@pytest.mark.parametrize("value, shown", [
+    (2097152, "2.1M"), (2.09715e6, "2.1M"), (143000, "143000"), (143000.0, "143k"), (2.99893e11, "300B"),
+    (54300.0, "54.3k"), (-0.0977291, "-0.09773"), (5000.0, "5000"), (999_600.0, "1M"), (9999.7, "10k"),
+    (2.5e15, "2500T"), (float("nan"), "nan"),
+])
+def test_numbers_are_printed_as_people_read_them(value, shown):
+    from geowh.cli.common import number
+
+    assert number(value) == shown
+
+
+def test_a_narrow_table_leaves_out_optional_columns_and_says_which(cli, tmp_path, monkeypatch):
+    import polars as pl
+
+    from geowh.cli.common import fit_table
+
+    frame = pl.DataFrame({"model": ["pythia-1.4b-deduped"], "note": ["x" * 30], "detail": ["y" * 30], "n": [3]})
+    table, hidden = fit_table(frame, None, 80, optional=["detail", "n"])
+    assert hidden == ["detail"] and [c.header for c in table.columns] == ["model", "note", "n"]
+    assert fit_table(frame, None, 200, optional=["detail"])[1] == []
+    monkeypatch.setenv("COLUMNS", "80")
+    Warehouse(tmp_path / "w.duckdb").write({"models": [{"model": "pythia-1.4b-deduped", "family": "pythia"}]})
+    shown = cli(["info", "--db", tmp_path / "w.duckdb"])
+    assert shown.exit_code == 0 and "│ pythia-1.4b-deduped │" in shown.stdout and "…" not in shown.stdout
+
+
+def test_rows_too_wide_for_any_table_are_shown_one_column_per_line(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    names = [f"column_number_{i}" for i in range(8)]
+    select = ", ".join(f"'pythia-1.4b-deduped-{i}' AS {name}" for i, name in enumerate(names))
+    shown = cli(["sql", f"SELECT {select} UNION ALL SELECT {select}"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in shown.stdout
+    assert [line.split()[:2] for line in lines if line.startswith("column_number_3")] == [
+        ["column_number_3", "pythia-1.4b-deduped-3"]] * 2
+    assert sum(line.startswith("row ") for line in lines) == 2

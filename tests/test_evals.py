@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -196,3 +199,16 @@ def test_a_file_without_a_checkpoint_asks_for_one(tmp_path):
     with pytest.raises(InputError, match="--checkpoint"):
         read_results(path)
     assert read_results(path, checkpoint="step500").step == 500
+
+
+def test_import_evals_prints_every_model_whole_at_80_columns(tmp_path):
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    geowh = [sys.executable, "-c", "from geowh.cli import main; main()"]
+    done = subprocess.run([*geowh, "import-evals", str(PYTHIA_EVALS), "--db", str(tmp_path / "w.duckdb")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in done.stdout
+    shown = {line.split("│")[1].strip() for line in lines if line.startswith("│")}
+    assert shown == set(PYTHIA_MODELS)
+    assert "shots" in done.stdout and "imported" in done.stdout

@@ -55,7 +55,8 @@ def _features_one_by_one(model, ids, pooling="last"):
     return torch.stack(rows).numpy()
 
 
-@pytest.mark.parametrize("arch", ["gpt-neox", "olmo-2"])
+# GPT-2's absolute position embeddings make a sequence shifted by left padding (no position ids) differ.
+@pytest.mark.parametrize("arch", ["gpt-neox", "olmo-2", "gpt2"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_batched_padded_features_equal_one_sequence_at_a_time(arch, padding_side):
     from geowh.ingest.extract import extract_features
@@ -223,6 +224,37 @@ def test_subsets_layers_poolings_saved_features_and_extra_measurements(workdir, 
     assert extra == (2.0, run)  # the measurement's rows joined the checkpoint's run
     saved = np.load(tmp_path / "features" / "my-run" / "step0" / "layer2-last.npy")
     assert saved.shape == (90, 64)
+
+
+def test_subset_means_and_standard_errors_equal_an_independent_computation(workdir, tmp_path):
+    from geowh.ingest import ingest
+    from geowh.ingest.spectrum import compute_metrics
+    from geowh.warehouse import Warehouse
+
+    k, m, seed = 4, 120, 3
+    db = tmp_path / "w.duckdb"
+    ingest(workdir / "my-run", probe=workdir / "docs.txt", n=m, max_len=32, seed=seed, checkpoints="step2",
+           subsets=k, save_features=tmp_path / "f", db=db, quiet=True)
+    features = np.load(tmp_path / "f" / "my-run" / "step2" / "layer2-last.npy").astype(np.float64)  # (m, d)
+    # The parts are the probe's rows dealt out by a permutation from --seed (geowh's documented split).
+    part_of = np.random.default_rng(seed).permutation(m) % k
+    per_part = []
+    for j in range(k):
+        rows = features[part_of == j]
+        lam = np.linalg.eigvalsh(np.cov(rows, rowvar=False, bias=True))[::-1]
+        # The spectrum PCA of the part gives: min(rows, d) values, numerical noise (matrix_rank's floor) as 0.
+        lam = np.where(lam > lam[0] * lam.size * np.finfo(float).eps, lam, 0.0)[: min(rows.shape)]
+        per_part.append({v.metric: v.value for v in compute_metrics(lam)})
+    stored = Warehouse(db).query("select metric, value, stderr from metrics where checkpoint = 'step2'")
+    compared = set()
+    for metric, value, stderr in stored.iter_rows():
+        xs = np.array([part[metric] for part in per_part])
+        if np.isnan(xs).any():
+            continue
+        compared.add(metric)
+        assert value == pytest.approx(xs.mean(), rel=1e-6, abs=1e-9), metric
+        assert stderr == pytest.approx(xs.std(ddof=1) / np.sqrt(k), rel=1e-5, abs=1e-9), metric
+    assert {"rankme", "alpha_req"} <= compared
 
 
 def test_a_failing_measurement_leaves_no_rows_of_its_checkpoint(workdir, tmp_path):

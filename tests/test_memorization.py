@@ -216,6 +216,44 @@ def test_memorize_scores_a_local_series_resumes_and_records_failures(cli, tmp_pa
     assert failed["checkpoint"].to_list() == ["step2"] and "step2" in failed["error"][0]
 
 
+def test_the_stored_rho_is_spearman_over_independently_scored_items(cli, tmp_path, qa_file, qa_index):
+    import torch
+    from scipy.stats import spearmanr
+    from tiny import save_series
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from geowh.warehouse import Warehouse
+
+    run, db = save_series(tmp_path / "run", steps=(0, 3)), tmp_path / "w.duckdb"
+    done = cli(["memorize", run, "--task", qa_file, "--index", qa_index.directory, "--checkpoints", "step3",
+                "--db", db, "--batch-size", 8, "--json"])
+    assert done.exit_code == 0, done.output
+    stored = Warehouse(db).query(f"SELECT value FROM metrics WHERE metric = '{METRIC}'")["value"].to_list()
+
+    # Each side scored here without geowh: a plain forward per item, and the infini-gram engine.
+    model = AutoModelForCausalLM.from_pretrained(run / "step3").eval()
+    tok = AutoTokenizer.from_pretrained(run / "step3")
+    index_tok = AutoTokenizer.from_pretrained(PYTHIA_TOKENIZER)
+    ours, theirs = [], []
+    for row in qa_items():
+        q = row["question"]
+        prompt, target = f"Question: {q}{'' if q.endswith('?') else '?'} Answer:", " " + row["answer"]
+        p_ids = index_tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = index_tok(target, add_special_tokens=False)["input_ids"]
+        probs = [qa_index.engine.infgram_prob(prompt_ids=p_ids + a_ids[:j], cont_id=t)["prob"]
+                 for j, t in enumerate(a_ids)]
+        if not any(p > 0 for p in probs):
+            continue  # the zero rule: every answer token unseen, the item is left out
+        p_ids, a_ids = tok(prompt)["input_ids"], tok(target, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([p_ids + a_ids])).logits[0].double(), -1)
+        ours.append(sum(logprobs[len(p_ids) - 1 + j, t].item() for j, t in enumerate(a_ids)))
+        theirs.append(sum(math.log(p) for p in probs if p > 0))
+    rho = spearmanr(theirs, ours).statistic
+    assert len(ours) == 21 and stored == [pytest.approx(rho, abs=1e-9)]
+    assert abs(spearmanr(theirs, ours[::-1]).statistic - rho) > 0.05  # the pairing is what the value measures
+
+
 def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index):
     result = cli(["index", "stats", qa_index.directory, "--task", qa_file, "--db", tmp_path / "w.duckdb", "--json"])
     assert result.exit_code == 0, result.output
@@ -223,6 +261,21 @@ def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index
     rows = infgram_side(qa_index, stats["task"], load_task(str(qa_file))[1])
     assert sum(b["tokens"] for b in stats["buckets"]) == sum(len(r["suffix_lens"]) for r in rows)
     assert stats["items"] == 24 and stats["excluded"] == sum(1 for r in rows if r["excluded"])
+
+
+def test_index_stats_runs_in_a_fresh_process_with_a_table_that_fits_80_columns(tmp_path, qa_file, qa_index):
+    import os
+    import subprocess
+    import sys
+
+    # Fresh: the ∞-gram side is scored on threads before anything imported transformers.
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    done = subprocess.run([sys.executable, "-c", "from geowh.cli import main; main()", "index", "stats",
+                           str(qa_index.directory), "--task", str(qa_file), "--db", str(tmp_path / "w.duckdb")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "24 items, 3 excluded" in " ".join(done.stdout.split()) and "│ >8 " in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
 
 
 def test_ingest_with_memorization_puts_both_measurements_in_trajectories(cli, tmp_path, qa_file, qa_index):

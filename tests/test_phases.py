@@ -183,3 +183,24 @@ def test_any_segmentation_has_ordered_long_enough_phases_above_the_threshold(n, 
     if len(found.change) > 1:
         assert min(map(abs, found.change)) >= found.threshold
         assert all(np.sign(a) != np.sign(b) for a, b in zip(found.change[:-1], found.change[1:]))
+
+
+def test_the_phase_table_reads_whole_at_80_columns(wh, tmp_path, cli, monkeypatch):
+    rankme, alpha = trajectory(THREE_PHASES, noise=0.01, seed=4)
+    # An imported trajectory without a probe or layer, under a long model name.
+    pl.DataFrame({"model": "pythia-1.4b-deduped", "step": STEPS, "tokens": STEPS * 2097152.0,
+                  "rankme": rankme, "alpha_req": alpha}).write_csv(tmp_path / "t.csv")
+    import_metrics(wh, tmp_path / "t.csv")
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli(["phases", "--model", "pythia-1.4b-deduped", "--x", "tokens", "--no-store", "--db", wh.path])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout and "None" not in result.stdout
+    assert "pythia-1.4b-deduped" in lines[0]
+    rows = [line for line in lines if line.startswith("│")]
+    assert [row.split("│")[2].strip() for row in rows] == ["warmup", "entropy-seeking", "compression-seeking"]
+    # Tokens as people say them: 64 steps of 2,097,152 are 134M, 4000 steps 8.39B, 143000 steps 300B.
+    assert [[cell.strip() for cell in row.split("│")[4:6]] for row in rows] == [
+        ["0", "134M"], ["134M", "8.39B"], ["8.39B", "300B"]]
+    assert "e+" not in result.stdout

@@ -74,3 +74,18 @@ def test_queries_never_import_torch_transformers_or_infini_gram():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_terminal_plot_shades_the_phases_in_order(two_models):
+    stream = io.StringIO()
+    plot(two_models, "pythia-410m", "rankme", terminal=True, stream=stream, size=(90, 14))
+    text = stream.getvalue()
+    assert text.splitlines()[-1] == "phases: · warmup  ░ entropy-seeking  ▒ compression-seeking"
+    panel = [line for line in text.splitlines()[:-1] if "┤" in line or line.startswith("    │")]
+    marks = {m: [i for line in panel for i, c in enumerate(line) if c == m] for m in "·░▒"}
+    assert all(len(columns) > 20 for columns in marks.values())
+    # Warmup (to step 64) left of entropy-seeking (to 4000) left of compression-seeking.
+    assert max(marks["·"]) < min(marks["░"]) and max(marks["░"]) < min(marks["▒"])
+    bare = io.StringIO()
+    plot(two_models, "pythia-410m", "rankme", terminal=True, stream=bare, size=(90, 14), shade_phases=False)
+    assert not set("·░▒") & set(bare.getvalue()) and "phases:" not in bare.getvalue()

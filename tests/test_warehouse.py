@@ -87,6 +87,22 @@ def test_a_failed_write_leaves_no_partial_rows(wh):
     assert wh.table("checkpoints")["checkpoint"].to_list() == ["step1"]
 
 
+def test_a_failed_rewrite_keeps_every_tables_old_rows(wh):
+    wh.write(checkpoint_rows(metrics={"rankme": 1.0, "alpha_req": 0.5}))
+    before = {t: wh.table(t) for t in ("models", "checkpoints", "runs", "metrics")}
+    # The same checkpoint again, its runs row changed and its last table (metrics) failing inside
+    # the transaction: the tables written before it must not keep their replacements.
+    again = checkpoint_rows(metrics={"rankme": 2.0, "alpha_req": None})
+    again["models"][0]["d_model"] = 16
+    again["runs"][0]["status"] = "failed"
+    again["metrics"][1]["metric"] = None
+    with pytest.raises(duckdb.Error):
+        wh.write(again)
+    for table, rows in before.items():
+        assert wh.table(table).equals(rows), table
+    assert wh.trajectories(model="m")["rankme"].to_list() == [1.0]
+
+
 def test_a_new_metric_name_gets_its_own_trajectories_column(wh):
     wh.write(checkpoint_rows(metrics={"rankme": 3.0, "my_metric": 7.0}))
     row = wh.trajectories().row(0, named=True)

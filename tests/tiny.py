@@ -1,4 +1,7 @@
-"""Tiny real models for tests: GPT-NeoX (Pythia's architecture) and OLMo-2, built from a config.
+"""Tiny real models for tests: GPT-NeoX (Pythia's architecture), OLMo-2 and GPT-2, built from a config.
+
+GPT-NeoX and OLMo-2 use rotary position embeddings, which only see relative positions; GPT-2
+adds learned absolute position embeddings, so it alone notices a sequence shifted by padding.
 
     from tiny import save_series, save_hub_cache, tiny_model, PYTHIA_TOKENIZER
 
@@ -18,7 +21,7 @@ import shutil
 from pathlib import Path
 
 PYTHIA_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b"
-ARCHS = ("gpt-neox", "olmo-2")
+ARCHS = ("gpt-neox", "olmo-2", "gpt2")
 DEFAULT_STEPS = (0, 1, 2, 4)
 
 
@@ -54,6 +57,19 @@ def tiny_config(arch: str = "gpt-neox", *, layers: int = 2, d: int = 64, heads: 
             eos_token_id=0,
             pad_token_id=1,
             bos_token_id=None,
+        )
+    if arch == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=vocab,
+            n_embd=d,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=2048,
+            tie_word_embeddings=True,
+            eos_token_id=0,
+            bos_token_id=0,
         )
     raise ValueError(f"arch must be one of {ARCHS}")
 
