@@ -11,21 +11,35 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from click.exceptions import Abort, ClickException, Exit
 from typer.core import TyperGroup
 
 from geowh import __version__
 from geowh.errors import GeowhError
+from geowh.signals import handle_signals, interrupted_by
 
 
 class _Group(TyperGroup):
-    """Turns a GeowhError anywhere below into one line on stderr and exit code 1."""
+    """Turns a GeowhError anywhere below into one line on stderr and exit code 1, and Ctrl-C or
+    SIGTERM into one line and exit code 130 or 143."""
 
     def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except GeowhError as e:
-            err_console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+        with handle_signals():
+            try:
+                return super().invoke(ctx)
+            except GeowhError as e:
+                err_console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except (ClickException, Exit, Abort):
+                raise
+            except (KeyboardInterrupt, Exception) as e:
+                stop = interrupted_by(e)
+                if stop is None:
+                    raise
+                # A library may have wrapped the KeyboardInterrupt (DuckDB does): the signal decides.
+                detail = getattr(e, "detail", None) or "what had finished is stored; run the command again to resume"
+                err_console().print(f"[bold red]stopped[/] by {stop}: {detail}", highlight=False, soft_wrap=True)
+                raise typer.Exit(stop.exit_code) from None
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # in the order they are declared, which follows the flow

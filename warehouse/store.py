@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +17,7 @@ import polars as pl
 
 from geowh.errors import WarehouseError
 from geowh.settings import settings
+from geowh.signals import deferred
 from geowh.warehouse.schema import latest_version, migrations
 
 # How a row is identified when it is written again. Dimension tables are merged (a column the
@@ -42,6 +45,8 @@ LEADING_METRICS = ("rankme", "alpha_req")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION"}
 
 LOCK_WAIT_SECONDS = 60.0
+"""How long a reader waits for the file by default; an ingest waits as long as it takes."""
+_LOCK_HOLDER = re.compile(r"lock is held in (.+?) \(PID (\d+)\)")
 
 
 def utcnow() -> datetime:
@@ -55,8 +60,18 @@ class Warehouse:
     >>> wh.query("select step, rankme from trajectories where model = ?", ["pythia-410m"])
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        lock_timeout: float | None = LOCK_WAIT_SECONDS,
+        on_wait: Callable[[str], None] | None = None,
+    ):
         self.path = Path(path) if path is not None else settings().db
+        self.lock_timeout = lock_timeout
+        """Seconds to wait while another process holds the file; None waits as long as it takes."""
+        self.on_wait = on_wait
+        """Called with who holds the file (`PID 123 (python3)`) when a wait for it begins."""
         self._migrated = False
 
     def __repr__(self) -> str:
@@ -70,7 +85,8 @@ class Warehouse:
 
         The file is held only for the duration of the block: a days-long ingest then leaves
         gaps in which `geowh sql` or a notebook can read. While another process holds the file,
-        this waits (up to a minute) rather than failing at once.
+        this waits (`lock_timeout`, a minute by default) rather than failing at once. A full
+        disk under a writing block becomes a WarehouseError.
         """
         if read_only and not self.path.exists():
             raise WarehouseError(
@@ -82,27 +98,53 @@ class Warehouse:
         con = self._open(read_only)
         try:
             yield con
+        except (duckdb.Error, OSError) as e:
+            if _disk_full(e):
+                raise self._full(e) from None
+            raise
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as e:  # closing checkpoints the WAL, which a full disk refuses
+                if not _disk_full(e):
+                    raise
+
+    def _full(self, error: BaseException) -> WarehouseError:
+        return WarehouseError(
+            f"the disk holding {self.path} is full ({str(error).splitlines()[0]}); nothing of this write "
+            "was stored: free some space (or point --db elsewhere) and run the command again to resume"
+        )
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                if _disk_full(e):
+                    raise self._full(e) from None
+                raise
+        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
+        holder = None
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as e:
+                if _disk_full(e):
+                    raise self._full(e) from None
                 if "lock" not in str(e).lower():
                     raise WarehouseError(
                         f"{self.path} is not a readable DuckDB warehouse ({e}); "
                         "check the path given by --db / GEOWH_DB"
                     ) from None
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() > deadline:
                     raise WarehouseError(
                         f"the warehouse {self.path} is held by another process ({e}); "
                         "wait for it to finish or stop it, then run this again"
                     ) from None
+                now_held_by = lock_holder(e)
+                if now_held_by != holder and self.on_wait is not None:
+                    self.on_wait(now_held_by)
+                holder = now_held_by
                 time.sleep(0.5)
             except duckdb.Error as e:
                 raise WarehouseError(
@@ -164,7 +206,7 @@ class Warehouse:
         `rows` maps a table name to its new rows. Rows whose key (TABLE_KEYS) already exists
         replace the old ones; dimension tables (models, checkpoints, probes) merge instead.
         """
-        with self.connect() as con:
+        with self.connect() as con, deferred():
             frames = {t: _frame(con, t, r) for t, r in rows.items() if len(r)}
             con.begin()
             try:
@@ -174,7 +216,10 @@ class Warehouse:
                     _refresh_trajectories(con)
                 con.commit()
             except BaseException:
-                con.rollback()
+                try:
+                    con.rollback()
+                except duckdb.Error:  # a failed commit has already ended the transaction
+                    pass
                 raise
 
     def execute(self, statement: str, params: Sequence[Any] | None = None) -> None:
@@ -283,6 +328,17 @@ class Warehouse:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the file, as DuckDB's lock error names it: `PID 123 (python3.11)`."""
+    if m := _LOCK_HOLDER.search(str(error)):
+        return f"PID {m[2]} ({Path(m[1]).name})"
+    return "another process"
+
+
+def _disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
 
 
 def refuse_writes(statement: str) -> None:
