@@ -42,7 +42,8 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
         return
     console().print(
         f"[bold]{summary['path']}[/]  schema v{summary['schema_version']}  "
-        f"{summary['bytes'] / 1e6:.1f} MB  failed runs: {summary['failed_runs']}"
+        f"{summary['bytes'] / 1e6:.1f} MB  failed runs: {summary['failed_runs']}  "
+        f"interrupted: {summary['interrupted_runs']}  running: {summary['running_runs']}"
     )
     render_frame(pl.DataFrame(summary["models"]), title="models")
     render_frame(pl.DataFrame(summary["probes"]), title="probes")

@@ -411,6 +411,9 @@ class Index:
         """`fn` over `items` on threads: the engine's calls release the GIL."""
         if self.threads <= 1 or len(items) < 2:
             return [fn(x) for x in items]
+        # transformers imports lazily, and a first import from several threads at once fails
+        # (ImportError: cannot import name 'AutoTokenizer'): load it here, in the calling thread.
+        self.tokenizer
         with ThreadPoolExecutor(self.threads) as pool:
             return list(pool.map(fn, items))
 

@@ -71,6 +71,9 @@ class Task:
 
 
 def _triviaqa(task: Task) -> list[QAItem]:
+    from geowh.ingest.series import require_hub
+
+    require_hub(f"load the task {task.dataset}")
     try:
         from datasets import load_dataset
 
@@ -437,9 +440,11 @@ def memorize(
     recorded in `runs` with its error and the next checkpoint goes on.
     """
     from geowh.ingest.models import resolve_device, resolve_dtype
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.series import require_hub, resolve_series
 
     series = resolve_series(model, revisions=revisions, name=name, checkpoints=checkpoints)
+    if any(r.repo for r in series.checkpoints):
+        require_hub(f"download checkpoints of {series.model}")
     mem = Memorization(task, index, index_tokenizer=index_tokenizer, batch_size=batch_size, limit=limit, wh=wh)
     torch_dtype = resolve_dtype(dtype, resolve_device(device))
     key = mem.config_key(str(torch_dtype).removeprefix("torch."))

@@ -18,6 +18,7 @@ import polars as pl
 from geowh.errors import WarehouseError
 from geowh.settings import settings
 from geowh.signals import deferred
+from geowh.warehouse.runs import running_rows
 from geowh.warehouse.schema import latest_version, migrations
 
 # How a row is identified when it is written again. Dimension tables are merged (a column the
@@ -222,6 +223,22 @@ class Warehouse:
                     pass
                 raise
 
+    def close_stale_runs(self, model: str) -> int:
+        """Mark `running` rows of `model` whose process is gone (kill -9, a lost machine) as interrupted."""
+        if not self.path.exists():
+            return 0
+        with self.connect(read_only=True) as con:
+            stale = [run_id for run_id, is_stale in running_rows(con, model) if is_stale]
+        if stale:
+            self.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), "
+                "error = coalesce(error, 'stale: its process ended without finishing it (killed, crashed or its "
+                "machine was lost); marked by a later ingest') "
+                f"WHERE status = 'running' AND run_id IN ({', '.join('?' * len(stale))})",
+                [utcnow(), *stale],
+            )
+        return len(stale)
+
     def execute(self, statement: str, params: Sequence[Any] | None = None) -> None:
         """Run one writing statement in its own transaction (for maintenance and migrations)."""
         with self.connect() as con:
@@ -299,6 +316,8 @@ class Warehouse:
             )
             probes = _fetch(con, "SELECT probe, name, sequences, max_len, tokenizer FROM probes ORDER BY probe")
             failed = con.execute("SELECT count(*) FROM runs WHERE status = 'failed'").fetchall()[0][0]
+            interrupted = con.execute("SELECT count(*) FROM runs WHERE status = 'interrupted'").fetchall()[0][0]
+            running = running_rows(con)
             version = _schema_version(con)
         return {
             "path": str(self.path),
@@ -306,6 +325,9 @@ class Warehouse:
             "bytes": self.path.stat().st_size,
             "tables": counts,
             "failed_runs": failed,
+            # a running row whose process is gone (kill -9, a lost machine) is an interrupted run
+            "interrupted_runs": interrupted + sum(stale for _, stale in running),
+            "running_runs": sum(not stale for _, stale in running),
             "models": models.to_dicts(),
             "probes": probes.to_dicts(),
         }
