@@ -25,9 +25,11 @@ _deferring = 0
 class Interrupted(KeyboardInterrupt):
     """The process was asked to stop by `signum` (SIGINT or SIGTERM)."""
 
-    def __init__(self, signum: int = signal.SIGINT):
+    def __init__(self, signum: int = signal.SIGINT, after_block: bool = False):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
+        self.after_block = after_block
+        """Raised by `deferred()` once its block had finished: what the block wrote is stored."""
 
     @property
     def exit_code(self) -> int:
@@ -73,7 +75,7 @@ def deferred() -> Iterator[None]:
     finally:
         _deferring -= 1
     if not _deferring and _count != before:
-        raise Interrupted(_received)
+        raise Interrupted(_received, after_block=True)
 
 
 def interrupted_by(error: BaseException) -> Interrupted | None:

@@ -509,14 +509,19 @@ def ingest(
     with IngestProgress(len(todo), quiet=quiet) as progress, _Prefetcher(todo) as prefetch:
         for i, ref in enumerate(todo):
             prefetch.next_after(i)
-            run_id, started = str(uuid.uuid4()), _now()
-            wh.write({"runs": [plan.run_row(ref, run_id, "running", started_at=started)]})
+            run_id, started, result = str(uuid.uuid4()), _now(), None
             progress.start(ref)
             try:
+                wh.write({"runs": [plan.run_row(ref, run_id, "running", started_at=started)]})
                 result = process_checkpoint(ref, plan, run_id=run_id, on_batch=progress.batch)
                 write_result(wh, result)
             except BaseException as e:  # config errors, a full disk, Ctrl-C: the attempt is recorded, then we stop
                 stop = interrupted_by(e)
+                if stop is not None and result is not None and stop.after_block:
+                    # the signal waited for write_result's commit: this checkpoint is stored
+                    summary.checkpoints.append(_entry(ref, result.status, result))
+                    stop.detail = f"{summary.count('ok')} checkpoint(s) of this run written; run the same command again to resume"
+                    raise stop from None
                 status, why = ("interrupted", f"stopped by {stop}") if stop else ("failed", str(e))
                 _record_end(wh, plan.run_row(ref, run_id, status, error=why, started_at=started, finished_at=_now()))
                 if stop is None:
