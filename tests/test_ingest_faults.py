@@ -241,7 +241,15 @@ def test_an_unreachable_hub_is_one_line_naming_the_fix_within_seconds(tmp_path, 
 
 
 def test_transformers_load_reports_are_not_shown(workdir, tmp_path):
-    result = subprocess.run([*GEOWH, "ingest", "./run", *ARGS, "--checkpoints", "step0", "--db", str(tmp_path / "w.duckdb")],
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "run" / "step0", run / "step0")
+    weights = load_file(run / "step0" / "model.safetensors")
+    weights["embed_out.weight"] = torch.zeros(8, 8)  # a tensor the base model does not use: transformers reports it
+    save_file(weights, run / "step0" / "model.safetensors", metadata={"format": "pt"})
+    result = subprocess.run([*GEOWH, "ingest", str(run), *ARGS, "--db", str(tmp_path / "w.duckdb")],
                             cwd=workdir, capture_output=True, text=True, env=_env())
     assert result.returncode == 0, result.stderr
     assert "UNEXPECTED" not in result.stderr and "can be ignored" not in result.stderr
@@ -313,3 +321,21 @@ def test_nan_features_in_float32_are_blamed_on_the_checkpoint_not_on_fp16(cli, w
     error = json.loads(result.stdout)["checkpoints"][0]["error"]
     assert "NaN" in error and "float32" in error and "fp16" not in error and "float16 overflow" not in error
     assert "checkpoint itself" in error
+
+
+# -- 6: thread pools in a fresh process ------------------------------------------------------------
+
+from test_memorization import qa_file, qa_index  # noqa: E402,F401  (fixtures: a QA task and its index)
+
+
+@pytest.mark.slow
+def test_index_stats_and_memorize_run_in_a_fresh_process(qa_file, qa_index, workdir, tmp_path):  # noqa: F811
+    """Each starts a thread pool whose workers used to be the first to import transformers."""
+    db = str(tmp_path / "w.duckdb")
+    for command in (["index", "stats", str(qa_index.directory), "--task", str(qa_file)],
+                    ["memorize", str(workdir / "run"), "--task", str(qa_file), "--index", str(qa_index.directory),
+                     "--checkpoints", "step0"]):
+        result = subprocess.run([*GEOWH, *command, "--db", db, "--json"], capture_output=True, text=True, env=_env())
+        assert result.returncode == 0, result.stderr
+        assert "ImportError" not in result.stderr
+        json.loads(result.stdout)
