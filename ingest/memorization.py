@@ -469,12 +469,14 @@ def _score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer) -> dict[
     from geowh import __version__
     from geowh.ingest.models import device_name, load_checkpoint
     from geowh.warehouse import utcnow
+    from geowh.warehouse.runs import this_process
 
     run = {
         "run_id": str(uuid.uuid4()), "kind": KIND, "model": ref.model, "checkpoint": ref.label,
         "probe": mem.task, "config_key": key, "config": {**mem.config, "batch_size": batch_size, "dtype": dtype},
         "status": "running", "geowh_version": __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "started_at": utcnow(),
+        **this_process(),  # so that a killed memorize's running row is seen as stale
     }
     wh.write({"runs": [run]})
     stages: dict[str, float] = {}
