@@ -102,6 +102,11 @@ class Warehouse:
         except (duckdb.Error, OSError) as e:
             if _disk_full(e):
                 raise self._full(e) from None
+            if "Could not read enough bytes" in str(e):
+                raise WarehouseError(
+                    f"{self.path} is truncated ({str(e).splitlines()[0]}): restore it from a copy, "
+                    "or point --db at another file (a new one starts empty)"
+                ) from None
             raise
         finally:
             try:
@@ -290,11 +295,12 @@ class Warehouse:
         """Checkpoints of `model` that already have an ok run of this kind and config."""
         if not self.path.exists():
             return set()
-        rows = self.query(
-            "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND config_key = ? AND status = 'ok'",
-            [kind, model, config_key],
-        )
-        return set(rows["checkpoint"].to_list())
+        with self.connect(read_only=True) as con:  # a damaged file is reported by connect, not as a failed query
+            rows = con.execute(
+                "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND config_key = ? AND status = 'ok'",
+                [kind, model, config_key],
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def info(self) -> dict[str, Any]:
         """What the warehouse holds: schema version, row counts, models and probes."""
