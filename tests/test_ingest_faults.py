@@ -97,7 +97,7 @@ def test_a_computed_checkpoint_waits_for_a_reader_however_long_and_is_stored(wor
                          on_wait=waits.append)
     holders[0].wait()
     assert [c["status"] for c in summary.checkpoints] == ["ok"] * 4
-    assert waits and waits[0] == f"PID {holders[0].pid} ({Path(sys.executable).name})" or f"PID {holders[0].pid}" in waits[0]
+    assert waits and waits[0].startswith(f"PID {holders[0].pid} (")  # named from DuckDB's lock error
     assert sorted(_runs(db)) == sorted((f"step{s}", "ok", None) for s in (0, 1, 2, 4))
 
 
