@@ -190,3 +190,12 @@ CREATE TABLE IF NOT EXISTS memorization_items (
     log_p_model    DOUBLE,         -- sum of log P_model(answer token | prompt and the answer tokens before it)
     run_id         TEXT            -- runs.run_id
 );
+
+-- migration 4: who runs a run
+-- A `running` row whose process is gone (kill -9, a lost machine) is stale: `geowh info` counts
+-- it as interrupted and the next ingest of the model marks it so. Status `interrupted` (Ctrl-C,
+-- SIGTERM) joins running, ok and failed.
+
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host TEXT;  -- hostname of the machine that ran it; NULL for runs before migration 4
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;  -- process id that ran it on `host`; a running row whose process is gone is stale
+COMMENT ON COLUMN runs.status IS 'running, ok, failed or interrupted (Ctrl-C, SIGTERM, or a stale running row whose process is gone)';

@@ -15,35 +15,49 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.rule import Rule
 from rich.table import Table
+from click.exceptions import Abort, ClickException, Exit
 from rich.text import Text
 from typer.core import TyperGroup
 
 from geowh import __version__
 from geowh.errors import GeowhError, OutputError
 from geowh.outputs import output_path
+from geowh.signals import handle_signals, interrupted_by
 
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class _Group(TyperGroup):
-    """Turns a GeowhError anywhere below into one line on stderr and exit code 1."""
+    """Turns a GeowhError anywhere below into one line on stderr and exit code 1, and Ctrl-C or
+    SIGTERM into one line and exit code 130 or 143."""
 
     def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except GeowhError as e:
-            err_console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except OSError as e:
-            # The machine, not geowh: a full disk, a read-only or forbidden path. Anything else
-            # is a bug and keeps its traceback.
-            if e.errno not in _ENVIRONMENT_ERRNOS:
+        with handle_signals():
+            try:
+                return super().invoke(ctx)
+            except GeowhError as e:
+                err_console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except (ClickException, Exit, Abort):
                 raise
-            where = f" ({e.filename})" if e.filename else ""
-            err_console().print(f"[bold red]error:[/] {e.strerror}{where}: free space or fix the path, then run this again",
-                                highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            except OSError as e:
+                # The machine, not geowh: a full disk, a read-only or forbidden path. Anything else
+                # is a bug and keeps its traceback.
+                if e.errno not in _ENVIRONMENT_ERRNOS:
+                    raise
+                where = f" ({e.filename})" if e.filename else ""
+                err_console().print(f"[bold red]error:[/] {e.strerror}{where}: free space or fix the path, then run this again",
+                                    highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except (KeyboardInterrupt, Exception) as e:
+                stop = interrupted_by(e)
+                if stop is None:
+                    raise
+                # A library may have wrapped the KeyboardInterrupt (DuckDB does): the signal decides.
+                detail = getattr(e, "detail", None) or "what had finished is stored; run the command again to resume"
+                err_console().print(f"[bold red]stopped[/] by {stop}: {detail}", highlight=False, soft_wrap=True)
+                raise typer.Exit(stop.exit_code) from None
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # in the order they are declared, which follows the flow

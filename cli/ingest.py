@@ -71,13 +71,26 @@ def ingest(
     Example: geowh ingest pythia-410m --checkpoints log:30 --db w.duckdb
     """
     from geowh.ingest.memorization import measurements_for
+    from geowh.ingest.run import IngestConfig
     from geowh.ingest.run import ingest as run_ingest
 
+    settings = dict(
+        probe=probe, n=n, max_len=max_len, min_len=min_len, seed=seed, layers=layers, pooling=pooling, subsets=subsets,
+        device=device, dtype=dtype, batch_size=batch_size, tokenizer=tokenizer,
+        save_features=str(save_features) if save_features else None, loss=loss,
+    )
+    IngestConfig(**settings)  # every option checked before the memorization side loads anything
+
+    def waiting(holder: str) -> None:
+        err_console().print(
+            f"[yellow]waiting[/] for {db}: held by {holder}. The computed checkpoint is kept and written as soon "
+            "as the file is free; Ctrl-C stops with the finished checkpoints written.",
+            highlight=False,
+        )
+
     summary = run_ingest(
-        model, probe=probe, n=n, max_len=max_len, min_len=min_len, seed=seed, checkpoints=checkpoints,
-        revisions=_split(revisions), name=name, layers=layers, pooling=pooling, subsets=subsets, device=device,
-        dtype=dtype, batch_size=batch_size, tokenizer=tokenizer, save_features=save_features, loss=loss, force=force,
-        evict=evict, quiet=quiet or json_, db=db,
+        model, **settings, checkpoints=checkpoints, revisions=_split(revisions), name=name, force=force,
+        evict=evict, quiet=quiet or json_, db=db, on_wait=waiting,
         measurements=measurements_for(memorization, index, index_tokenizer, db=db),
     )
     if json_:

@@ -53,7 +53,8 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
         return
     console().print(
         f"[bold]{summary['path']}[/]  schema v{summary['schema_version']}  "
-        f"{summary['bytes'] / 1e6:.1f} MB  failed runs: {summary['failed_runs']}"
+        f"{summary['bytes'] / 1e6:.1f} MB  failed runs: {summary['failed_runs']}  "
+        f"interrupted: {summary['interrupted_runs']}  running: {summary['running_runs']}"
     )
     models = pl.DataFrame(summary["models"])  # spaced headers wrap, so the model names keep their width
     render_frame(models.rename(lambda c: c.replace("_", " ").replace("checkpoints", "check points")), title="models")

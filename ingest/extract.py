@@ -77,6 +77,18 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> list[int]:
     return sorted(layers)
 
 
+def _non_finite_cause(dtype) -> str:
+    """What NaN/inf features mean in `dtype`: only float16's narrow range overflows in a healthy model."""
+    import torch
+
+    if dtype == torch.float16:
+        return "float16 overflow is the usual cause; rerun with --dtype bfloat16 or float32"
+    return (
+        "this dtype does not overflow on a healthy model, so the checkpoint itself holds NaN/inf "
+        "(diverged training or corrupt weights); check it, or leave it out with --checkpoints"
+    )
+
+
 def parse_poolings(spec: str | Sequence[str]) -> list[str]:
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     for name in names:
@@ -173,7 +185,7 @@ def extract_features(
     probe's next-token loss is summed too, from the same forward pass. Without `batch_size`,
     batches fill a token budget set from the device's memory, halved whenever a batch runs out
     of memory. `on_batch(tokens_done, tokens_total)` reports progress in real tokens.
-    Raises CheckpointError when features are NaN/inf (fp16 overflow) or memory runs out at batch 1.
+    Raises CheckpointError when features are NaN/inf or memory runs out at batch 1.
     """
     import torch
 
@@ -238,8 +250,8 @@ def _forward(model, batch: Batch, device, layers, poolings, n_layers, need_all, 
             f = pool(hidden, mask, pooling)  # (batch, d)
             if not bool(torch.isfinite(f).all()):
                 raise CheckpointError(
-                    f"features at layer {layer} ({pooling} pooling) contain NaN or inf in {hidden.dtype} "
-                    "(fp16 overflow is the usual cause): rerun with --dtype bfloat16 or float32"
+                    f"features at layer {layer} ({pooling} pooling) contain NaN or inf in "
+                    f"{str(hidden.dtype).removeprefix('torch.')}: {_non_finite_cause(hidden.dtype)}"
                 )
             features[(layer, pooling)] = f
     if head is None:

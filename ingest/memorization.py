@@ -71,6 +71,9 @@ class Task:
 
 
 def _triviaqa(task: Task) -> list[QAItem]:
+    from geowh.ingest.series import require_hub
+
+    require_hub(f"load the task {task.dataset}")
     try:
         from datasets import load_dataset
 
@@ -438,9 +441,11 @@ def memorize(
     recorded in `runs` with its error and the next checkpoint goes on.
     """
     from geowh.ingest.models import resolve_device, resolve_dtype
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.series import require_hub, resolve_series
 
     series = resolve_series(model, revisions=revisions, name=name, checkpoints=checkpoints)
+    if any(r.repo for r in series.checkpoints):
+        require_hub(f"download checkpoints of {series.model}")
     mem = Memorization(task, index, index_tokenizer=index_tokenizer, batch_size=batch_size, limit=limit, wh=wh)
     torch_dtype = resolve_dtype(dtype, resolve_device(device))
     key = mem.config_key(str(torch_dtype).removeprefix("torch."))
@@ -465,12 +470,14 @@ def _score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer) -> dict[
     from geowh import __version__
     from geowh.ingest.models import device_name, load_checkpoint
     from geowh.warehouse import utcnow
+    from geowh.warehouse.runs import this_process
 
     run = {
         "run_id": str(uuid.uuid4()), "kind": KIND, "model": ref.model, "checkpoint": ref.label,
         "probe": mem.task, "config_key": key, "config": {**mem.config, "batch_size": batch_size, "dtype": dtype},
         "status": "running", "geowh_version": __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "started_at": utcnow(),
+        **this_process(),  # so that a killed memorize's running row is seen as stale
     }
     wh.write({"runs": [run]})
     stages: dict[str, float] = {}

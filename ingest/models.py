@@ -8,6 +8,8 @@ Failures to get or read weights become `CheckpointError`s that say which checkpo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,20 +174,19 @@ def load_checkpoint(
         hidden = loaded.base(**batch).last_hidden_state   # (batch, seq, d)
     """
     from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # one bar per weight file would drown geowh's own
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if ref.path is not None and not ref.path.is_dir():
-        raise CheckpointError(f"checkpoint folder {ref.path} is gone")
-    tok = load_tokenizer(ref, tokenizer)
+    if ref.path is not None:
+        _check_folder(ref)
     where, kwargs = _where(ref)
     cls = AutoModelForCausalLM if with_head else AutoModel
-    try:
-        model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
-    except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
-        raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
+    with quiet_transformers():
+        tok = load_tokenizer(ref, tokenizer)
+        try:
+            model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
+        except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
+            raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
     # transformers fills tensors absent from the files with random values: that is a broken checkpoint.
     if missing := info.get("missing_keys"):
         names = sorted(missing)
@@ -200,6 +201,39 @@ def load_checkpoint(
     model.eval()
     model.requires_grad_(False)
     return Loaded(model, tok, torch_device, torch_dtype, ref)
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _check_folder(ref: CheckpointRef) -> None:
+    """A local checkpoint folder must hold a config and weights; say so before blaming the tokenizer."""
+    if not ref.path.is_dir():
+        raise CheckpointError(f"checkpoint folder {ref.path} is gone")
+    lacks = [what for what, found in (
+        ("config.json", (ref.path / "config.json").is_file()),
+        ("weights (*.safetensors, *.bin)", any(any(ref.path.glob(p)) for p in WEIGHT_FILES)),
+    ) if not found]
+    if lacks:
+        empty = "is empty" if not any(ref.path.iterdir()) else f"has no {' and no '.join(lacks)}"
+        raise CheckpointError(
+            f"checkpoint folder {ref.path} {empty}: it holds no model files; "
+            "save or copy the checkpoint again, or leave it out with --checkpoints"
+        )
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' load reports ("UNEXPECTED … can be ignored", progress bars) are not for geowh's users."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # one bar per weight file would drown geowh's own
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 def _short(error: BaseException) -> str:

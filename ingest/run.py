@@ -30,6 +30,8 @@ from geowh import __version__
 from geowh.errors import CheckpointError, InputError
 from geowh.ingest.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED, Probe, ProbeTexts
 from geowh.ingest.series import CheckpointRef, Series
+from geowh.signals import interrupted_by
+from geowh.warehouse.runs import this_process
 
 KIND = "geometry"
 
@@ -55,6 +57,29 @@ class IngestConfig:
 
     # device, batch size and where features are saved do not change the numbers.
     key_fields = ("probe", "n", "max_len", "min_len", "seed", "layers", "pooling", "subsets", "dtype", "tokenizer", "loss")
+
+    def __post_init__(self) -> None:
+        """Refuse a setting that cannot work before anything is loaded or written."""
+        from geowh.ingest.extract import parse_poolings
+        from geowh.ingest.models import DTYPES
+
+        for option, value, least in (("--n", self.n, 1), ("--max-len", self.max_len, 1), ("--min-len", self.min_len, 0),
+                                     ("--seed", self.seed, 0), ("--batch-size", self.batch_size, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise InputError(f"{option} {value}: give a whole number of at least {least}")
+        if self.subsets == 1 or self.subsets < 0:
+            raise InputError(f"--subsets {self.subsets}: K needs K ≥ 2 disjoint parts (0 = off)")
+        if self.subsets > self.n:
+            raise InputError(f"--subsets {self.subsets}: more parts than the --n {self.n} probe sequences")
+        layers = self.layers.strip()
+        items = [x.strip() for x in layers.split(",")]
+        if layers not in ("last", "all") and not (all(x.lstrip("-").isdigit() for x in items) and items):
+            raise InputError(f"--layers {self.layers!r}: use last, all or a list of indices such as 0,6,12")
+        parse_poolings(self.pooling)
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype}: use one of {', '.join(DTYPES)}")
+        if not str(self.probe).strip():
+            raise InputError("--probe is empty: give fineweb, wikitext, or a .txt/.jsonl/.parquet file")
 
 
 Rows = dict[str, list[dict]]
@@ -133,7 +158,7 @@ class Plan:
             "geowh_version": __version__,
             "torch_version": torch.__version__,
             "transformers_version": transformers.__version__,
-        } | fields
+        } | this_process() | fields
 
 
 @dataclass
@@ -170,11 +195,11 @@ def plan_ingest(
     """Resolve the series and probe texts; fix the config and its key. Loads no weights."""
     from geowh.ingest.models import resolve_device, resolve_dtype
     from geowh.ingest.probes import load_texts
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.series import require_hub, resolve_series
 
-    if config.subsets == 1 or config.subsets < 0:
-        raise InputError("--subsets K needs K ≥ 2 disjoint parts (0 = off)")
     series = resolve_series(model, revisions=revisions, name=name, checkpoints=checkpoints)
+    if any(r.repo for r in series.checkpoints):
+        require_hub(f"download checkpoints of {series.model}")
     texts = load_texts(config.probe, n=config.n)
     dtype = str(resolve_dtype(config.dtype, resolve_device(config.device))).removeprefix("torch.")
     return Plan(series, texts, config, dtype, tuple(as_measurement(m) for m in measurements))
@@ -236,6 +261,8 @@ def process_checkpoint(
     except CheckpointError as e:
         status, error, rows = "failed", str(e), {}
     except Exception as e:  # anything else still fails only this checkpoint, recorded with its type
+        if interrupted_by(e):  # a Ctrl-C that a library wrapped in an error of its own
+            raise
         status, error, rows = "failed", f"{type(e).__name__}: {e}", {}
     finally:
         if loaded is not None:
@@ -451,11 +478,17 @@ def ingest(
     quiet: bool = False,
     db: str | Path | None = None,
     measurements: Sequence[Measurement | Callable[..., Rows]] = (),
+    lock_timeout: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """Ingest every selected checkpoint of `model` into the warehouse `db` (the Python `geowh ingest`).
 
     Completed checkpoints (an ok run with the same config key) are skipped unless `force`;
-    a checkpoint that fails gets a failed `runs` row and the loop goes on.
+    a checkpoint that fails gets a failed `runs` row and the loop goes on. While another
+    process holds the file, a computed checkpoint waits for it (`lock_timeout` seconds, by
+    default as long as it takes), calling `on_wait(holder)` when a wait begins. Ctrl-C or
+    SIGTERM stops with the finished checkpoints written and the current one `interrupted`;
+    `running` rows of `model` left by a killed process are marked `interrupted` first.
 
     Example:
         summary = ingest("./my-run", probe="docs.txt", n=500, max_len=128, db="w.duckdb")
@@ -469,8 +502,10 @@ def ingest(
         save_features=str(save_features) if save_features else None, loss=loss,
     )
     plan = plan_ingest(model, config, checkpoints=checkpoints, revisions=revisions, name=name, measurements=measurements)
-    wh = Warehouse(db)
+    _import_now(plan.series)
+    wh = Warehouse(db, lock_timeout=lock_timeout, on_wait=on_wait)
     summary = IngestSummary(plan.series.model, plan.texts.name, plan.config_key, str(wh.path))
+    wh.close_stale_runs(plan.series.model)
     done = set() if force else wh.completed(KIND, plan.series.model, plan.config_key)
     todo = [r for r in plan.series.checkpoints if r.label not in done]
     for ref in plan.series.checkpoints:
@@ -480,16 +515,28 @@ def ingest(
     with IngestProgress(len(todo), quiet=quiet) as progress, _Prefetcher(todo) as prefetch:
         for i, ref in enumerate(todo):
             prefetch.next_after(i)
-            run_id = str(uuid.uuid4())
-            wh.write({"runs": [plan.run_row(ref, run_id, "running", started_at=_now())]})
+            run_id, started, result = str(uuid.uuid4()), _now(), None
             progress.start(ref)
             try:
+                wh.write({"runs": [plan.run_row(ref, run_id, "running", started_at=started)]})
                 result = process_checkpoint(ref, plan, run_id=run_id, on_batch=progress.batch)
-            except BaseException as e:  # config errors and Ctrl-C: the attempt is recorded, then we stop
-                why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
-                wh.write({"runs": [plan.run_row(ref, run_id, "failed", error=why, started_at=_now(), finished_at=_now())]})
-                raise
-            write_result(wh, result)
+                write_result(wh, result)
+            except BaseException as e:  # config errors, a full disk, Ctrl-C: the attempt is recorded, then we stop
+                stop = interrupted_by(e)
+                if stop is not None and result is not None and stop.after_block:
+                    # the signal waited for write_result's commit: this checkpoint is stored
+                    summary.checkpoints.append(_entry(ref, result.status, result))
+                    stop.detail = f"{summary.count('ok')} checkpoint(s) of this run written; run the same command again to resume"
+                    raise stop from None
+                status, why = ("interrupted", f"stopped by {stop}") if stop else ("failed", str(e))
+                _record_end(wh, plan.run_row(ref, run_id, status, error=why, started_at=started, finished_at=_now()))
+                if stop is None:
+                    raise
+                stop.detail = (
+                    f"{summary.count('ok')} checkpoint(s) of this run written, {ref.label} recorded as interrupted; "
+                    "run the same command again to resume"
+                )
+                raise stop from None
             if result.ok and evict:
                 from geowh.ingest.models import evict as evict_files
 
@@ -506,6 +553,44 @@ def _now():
     from geowh.warehouse import utcnow
 
     return utcnow()
+
+
+def _record_end(wh, run: dict) -> None:
+    """Record how an attempt ended, at once or not at all: never wait for the file again, and let
+    a second failure (the disk that is full) not hide the first. A `running` row that stays is
+    stale, and the next ingest marks it."""
+    from geowh.errors import GeowhError
+    from geowh.warehouse import Warehouse
+
+    try:
+        Warehouse(wh.path, lock_timeout=0).write({"runs": [run]})
+    except GeowhError:
+        pass
+
+
+def _import_now(series: Series) -> None:
+    """Import what loading a checkpoint needs, here in the main thread before the first one.
+
+    transformers imports a model's code lazily, at its first from_pretrained; a Ctrl-C in the
+    middle of that import left the module half-made, and every later checkpoint then failed
+    with "Could not import module 'GPTNeoXModel'". Threads (the prefetcher) must not be the
+    first to import either.
+    """
+    import huggingface_hub  # noqa: F401
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    from geowh.ingest.models import quiet_transformers
+
+    folder = next((r.path for r in series.checkpoints if r.path is not None and (r.path / "config.json").is_file()), None)
+    if folder is None:
+        return
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(folder)
+            MODEL_MAPPING[type(config)], MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # imports the model's code
+    except Exception:  # an unreadable config fails its checkpoint, where it is reported
+        pass
 
 
 def _entry(ref: CheckpointRef, status: str, result: CheckpointResult | None = None) -> dict:
@@ -551,7 +636,7 @@ class _Prefetcher:
 
 
 def _download(ref: CheckpointRef) -> None:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # imported by _import_now in the main thread
 
     snapshot_download(ref.repo, revision=ref.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
 

@@ -9,6 +9,7 @@ A registry of model families (`FAMILIES`) turns the name a user types (`pythia-4
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -253,12 +254,49 @@ def _hub(model: str, revisions: Sequence[str] | None = None, name: str | None = 
     return Series(series_name, "hf", tuple(refs), hub_repo=repo, tokenizer=repo)
 
 
+HUB_TIMEOUT = 3.0
+"""Seconds to wait for a TCP connection to the hub before calling it unreachable."""
+
+
+def require_hub(what: str) -> None:
+    """Raise at once, in one line, when the hub cannot be reached and HF_HUB_OFFLINE is not set.
+
+    Without this check, huggingface_hub retries each file for half a minute or more and the
+    error that finally surfaces blames whatever was loaded first (often the tokenizer).
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    if (why := _hub_unreachable(constants.ENDPOINT)) is not None:
+        raise InputError(
+            f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({why}) to {what}: "
+            "with the files already in the local hub cache, rerun with HF_HUB_OFFLINE=1; "
+            "otherwise give a local checkpoint folder, or connect to the network"
+        )
+
+
+@functools.cache  # once per command
+def _hub_unreachable(endpoint: str) -> str | None:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=HUB_TIMEOUT).close()
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or e or type(e).__name__}"
+    return None
+
+
 def hub_branches(repo: str) -> list[str]:
     """Branch names of a hub repo; offline (or when the hub cannot be reached), those in the cache."""
     from huggingface_hub import constants, list_repo_refs
 
     error: Exception | None = None
     if not constants.HF_HUB_OFFLINE:
+        require_hub(f"list the branches of {repo}")
         try:
             return [b.name for b in list_repo_refs(repo).branches]
         except Exception as e:  # network, auth, missing repo: try the cache, then report this
@@ -473,8 +511,11 @@ def select_checkpoints(refs: Sequence[CheckpointRef], spec: str | None) -> list[
                 picked.append(ref)
                 last = ref.step
         return _nonempty(picked, spec)
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise InputError(f"--checkpoints {spec!r} names no checkpoint: use all, step1000,step2000, START:END or log:N")
     picked = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
+    for item in items:
         if any(c in item for c in "*?["):
             found = [r for r in refs if fnmatch.fnmatch(r.label, item)]
         elif item.isdigit():

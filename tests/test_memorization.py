@@ -89,6 +89,9 @@ def test_a_local_jsonl_task_is_keyed_by_its_content(qa_file, tmp_path):
 
 def test_triviaqa_reads_the_rc_validation_split_and_its_answer_value(monkeypatch):
     import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the dataset is faked: no hub check
 
     seen = {}
     rows = [{"question_id": "tc_1", "question": "Who?", "answer": {"value": "Him", "aliases": ["He"]}},

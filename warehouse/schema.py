@@ -10,6 +10,7 @@ from importlib import resources
 _MIGRATION = re.compile(r"^-- migration (\d+): (.+)$", re.MULTILINE)
 _TABLE = re.compile(r"^CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
 _COLUMN = re.compile(r"^\s+(\w+)\s+[A-Z].*?--\s*(.+)$")
+_ADDED = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN (?:IF NOT EXISTS )?(\w+) .*?--\s*(.+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Migration:
     title: str
     sql: str
     comments: tuple[tuple[str, str, str], ...]
-    """(table, column, comment) for every commented column the block creates."""
+    """(table, column, comment) for every commented column the block creates or adds."""
 
 
 def schema_text() -> str:
@@ -47,7 +48,9 @@ def latest_version() -> int:
 def _comments(sql: str) -> tuple[tuple[str, str, str], ...]:
     found, table = [], None
     for line in sql.splitlines():
-        if start := _TABLE.match(line):
+        if added := _ADDED.match(line):
+            found.append((added.group(1), added.group(2), added.group(3).strip()))
+        elif start := _TABLE.match(line):
             table = start.group(1)
         elif line.startswith(")"):
             table = None

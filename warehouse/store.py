@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,8 @@ import polars as pl
 from geowh.errors import InputError, OutputError, WarehouseError
 from geowh.outputs import check_output, output_path
 from geowh.settings import settings
+from geowh.signals import deferred
+from geowh.warehouse.runs import running_rows
 from geowh.warehouse.schema import latest_version, migrations
 
 # How a row is identified when it is written again. Dimension tables are merged (a column the
@@ -50,6 +53,8 @@ _EXPLAIN = re.compile(_COMMENTS + r"explain\s+(?:analy[sz]e\b|\([^)]*\))?", re.I
 _IMPORT_DATABASE = re.compile(_COMMENTS + r'pragma\s+"?import_database\b', re.IGNORECASE | re.DOTALL)
 
 LOCK_WAIT_SECONDS = 60.0
+"""How long a reader waits for the file by default; an ingest waits as long as it takes."""
+_LOCK_HOLDER = re.compile(r"lock is held in (.+?) \(PID (\d+)\)")
 
 
 def utcnow() -> datetime:
@@ -63,8 +68,18 @@ class Warehouse:
     >>> wh.query("select step, rankme from trajectories where model = ?", ["pythia-410m"])
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        lock_timeout: float | None = LOCK_WAIT_SECONDS,
+        on_wait: Callable[[str], None] | None = None,
+    ):
         self.path = Path(path) if path is not None else settings().db
+        self.lock_timeout = lock_timeout
+        """Seconds to wait while another process holds the file; None waits as long as it takes."""
+        self.on_wait = on_wait
+        """Called with who holds the file (`PID 123 (python3)`) when a wait for it begins."""
         self._migrated = False
 
     def __repr__(self) -> str:
@@ -78,7 +93,8 @@ class Warehouse:
 
         The file is held only for the duration of the block: a days-long ingest then leaves
         gaps in which `geowh sql` or a notebook can read. While another process holds the file,
-        this waits (up to a minute) rather than failing at once.
+        this waits (`lock_timeout`, a minute by default) rather than failing at once. A full
+        disk under a writing block becomes a WarehouseError.
 
         A read-only connection never changes the file: a missing file, a DuckDB file that is
         not a geowh warehouse and one of an older schema are refused (`migrate()` upgrades
@@ -92,8 +108,27 @@ class Warehouse:
             con = self._open(read_only=False)
         try:
             yield con
+        except (duckdb.Error, OSError) as e:
+            if _disk_full(e):
+                raise self._full(e) from None
+            if "Could not read enough bytes" in str(e):
+                raise WarehouseError(
+                    f"{self.path} is truncated ({str(e).splitlines()[0]}): restore it from a copy, "
+                    "or point --db at another file (a new one starts empty)"
+                ) from None
+            raise
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as e:  # closing checkpoints the WAL, which a full disk refuses
+                if not _disk_full(e):
+                    raise
+
+    def _full(self, error: BaseException) -> WarehouseError:
+        return WarehouseError(
+            f"the disk holding {self.path} is full ({str(error).splitlines()[0]}); nothing of this write "
+            "was stored: free some space (or point --db elsewhere) and run the command again to resume"
+        )
 
     def _open_checked(self) -> duckdb.DuckDBPyConnection:
         if not self.path.exists():
@@ -142,22 +177,34 @@ class Warehouse:
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                if _disk_full(e):
+                    raise self._full(e) from None
+                raise
+        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
+        holder = None
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as e:
+                if _disk_full(e):
+                    raise self._full(e) from None
                 if "lock" not in str(e).lower():
                     raise WarehouseError(
                         f"{self.path} is not a readable DuckDB warehouse ({e}); "
                         "check the path given by --db / GEOWH_DB"
                     ) from None
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() > deadline:
                     raise WarehouseError(
                         f"the warehouse {self.path} is held by another process ({e}); "
                         "wait for it to finish or stop it, then run this again"
                     ) from None
+                now_held_by = lock_holder(e)
+                if now_held_by != holder and self.on_wait is not None:
+                    self.on_wait(now_held_by)
+                holder = now_held_by
                 time.sleep(0.5)
             except duckdb.Error as e:
                 raise WarehouseError(
@@ -240,7 +287,7 @@ class Warehouse:
         `rows` maps a table name to its new rows. Rows whose key (TABLE_KEYS) already exists
         replace the old ones; dimension tables (models, checkpoints, probes) merge instead.
         """
-        with self.connect() as con:
+        with self.connect() as con, deferred():
             frames = {t: _frame(con, t, r) for t, r in rows.items() if len(r)}
             con.begin()
             try:
@@ -250,8 +297,27 @@ class Warehouse:
                     _refresh_trajectories(con)
                 con.commit()
             except BaseException:
-                con.rollback()
+                try:
+                    con.rollback()
+                except duckdb.Error:  # a failed commit has already ended the transaction
+                    pass
                 raise
+
+    def close_stale_runs(self, model: str) -> int:
+        """Mark `running` rows of `model` whose process is gone (kill -9, a lost machine) as interrupted."""
+        if not self.path.exists():
+            return 0
+        with self.connect(read_only=True) as con:
+            stale = [run_id for run_id, is_stale in running_rows(con, model) if is_stale]
+        if stale:
+            self.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), "
+                "error = coalesce(error, 'stale: its process ended without finishing it (killed, crashed or its "
+                "machine was lost); marked by a later ingest') "
+                f"WHERE status = 'running' AND run_id IN ({', '.join('?' * len(stale))})",
+                [utcnow(), *stale],
+            )
+        return len(stale)
 
     def execute(self, statement: str, params: Sequence[Any] | None = None) -> None:
         """Run one writing statement in its own transaction (for maintenance and migrations)."""
@@ -321,11 +387,12 @@ class Warehouse:
             return set()
         if not self._migrated:
             self._migrate()
-        rows = self.query(
-            "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND config_key = ? AND status = 'ok'",
-            [kind, model, config_key],
-        )
-        return set(rows["checkpoint"].to_list())
+        with self.connect(read_only=True) as con:  # a damaged file is reported by connect, not as a failed query
+            rows = con.execute(
+                "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND config_key = ? AND status = 'ok'",
+                [kind, model, config_key],
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def info(self) -> dict[str, Any]:
         """What the warehouse holds: schema version, row counts, models and probes."""
@@ -348,6 +415,8 @@ class Warehouse:
                 )
                 probes = _fetch(con, "SELECT probe, name, sequences, max_len, tokenizer FROM probes ORDER BY probe")
                 failed = con.execute("SELECT count(*) FROM runs WHERE status = 'failed'").fetchall()[0][0]
+                interrupted = con.execute("SELECT count(*) FROM runs WHERE status = 'interrupted'").fetchall()[0][0]
+                running = running_rows(con)
                 version = _schema_version(con)
             except duckdb.Error as e:
                 raise self._damaged(e) from None
@@ -357,6 +426,9 @@ class Warehouse:
             "bytes": self.path.stat().st_size,
             "tables": counts,
             "failed_runs": failed,
+            # a running row whose process is gone (kill -9, a lost machine) is an interrupted run
+            "interrupted_runs": interrupted + sum(stale for _, stale in running),
+            "running_runs": sum(not stale for _, stale in running),
             "models": models.to_dicts(),
             "probes": probes.to_dicts(),
         }
@@ -406,6 +478,17 @@ class Warehouse:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the file, as DuckDB's lock error names it: `PID 123 (python3.11)`."""
+    if m := _LOCK_HOLDER.search(str(error)):
+        return f"PID {m[2]} ({Path(m[1]).name})"
+    return "another process"
+
+
+def _disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
 
 
 def refuse_writes(statement: str) -> None:

@@ -1,0 +1,69 @@
+"""Which `running` rows still run: a row left by kill -9 or a lost machine is stale.
+
+A run row records the host and pid of the process that runs it (migration 4). On that host a
+row is stale once its process is gone (or the pid now belongs to a process started after the
+run); a row from another host is stale once it is older than `STALE_AFTER`, since no process
+there can be asked. Rows written before migration 4 name no process and are stale.
+Marking a live run stale by mistake costs nothing: its final write replaces the row by run_id.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+STALE_AFTER = timedelta(hours=6)
+"""A running row of another host older than this is taken as lost."""
+
+
+def this_process() -> dict:
+    """The `host` and `pid` columns of a run this process starts."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def is_stale(host: str | None, pid: int | None, started_at: datetime | None, now: datetime | None = None) -> bool:
+    """Whether a `running` row with these columns has no process behind it any more."""
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    if host is None or pid is None:
+        return True
+    if host != socket.gethostname():
+        return started_at is None or now - started_at > STALE_AFTER
+    return not _runs_since(int(pid), started_at)
+
+
+def _runs_since(pid: int, started_at: datetime | None) -> bool:
+    """Whether process `pid` lives (not a zombie) and was started no later than `started_at`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        pass
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():  # not Linux: the signal check is all there is
+        return True
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+            return False
+        if started_at is None:
+            return True
+        ticks = int(fields[19])  # starttime, clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        began = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc).replace(tzinfo=None)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    return began <= started_at + timedelta(seconds=2)  # a later process reuses the pid
+
+
+def running_rows(con, model: str | None = None) -> list[tuple[str, bool]]:
+    """(run_id, stale) of every `running` row (of `model`), read on an open connection."""
+    columns = {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND table_name = 'runs'"
+    ).fetchall()}
+    who = "host, pid" if "host" in columns else "NULL, NULL"  # a warehouse not yet migrated to 4
+    where, params = ("AND model = ?", [model]) if model is not None else ("", [])
+    rows = con.execute(f"SELECT run_id, {who}, started_at FROM runs WHERE status = 'running' {where}", params).fetchall()
+    return [(run_id, is_stale(host, pid, started)) for run_id, host, pid, started in rows]
