@@ -35,6 +35,40 @@ def mini(tmp_path_factory):
     return out, db, summary
 
 
+def test_a_second_demo_with_default_steps_gives_the_same_metrics_as_the_first(mini, tmp_path, monkeypatch):
+    """The demo trains a fixed number of steps, so a rerun elsewhere gives the same trajectory."""
+    import geowh.ingest.demo as demo_mod
+    from geowh.warehouse import Warehouse
+
+    out, db, first = mini
+    monkeypatch.setattr(demo_mod, "DEFAULT_STEPS", STEPS)  # the default path, scaled down: no steps, no minutes
+    config = demo_mod.saved_run(out)[0]
+    again = demo(tmp_path / "mini", tmp_path / "w.duckdb", config=config, qa_items=40, qa_sources=SOURCES, quiet=True)
+    assert again.train["steps"] == STEPS and again.train["status"] == "trained"
+
+    def metrics(path):
+        return Warehouse(path).query(
+            "SELECT checkpoint, probe, coalesce(layer, -1) AS layer, coalesce(pooling, '') AS pooling, metric, value "
+            "FROM metrics ORDER BY ALL").to_dicts()
+
+    a, b = metrics(db), metrics(tmp_path / "w.duckdb")
+    assert len(a) == len(b) > 8 * 3 and {r["metric"] for r in a} >= {"rankme", "alpha_req", "memorization_spearman"}
+    assert [{k: v for k, v in r.items() if k != "value"} for r in a] == [
+        {k: v for k, v in r.items() if k != "value"} for r in b]
+    for x, y in zip(a, b):
+        assert y["value"] == pytest.approx(x["value"], rel=1e-5, abs=1e-6, nan_ok=True), x
+    losses = [[json.loads(line)["eval_loss"] for line in (o / "train_log.jsonl").read_text().splitlines()]
+              for o in (out, tmp_path / "mini")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_the_demo_takes_steps_or_minutes_not_both(tmp_path):
+    from geowh.errors import InputError
+
+    with pytest.raises(InputError, match="not both"):
+        demo(tmp_path / "x", tmp_path / "w.duckdb", steps=10, minutes=1.0, quiet=True)
+
+
 def test_a_first_sentence_is_the_answer_only_when_it_is_prose_of_a_few_words():
     assert first_sentence("Join two or more pathname components, inserting '/' as needed.\n\nMore.") == (
         "Join two or more pathname components, inserting '/' as needed."
