@@ -228,6 +228,29 @@ def shipped_files() -> dict[str, Path]:
     return {kind: Path(str(files("geowh") / "data" / name)) for kind, name in SHIPPED.items()}
 
 
+def write_shipped(wh, model: str, directory: str | Path) -> dict[str, Path]:
+    """Write `model`'s metrics and spectra from `wh` as the SHIPPED files in `directory` (how
+    `geowh/data/` was made from the run's warehouse)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    frames = {
+        "metrics": wh.query(
+            "SELECT m.model, m.checkpoint, c.step, c.tokens, c.stage, m.probe, m.layer, m.pooling, m.metric, m.value, "
+            "m.stderr FROM metrics m JOIN checkpoints c USING (model, checkpoint) WHERE m.model = ? "
+            "ORDER BY c.step, m.probe, m.layer, m.pooling, m.metric", [model]),
+        "spectra": wh.query(
+            "SELECT s.model, s.checkpoint, s.probe, s.layer, s.pooling, s.n_samples, s.d, s.eigenvalues "
+            "FROM spectra s JOIN checkpoints c USING (model, checkpoint) WHERE s.model = ? "
+            "ORDER BY c.step, s.probe, s.layer, s.pooling", [model]),
+    }
+    if not frames["metrics"].height:
+        raise InputError(f"the warehouse has no metrics of {model}")
+    paths = {kind: directory / SHIPPED[kind] for kind in frames}
+    for kind, frame in frames.items():
+        frame.write_parquet(paths[kind], compression="zstd", statistics=False)
+    return paths
+
+
 def load_shipped(wh) -> dict[str, Any]:
     """Import the shipped trajectory into `wh` as the model SHIPPED_MODEL (again: a no-op) and find
     its phases; {model, imported, spectra, phases}."""
