@@ -41,7 +41,9 @@ from geowh.errors import InputError
 INDEX_DIR = "index"
 TRAIN_TEXT = "train.txt"
 TASK_FILE = "qa.jsonl"
-PLOTS = {"geometry": ("rankme", "alpha_req"), "memorization": ("memorization_spearman",)}
+PLOTS = {"geometry": ("rankme", "alpha_req"),
+         "memorization": ("memorization_spearman", "memorization_spearman_per_token",
+                          "memorization_spearman_partial_length")}
 # A step count, not a time budget: a budget plans fewer steps on a slower or busier machine and
 # so gives another trajectory. 1,000 steps of the default model took 977 steps' time ≈ 7 minutes
 # on 2 shared CPU cores; the whole demo's measured time is in README.md and docs/results.md.
