@@ -169,3 +169,42 @@ def test_the_demo_prints_the_phase_table_and_where_the_plots_are(mini, cli):
     assert result.exit_code == 0, result.output
     assert "phases of mini" in result.stdout and "start_step" in result.stdout
     assert f"geometry plot: {out / 'geometry.png'}" in result.stdout.replace("\n", "")
+
+
+# What docs/train-mini.md reports for the shipped trajectory of `geowh demo --long` (default parameters).
+SHIPPED_PHASES = "FILL"
+
+
+def test_the_shipped_long_run_loads_and_shows_the_phases_the_docs_report(tmp_path):
+    import numpy as np
+    import polars as pl
+
+    from geowh.ingest.demo import SHIPPED_MODEL, load_shipped, shipped_files
+    from geowh.ingest.spectrum import rankme
+    from geowh.warehouse import Warehouse
+
+    assert all(p.is_file() and p.stat().st_size < 200_000 for p in shipped_files().values())
+    wh = Warehouse(tmp_path / "w.duckdb")
+    loaded = load_shipped(wh)
+    assert [(p["phase"], p["start_step"], p["end_step"]) for p in loaded["phases"]] == SHIPPED_PHASES
+    # the spectra are the ones the shipped RankMe was computed from
+    rows = wh.query(
+        "SELECT s.eigenvalues, m.value FROM spectra s JOIN metrics m USING (model, checkpoint, probe, layer, pooling) "
+        "WHERE m.metric = 'rankme' AND s.model = ?", [SHIPPED_MODEL]).to_dicts()
+    assert len(rows) == loaded["spectra"] == pl.read_parquet(shipped_files()["spectra"]).height > 40
+    assert all(rankme(np.array(r["eigenvalues"]))[0] == pytest.approx(r["value"], rel=1e-9) for r in rows)
+    # loading again changes nothing
+    assert load_shipped(wh)["imported"]["status"] == "unchanged"
+    assert wh.query("SELECT count(*) AS n FROM spectra")["n"][0] == len(rows)
+
+
+def test_geowh_demo_shipped_prints_the_phases_as_json_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from geowh.cli import main; main()", "demo", "--shipped", "--db",
+         str(tmp_path / "w.duckdb"), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert [(p["phase"], p["start_step"], p["end_step"]) for p in loaded["phases"]] == SHIPPED_PHASES
