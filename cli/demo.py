@@ -16,11 +16,19 @@ def demo(
         Optional[Path],
         typer.Argument(help="Run folder (checkpoints, index, QA task, plots). Default: $GEOWH_HOME/demo."),
     ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Training steps (default 1000: the same run on every machine).")
+    ] = None,
     minutes: Annotated[
-        float,
-        typer.Option(help="Training budget in minutes (corpus preparation included); the rest takes ~2 more."),
-    ] = 9.0,
-    steps: Annotated[Optional[int], typer.Option(help="Train exactly this many steps instead of a time budget.")] = None,
+        Optional[float],
+        typer.Option(help="Plan the steps from this wall-clock budget instead (the run then depends on the machine)."),
+    ] = None,
+    long: Annotated[
+        bool, typer.Option("--long", help="Train the longer run of docs/train-mini.md (2 layers, d = 32, 8,000 steps).")
+    ] = False,
+    shipped: Annotated[
+        bool, typer.Option("--shipped", help="Train nothing: load the --long run's measured trajectory into --db.")
+    ] = False,
     n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = 500,
     qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = 300,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
@@ -36,15 +44,29 @@ def demo(
     Trains a small Pythia-architecture model on the docstrings of the installed Python code,
     indexes its training split with infini-gram, derives a QA task from the docstrings, ingests
     every checkpoint (geometry and memorization) into --db, prints the phase table and writes
-    OUT/geometry.png and OUT/memorization.png. Rerunning continues where it stopped. About 11
-    minutes on 2 CPU cores with the defaults (docs/results.md).
+    OUT/geometry.png and OUT/memorization.png. Rerunning continues where it stopped. The default
+    run is 1,000 steps (time: README.md); --long is the run that shows the three phases, and
+    --shipped loads its measured trajectory in seconds (docs/train-mini.md).
 
     Example: geowh demo runs/demo --db demo.duckdb
     """
+    from geowh.errors import InputError
     from geowh.ingest.demo import demo as run
+    from geowh.ingest.demo import load_shipped, long_run
     from geowh.settings import settings
 
-    summary = run(out or settings().home / "demo", db, minutes=minutes, steps=steps, n=n, qa_items=qa_items,
+    if shipped:
+        from geowh.warehouse import Warehouse
+
+        _print_shipped(load_shipped(Warehouse(db)), json_)
+        return
+    config = None
+    if long:
+        if steps is not None or minutes is not None:
+            raise InputError("--long trains a fixed run: leave out --steps and --minutes")
+        config, steps = long_run()
+    folder = out or settings().home / ("demo-long" if long else "demo")
+    summary = run(folder, db, minutes=minutes, steps=steps, config=config, n=n, qa_items=qa_items,
                   device=device, threads=threads, quiet=quiet or json_)
     if json_:
         print_json(summary.to_dict())
@@ -78,3 +100,20 @@ def demo(
         for entry in summary.ingest["errors"]:
             err_console().print(f"[red]failed[/] {entry['checkpoint']}: {entry['error']}", highlight=False)
         raise typer.Exit(1)
+
+
+def _print_shipped(loaded: dict, json_: bool) -> None:
+    if json_:
+        print_json(loaded)
+        return
+    import polars as pl
+
+    from geowh.queries.phases import COLUMNS
+
+    render_frame(
+        pl.DataFrame(loaded["phases"], schema=COLUMNS).select("phase", "start_step", "end_step", "delta_rankme",
+                                                              "delta_alpha_req"),
+        title=f"phases of {loaded['model']} (the measured trajectory of geowh demo --long)",
+    )
+    err_console().print(f"{loaded['imported']['status']}: {loaded['imported']['rows']} metric rows, "
+                        f"{loaded['spectra']} spectra → model {loaded['model']}", highlight=False)

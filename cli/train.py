@@ -32,6 +32,10 @@ def train_mini(
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW), reached after the warmup.")] = 1e-3,
     warmup: Annotated[float, typer.Option(help="Fraction of the steps spent warming the learning rate up.")] = 0.01,
+    min_lr_ratio: Annotated[
+        float, typer.Option(help="The cosine decays to lr × this at the last step (Pythia: 0.1; 1.0: a constant rate).")
+    ] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on the weight matrices (Pythia: 0.01).")] = 0.01,
     checkpoints: Annotated[int, typer.Option(help="Evenly spaced checkpoints after the log-spaced early ones.")] = 20,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the data split, initialisation and batches.")] = 0,
@@ -52,7 +56,7 @@ def train_mini(
 
     config = TrainConfig(
         layers=layers, d_model=d_model, vocab=vocab, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,
-        lr=lr, warmup=warmup, seed=seed, corpus=tuple(str(p) for p in corpus or ()), checkpoints=checkpoints,
+        lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, seed=seed, corpus=tuple(str(p) for p in corpus or ()), checkpoints=checkpoints,
     )
     summary = run(out, config, minutes=minutes, steps=steps, device=device, quiet=quiet or json_)
     if json_:

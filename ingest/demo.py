@@ -4,8 +4,10 @@
 in OUT (so an interrupted demo continues where it stopped):
 
 1. **train** — `train_mini(OUT)`: a mini Pythia on the default corpus (the docstrings and
-   comments of the installed Python code), checkpoints `OUT/step{N}/`, held-out `OUT/probe.txt`.
-   A finished run is reused, an interrupted one resumed.
+   comments of the installed Python code), a fixed number of steps (DEFAULT_STEPS), so that
+   every machine trains the same run; checkpoints `OUT/step{N}/`, held-out `OUT/probe.txt`.
+   A finished run is reused, an interrupted one resumed. `long_run()` is the longer run of
+   docs/train-mini.md (`geowh demo --long`).
 2. **index** — the training split (the corpus minus the probe documents, exactly the documents
    the model read) written to `OUT/train.txt`, and an infini-gram index of it in `OUT/index/`,
    tokenized with the run's own tokenizer. Reused when `OUT/index/geowh-index.json` exists.
@@ -39,10 +41,20 @@ from geowh.errors import InputError
 INDEX_DIR = "index"
 TRAIN_TEXT = "train.txt"
 TASK_FILE = "qa.jsonl"
-PLOTS = {"geometry": ("rankme", "alpha_req"), "memorization": ("memorization_spearman",)}
-# Defaults that finish the whole demo within 15 minutes on 2 shared CPU cores: 10 min 19 s
-# measured with these (docs/results.md); the stages after training take about 2 minutes.
-DEFAULT_MINUTES = 9.0
+PLOTS = {"geometry": ("rankme", "alpha_req"),
+         "memorization": ("memorization_spearman", "memorization_spearman_per_token",
+                          "memorization_spearman_partial_length")}
+# A step count, not a time budget: a budget plans fewer steps on a slower or busier machine and
+# so gives another trajectory. 1,000 steps of the default model took 977 steps' time ≈ 7 minutes
+# on 2 shared CPU cores; the whole demo's measured time is in README.md and docs/results.md.
+DEFAULT_STEPS = 1000
+# `geowh demo --long`: run L1 of docs/train-mini.md, a bottleneck of |V|/d = 250 trained for
+# 260 tokens per parameter; its measured trajectory ships in SHIPPED (`load_shipped`).
+LONG_CONFIG = {"layers": 2, "d_model": 32, "vocab": 8000, "batch_size": 32, "seq_len": 128, "lr": 2e-3,
+               "checkpoints": 32}
+LONG_STEPS = 8000
+SHIPPED = {"metrics": "demo-long-metrics.parquet", "spectra": "demo-long-spectra.parquet"}
+SHIPPED_MODEL = "demo-long-shipped"
 DEFAULT_N = 500
 DEFAULT_MAX_LEN = 128
 DEFAULT_QA_ITEMS = 300
@@ -84,7 +96,7 @@ def demo(
     out: str | Path,
     db: str | Path | None = None,
     *,
-    minutes: float = DEFAULT_MINUTES,
+    minutes: float | None = None,
     steps: int | None = None,
     config=None,
     n: int = DEFAULT_N,
@@ -99,8 +111,10 @@ def demo(
     """Train a mini Pythia in `out`, index its corpus, derive a QA task, ingest every checkpoint with
     geometry and memorization into `db`, find the phases and plot them. Resumable.
 
-    `minutes` is train-mini's budget (corpus preparation included) and `steps` replaces it;
-    `config` is a `TrainConfig` (default: the one of the run in OUT, else train-mini's). `n` and
+    `steps` is train-mini's step count (default: that of the run in OUT, else DEFAULT_STEPS);
+    `minutes` instead plans the steps from a wall-clock budget (corpus preparation included), so
+    the trajectory then depends on the machine and its load. `config` is a `TrainConfig` (default: the one of the run in OUT,
+    else train-mini's). `n` and
     `max_len` size the probe, `qa_items` the task; `qa_sources` are the Python files the task is derived from (default:
     the standard library, the first source of the default corpus). `name` is the model's name in
     the warehouse (default: OUT's folder name). `threads` are torch's CPU threads for the
@@ -112,6 +126,8 @@ def demo(
     """
     import torch
 
+    if minutes is not None and steps is not None:
+        raise InputError("give --steps or --minutes, not both")
     if qa_items < 3:
         raise InputError("--qa-items must be at least 3: memorization is a rank correlation across items")
     if threads is not None and threads < 1:
@@ -150,7 +166,10 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
 
     started = time.monotonic()
     quiet = say.quiet
-    config = config or saved_config(out) or TrainConfig()
+    saved, planned = saved_run(out)
+    config = config or saved or TrainConfig()
+    if minutes is None and steps is None:
+        steps = planned or DEFAULT_STEPS
     wh = Warehouse(db)
     seconds: dict[str, float] = {}
     say.line(f"torch on {torch.get_num_threads()} CPU thread(s); run folder {out}, warehouse {wh.path}")
@@ -160,8 +179,7 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
         return _Timer(seconds, key)
 
     with stage("train", "train-mini → checkpoints"):
-        trained = train_mini(out, config, minutes=minutes if steps is None else None, steps=steps, device=device,
-                             quiet=quiet)
+        trained = train_mini(out, config, minutes=minutes, steps=steps, device=device, quiet=quiet)
         say.line(f"{trained.status}: {trained.steps:,} steps, {len(trained.checkpoints)} checkpoints, "
                  f"held-out loss {trained.eval_loss}")
 
@@ -196,12 +214,74 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
     )
 
 
-def saved_config(out: Path):
-    """The TrainConfig of the train-mini run in OUT, or None: rerunning the demo continues that run."""
+def long_run():
+    """(TrainConfig, steps) of `geowh demo --long`: the run of docs/train-mini.md whose measured
+    trajectory ships as `geowh/data/` (see `shipped_trajectory`)."""
+    from geowh.ingest.train import TrainConfig
+
+    return TrainConfig(**LONG_CONFIG), LONG_STEPS
+
+
+def shipped_files() -> dict[str, Path]:
+    """The shipped trajectory of `geowh demo --long`: Parquet files of its `metrics` rows (the long
+    layout of `geowh import-metrics`) and its `spectra` rows, measured here (docs/train-mini.md)."""
+    from importlib.resources import files
+
+    return {kind: Path(str(files("geowh") / "data" / name)) for kind, name in SHIPPED.items()}
+
+
+def write_shipped(wh, model: str, directory: str | Path) -> dict[str, Path]:
+    """Write `model`'s metrics and spectra from `wh` as the SHIPPED files in `directory` (how
+    `geowh/data/` was made from the run's warehouse)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    frames = {
+        "metrics": wh.query(
+            "SELECT m.model, m.checkpoint, c.step, c.tokens, c.stage, m.probe, m.layer, m.pooling, m.metric, m.value, "
+            "m.stderr FROM metrics m JOIN checkpoints c USING (model, checkpoint) WHERE m.model = ? "
+            "ORDER BY c.step, m.probe, m.layer, m.pooling, m.metric", [model]),
+        "spectra": wh.query(
+            "SELECT s.model, s.checkpoint, s.probe, s.layer, s.pooling, s.n_samples, s.d, s.eigenvalues "
+            "FROM spectra s JOIN checkpoints c USING (model, checkpoint) WHERE s.model = ? "
+            "ORDER BY c.step, s.probe, s.layer, s.pooling", [model]),
+    }
+    if not frames["metrics"].height:
+        raise InputError(f"the warehouse has no metrics of {model}")
+    paths = {kind: directory / SHIPPED[kind] for kind in frames}
+    for kind, frame in frames.items():
+        frame.write_parquet(paths[kind], compression="zstd", statistics=False)
+    return paths
+
+
+def load_shipped(wh) -> dict[str, Any]:
+    """Import the shipped trajectory into `wh` as the model SHIPPED_MODEL (again: a no-op) and find
+    its phases; {model, imported, spectra, phases}."""
+    import polars as pl
+
+    from geowh.queries import phases
+    from geowh.queries.imports import import_metrics
+
+    paths = shipped_files()
+    imported = import_metrics(wh, paths["metrics"], model=SHIPPED_MODEL).to_dicts()
+    spectra = pl.read_parquet(paths["spectra"]).with_columns(pl.lit(SHIPPED_MODEL).alias("model"))
+    if imported[0]["status"] == "imported":
+        run_id = wh.query("SELECT run_id FROM runs WHERE kind = 'import' AND model = ? ORDER BY started_at DESC "
+                          "LIMIT 1", [SHIPPED_MODEL])["run_id"][0]
+        wh.write({"spectra": spectra.with_columns(pl.lit(run_id).alias("run_id"))})
+    found = phases(wh, SHIPPED_MODEL)
+    return {"model": SHIPPED_MODEL, "imported": imported[0], "spectra": spectra.height, "phases": found.to_dicts()}
+
+
+def saved_run(out: Path):
+    """(TrainConfig, planned steps or None) of the train-mini run in OUT, or (None, None): rerunning
+    the demo continues that run."""
     from geowh.ingest.train import CONFIG_FILE, TrainConfig
 
     path = Path(out) / CONFIG_FILE
-    return TrainConfig.from_dict(json.loads(path.read_text())["config"]) if path.is_file() else None
+    if not path.is_file():
+        return None, None
+    saved = json.loads(path.read_text())
+    return TrainConfig.from_dict(saved["config"]), (saved.get("plan") or {}).get("total_steps")
 
 
 # -- stage 2: the index ----------------------------------------------------------------------------

@@ -12,6 +12,14 @@ Their Spearman ρ across the items both sides keep is the metric `memorization_s
 reads the LM head, no layer of the geometry), with index, task, n, the zero rule and both
 tokenizers in `params`.
 
+Both sides are sums over the answer's tokens, so the authors' ρ also measures answer length
+(the model side grows more negative with every token; the ∞-gram side, whose P∞ ≈ 1 inside a
+memorised answer, hardly does). Two length-controlled variants are stored next to it, as their
+own metrics over the same items: `memorization_spearman_per_token` (ρ of the per-token means:
+log P∞ over the tokens kept, log P_model over all answer tokens) and
+`memorization_spearman_partial_length` (the partial Spearman ρ of the two sums given the number
+of answer tokens in the model's tokenizer).
+
 Items are formatted `Question: {q}? Answer: {a}` (the `?` only when the question lacks one). The
 prompt `Question: {q}? Answer:` and the target ` {a}` (with its leading space) are tokenized
 separately, so the answer tokens are the same whatever the question, in both tokenizers.
@@ -35,6 +43,8 @@ ZERO_RULE = "drop-zero-tokens,exclude-all-zero-items"
 """The authors' handling of P∞ = 0: such a token is left out of the item's sum, and an item whose
 answer tokens are all 0 is left out of the correlation."""
 METRIC = "memorization_spearman"
+METRIC_PER_TOKEN = "memorization_spearman_per_token"
+METRIC_PARTIAL = "memorization_spearman_partial_length"
 KIND = "memorization"
 SUFFIX_BUCKETS = ("<=3", "4", "5", "6", "7", "8", ">8")  # the paper's Table 7
 
@@ -301,6 +311,50 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return {"rho": float(result.statistic), "p": float(result.pvalue), "n": n, "reason": None}
 
 
+def partial_spearman(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> dict[str, Any]:
+    """Spearman ρ of x and y given z: the Pearson correlation of the ranks of x and y, each with the
+    least-squares line in the ranks of z taken out; its p-value from t with n − 3 degrees of freedom."""
+    import numpy as np
+    from scipy.stats import rankdata, t
+
+    triples = [(a, b, c) for a, b, c in zip(x, y, z)
+               if all(v is not None and math.isfinite(v) for v in (a, b, c))]
+    n = len(triples)
+    if n < 4:
+        return {"rho": math.nan, "p": math.nan, "n": n, "reason": f"{n} item(s) with both log-likelihoods; need 4"}
+    ranks = np.column_stack([rankdata(column) for column in zip(*triples)])  # (n, 3): x, y, z
+    if any(len(set(ranks[:, k])) == 1 for k in range(3)):
+        return {"rho": math.nan, "p": math.nan, "n": n, "reason": "a side or the length is constant across items"}
+    design = np.column_stack([np.ones(n), ranks[:, 2]])
+    residuals = ranks[:, :2] - design @ np.linalg.lstsq(design, ranks[:, :2], rcond=None)[0]  # (n, 2)
+    spread = np.linalg.norm(ranks[:, :2] - ranks[:, :2].mean(axis=0), axis=0)
+    if (np.linalg.norm(residuals, axis=0) <= 1e-9 * spread).any():  # rounding, not a residual
+        return {"rho": math.nan, "p": math.nan, "n": n, "reason": "a side is a function of the length alone"}
+    rho = float(np.clip(np.corrcoef(residuals[:, 0], residuals[:, 1])[0, 1], -1.0, 1.0))
+    dof = n - 3
+    p = 0.0 if abs(rho) == 1 else float(2 * t.sf(abs(rho) * math.sqrt(dof / (1 - rho * rho)), dof))
+    return {"rho": rho, "p": p, "n": n, "reason": None}
+
+
+def correlations(infgram: Sequence[dict[str, Any]], model: Sequence[tuple[float, int]]) -> dict[str, dict[str, Any]]:
+    """The authors' ρ and its two length-controlled variants, by metric name, over the items the zero rule keeps.
+
+    `infgram` are the items' `infgram_items` rows, `model` their (log P_model, answer tokens), in
+    the same order.
+    """
+    used = [(row, lp, n) for row, (lp, n) in zip(infgram, model) if row["excluded"] is None]
+    inf = [row["log_p_inf"] for row, _, _ in used]
+    mod = [lp for _, lp, _ in used]
+    return {
+        METRIC: spearman(inf, mod),
+        METRIC_PER_TOKEN: spearman(
+            [row["log_p_inf"] / (row["answer_tokens"] - row["zero_tokens"]) for row, _, _ in used],
+            [lp / n if n else math.nan for _, lp, n in used],
+        ),
+        METRIC_PARTIAL: partial_spearman(inf, mod, [n for _, _, n in used]),
+    }
+
+
 # -- one task against one index, for any number of checkpoints ---------------------------------
 
 
@@ -363,20 +417,16 @@ class Memorization:
              "answer_tokens": n, "log_p_model": lp, **run}
             for item, (lp, n) in zip(self.items, scored)
         ]
-        used = [(self.infgram[i.item]["log_p_inf"], lp) for i, (lp, _) in zip(self.items, scored)
-                if self.infgram[i.item]["excluded"] is None]
-        corr = spearman([a for a, _ in used], [b for _, b in used])
-        params = {
-            **self.config,
-            "n": corr["n"],
-            "p_value": corr["p"],
-            "excluded_zero": sum(1 for r in self.infgram.values() if r["excluded"] is not None),
-            "model_tokenizer": getattr(loaded.tokenizer, "name_or_path", None),
-            "reason": corr["reason"],
-        }
-        metric = {"model": ref.model, "checkpoint": ref.label, "probe": self.task, "layer": None, "pooling": None,
-                  "metric": METRIC, "value": corr["rho"], "stderr": None, "params": params, **run}
-        return {"memorization_items": item_rows, "metrics": [metric]}
+        excluded = sum(1 for r in self.infgram.values() if r["excluded"] is not None)
+        tokenizer = getattr(loaded.tokenizer, "name_or_path", None)
+        metrics = [  # the authors' score first
+            {"model": ref.model, "checkpoint": ref.label, "probe": self.task, "layer": None, "pooling": None,
+             "metric": name, "value": corr["rho"], "stderr": None, **run,
+             "params": {**self.config, "n": corr["n"], "p_value": corr["p"], "excluded_zero": excluded,
+                        "model_tokenizer": tokenizer, "reason": corr["reason"]}}
+            for name, corr in correlations([self.infgram[i.item] for i in self.items], scored).items()
+        ]
+        return {"memorization_items": item_rows, "metrics": metrics}
 
     def measurement(self):
         """This task and index as an ingest measurement: scored in each checkpoint's transaction."""
@@ -510,6 +560,7 @@ def _score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer) -> dict[
 
 
 __all__ = [
-    "METRIC", "TASKS", "ZERO_RULE", "Memorization", "QAItem", "Task", "answer_logliks", "index_stats",
-    "infgram_side", "load_task", "log_p_inf", "measurements_for", "memorize", "spearman", "suffix_length_table",
+    "METRIC", "METRIC_PARTIAL", "METRIC_PER_TOKEN", "TASKS", "ZERO_RULE", "Memorization", "QAItem", "Task",
+    "answer_logliks", "correlations", "index_stats", "infgram_side", "load_task", "log_p_inf", "measurements_for",
+    "memorize", "partial_spearman", "spearman", "suffix_length_table",
 ]

@@ -35,6 +35,40 @@ def mini(tmp_path_factory):
     return out, db, summary
 
 
+def test_a_second_demo_with_default_steps_gives_the_same_metrics_as_the_first(mini, tmp_path, monkeypatch):
+    """The demo trains a fixed number of steps, so a rerun elsewhere gives the same trajectory."""
+    import geowh.ingest.demo as demo_mod
+    from geowh.warehouse import Warehouse
+
+    out, db, first = mini
+    monkeypatch.setattr(demo_mod, "DEFAULT_STEPS", STEPS)  # the default path, scaled down: no steps, no minutes
+    config = demo_mod.saved_run(out)[0]
+    again = demo(tmp_path / "mini", tmp_path / "w.duckdb", config=config, qa_items=40, qa_sources=SOURCES, quiet=True)
+    assert again.train["steps"] == STEPS and again.train["status"] == "trained"
+
+    def metrics(path):
+        return Warehouse(path).query(
+            "SELECT checkpoint, probe, coalesce(layer, -1) AS layer, coalesce(pooling, '') AS pooling, metric, value "
+            "FROM metrics ORDER BY ALL").to_dicts()
+
+    a, b = metrics(db), metrics(tmp_path / "w.duckdb")
+    assert len(a) == len(b) > 8 * 3 and {r["metric"] for r in a} >= {"rankme", "alpha_req", "memorization_spearman"}
+    assert [{k: v for k, v in r.items() if k != "value"} for r in a] == [
+        {k: v for k, v in r.items() if k != "value"} for r in b]
+    for x, y in zip(a, b):
+        assert y["value"] == pytest.approx(x["value"], rel=1e-5, abs=1e-6, nan_ok=True), x
+    losses = [[json.loads(line)["eval_loss"] for line in (o / "train_log.jsonl").read_text().splitlines()]
+              for o in (out, tmp_path / "mini")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_the_demo_takes_steps_or_minutes_not_both(tmp_path):
+    from geowh.errors import InputError
+
+    with pytest.raises(InputError, match="not both"):
+        demo(tmp_path / "x", tmp_path / "w.duckdb", steps=10, minutes=1.0, quiet=True)
+
+
 def test_a_first_sentence_is_the_answer_only_when_it_is_prose_of_a_few_words():
     assert first_sentence("Join two or more pathname components, inserting '/' as needed.\n\nMore.") == (
         "Join two or more pathname components, inserting '/' as needed."
@@ -136,3 +170,42 @@ def test_the_demo_prints_the_phase_table_and_where_the_plots_are(mini, cli):
     rows = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.startswith("│")]
     assert "phases of mini" in result.stdout and {p["phase"] for p in first.phases} <= set(rows)
     assert f"geometry plot: {out / 'geometry.png'}" in result.stdout.replace("\n", "")
+
+
+# What docs/train-mini.md reports for the shipped trajectory of `geowh demo --long` (default parameters).
+SHIPPED_PHASES = [("warmup", 0, 181), ("entropy-seeking", 181, 3250)]
+
+
+def test_the_shipped_long_run_loads_and_shows_the_phases_the_docs_report(tmp_path):
+    import numpy as np
+    import polars as pl
+
+    from geowh.ingest.demo import SHIPPED_MODEL, load_shipped, shipped_files
+    from geowh.ingest.spectrum import rankme
+    from geowh.warehouse import Warehouse
+
+    assert all(p.is_file() and p.stat().st_size < 200_000 for p in shipped_files().values())
+    wh = Warehouse(tmp_path / "w.duckdb")
+    loaded = load_shipped(wh)
+    assert [(p["phase"], p["start_step"], p["end_step"]) for p in loaded["phases"]] == SHIPPED_PHASES
+    # the spectra are the ones the shipped RankMe was computed from
+    rows = wh.query(
+        "SELECT s.eigenvalues, m.value FROM spectra s JOIN metrics m USING (model, checkpoint, probe, layer, pooling) "
+        "WHERE m.metric = 'rankme' AND s.model = ?", [SHIPPED_MODEL]).to_dicts()
+    assert len(rows) == loaded["spectra"] == pl.read_parquet(shipped_files()["spectra"]).height > 20
+    assert all(rankme(np.array(r["eigenvalues"]))[0] == pytest.approx(r["value"], rel=1e-9) for r in rows)
+    # loading again changes nothing
+    assert load_shipped(wh)["imported"]["status"] == "unchanged"
+    assert wh.query("SELECT count(*) AS n FROM spectra")["n"][0] == len(rows)
+
+
+def test_geowh_demo_shipped_prints_the_phases_as_json_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from geowh.cli import main; main()", "demo", "--shipped", "--db",
+         str(tmp_path / "w.duckdb"), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert [(p["phase"], p["start_step"], p["end_step"]) for p in loaded["phases"]] == SHIPPED_PHASES

@@ -21,7 +21,8 @@ def test_a_built_wheel_installs_and_opens_a_warehouse_without_the_source_tree(tm
     wheel = next(tmp_path.glob("geowh-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"geowh/schema.sql", "geowh/warehouse/store.py", "geowh/ingest/__init__.py",
-            "geowh/queries/__init__.py", "geowh/cli/__init__.py", "geowh/integrations/__init__.py"} <= names
+            "geowh/queries/__init__.py", "geowh/cli/__init__.py", "geowh/integrations/__init__.py",
+            "geowh/data/demo-long-metrics.parquet", "geowh/data/demo-long-spectra.parquet"} <= names
     assert not any(n.startswith(("geowh/tests/", "geowh/bench/")) for n in names)
 
     target = tmp_path / "site"

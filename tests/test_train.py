@@ -66,6 +66,26 @@ def test_the_learning_rate_warms_up_then_decays_by_cosine_to_its_floor():
     assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
+def test_a_min_lr_ratio_of_one_holds_the_learning_rate_constant_after_the_warmup():
+    config = TrainConfig(lr=2e-3, warmup=0.01, min_lr_ratio=1.0)
+    assert lr_at(20, 4000, config) == pytest.approx(1e-3)
+    assert all(lr_at(s, 4000, config) == pytest.approx(2e-3) for s in range(40, 4001))
+
+
+def test_the_schedule_and_weight_decay_options_reach_the_run_and_its_resume_check(run, text_file):
+    from typer.testing import CliRunner
+
+    from geowh.cli import app
+
+    out, _ = run
+    args = ["train-mini", out, "--steps", STEPS, "--corpus", text_file, "--min-lr-ratio", 1.0, "--weight-decay", 0.1]
+    for key, value in TINY.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert "min_lr_ratio 0.1 → 1.0; weight_decay 0.01 → 0.1" in " ".join(result.output.split())
+
+
 def test_a_time_budget_plans_the_steps_and_checkpoint_saves_that_fit_in_it():
     total = plan_steps(600, step_seconds=0.25, save_seconds=0.5, evenly=20)
     saves = len(checkpoint_steps(total, 20)) * 0.5
