@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--skip-scoring", action="store_true")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    report: dict = {"cores": cores}
+    report: dict = {"cores": cores, "load_before": round(os.getloadavg()[0], 1)}
     args.work.mkdir(parents=True, exist_ok=True)
     corpus, index_dir = args.work / "corpus.jsonl", args.work / f"index-{args.tokens}"
 
@@ -234,7 +234,9 @@ def main() -> None:
             "speedup": round(single_s / batched_s, 2), "max_abs_diff": diff, "batch_size": args.batch_size,
         }
 
+    report["load_after"] = round(os.getloadavg()[0], 1)
     q = report["queries"]
+    print(f"load average {report['load_before']} before, {report['load_after']} after, on {cores} cores")
     print(f"index: {report['tokens']:,} tokens, {report['documents']:,} documents"
           + (f", built in {report['build_seconds']:.1f} s" if "build_seconds" in report else ""))
     if "corpus" in report:
