@@ -327,3 +327,27 @@ def test_a_checkpoint_loads_with_sdpa_attention(workdir):
     series = resolve_series(str(workdir / "my-run"))
     loaded = load_checkpoint(series.checkpoints[0], device="cpu")
     assert loaded.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.gpu
+def test_bf16_token_budget_extraction_on_a_gpu_matches_fp32_one_at_a_time():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from geowh.ingest.extract import extract_features
+    from geowh.ingest.spectrum import Covariance
+
+    model = tiny_model().base_model
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(2, 50000, size=int(k)).tolist() for k in rng.integers(1, 60, size=40)]
+    ref = _features_one_by_one(model, ids)
+    gpu = model.to("cuda", torch.bfloat16)
+    assert gpu.config._attn_implementation == "sdpa"
+    out, cov = np.zeros_like(ref), Covariance(ref.shape[1])
+    for batch in extract_features(gpu, ids, pad_id=0, layers=[2], poolings=["last"]):
+        f = batch.features[(2, "last")]  # (batch, d) bf16 on the GPU
+        cov.update(f)
+        out[batch.indices] = f.float().cpu().numpy()
+    assert cov.device.startswith("cuda")  # covariance accumulated on the device
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()  # bf16 rounding, nothing more
