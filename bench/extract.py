@@ -1,8 +1,9 @@
 """Feature extraction: geowh's batched path vs the authors' one-sequence-at-a-time method.
 
-One checkpoint of a small GPT-NeoX (4 layers, d = 256, the Pythia tokenizer's vocabulary,
-random weights: speed does not depend on them) over N probe sequences of ≤ 512 tokens of
-real English (the standard library's documentation, rendered by pydoc; no network).
+One checkpoint of a GPT-NeoX of Pythia-410M's shape by default (24 layers, d = 1024, 16 heads,
+the Pythia tokenizer's 50k vocabulary, random weights: speed does not depend on them; --layers,
+--d and --heads make it smaller) over N probe sequences of ≤ 512 tokens of real English (the
+standard library's documentation, rendered by pydoc; no network).
 
 - geowh: `tokenize_probe` → `extract_features` (length-sorted, padded batches, base model,
   dtype auto: bf16 on a GPU, fp32 on the CPU) → streaming `Covariance` → eigenvalues → metrics.
@@ -14,8 +15,8 @@ slows both alike). Prints tokens/s of each and the ratio, checks
 that both give the same RankMe and αReQ, and on CUDA the achieved TFLOP/s against the
 GPU's dense bf16 peak.
 
-    python bench/extract.py                 # N = 2000, CPU or the first GPU
-    python bench/extract.py --n 500 --device cpu
+    python bench/extract.py                 # N = 2000, Pythia-410M's shape, CPU or the first GPU
+    python bench/extract.py --n 64 --layers 4 --d 256 --heads 4 --device cpu   # a CPU-sized run
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
+import os
 import pydoc
 import re
 import sys
@@ -69,16 +72,17 @@ def english_texts(count: int, seed: int = 0) -> list[str]:
     return docs
 
 
-def small_model(device, vocab: int):
+def random_model(device, vocab: int, layers: int, d: int, heads: int):
+    """A GPT-NeoX with random weights, Pythia's layout (MLP 4d, rotary on a quarter of each head), SDPA attention."""
     import torch
     from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
     torch.manual_seed(0)
     config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+        vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * d,
         max_position_embeddings=2048, rotary_pct=0.25, tie_word_embeddings=False,
     )
-    return AutoModelForCausalLM.from_config(config).eval().to(device)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval().to(device)
 
 
 def run_geowh(model, tokenizer, texts, device, max_len, cov=None):
@@ -150,6 +154,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of both methods")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    parser.add_argument("--layers", type=int, default=24, help="model layers (Pythia-410M: 24)")
+    parser.add_argument("--d", type=int, default=1024, help="model width (Pythia-410M: 1024)")
+    parser.add_argument("--heads", type=int, default=16, help="attention heads (Pythia-410M: 16)")
     args = parser.parse_args()
 
     import torch
@@ -164,12 +171,14 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     tokenizer.pad_token = tokenizer.eos_token
     texts = english_texts(args.n)
-    model = small_model(device, vocab=50304)
+    model = random_model(device, 50304, args.layers, args.d, args.heads)
     # geowh runs the same weights in its auto dtype (bf16 on a capable GPU, fp32 on the CPU).
     dtype = resolve_dtype("auto", device)
     model_fast = copy.deepcopy(model).to(dtype)
     dtype = str(dtype).removeprefix("torch.")
-    print(f"device {device_name(device)}, torch threads {torch.get_num_threads()}, {len(texts)} texts, max_len {args.max_len}")
+    print(f"device {device_name(device)}, torch threads {torch.get_num_threads()}, {len(texts)} texts, "
+          f"max_len {args.max_len}, model {args.layers} layers x d {args.d} ({args.heads} heads), "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     # Warm both paths up (allocators, kernels) on a few texts.
     run_geowh(model_fast, tokenizer, texts[:32], device, args.max_len)
@@ -199,14 +208,20 @@ def main() -> None:
     print(f"ratio: {slow / fast:.2f}x")
     for name in ("rankme", "alpha_req"):
         print(f"  {name}: geowh {values[name]:.6g}  authors {values_a[name]:.6g}")
+    flops = model_flops(model, lengths)
+    achieved = flops / fast / 1e12
+    report = {"device": device_name(device), "n": len(texts), "tokens": tokens, "layers": args.layers, "d": args.d,
+              "geowh_tokens_per_s": round(tokens / fast), "authors_tokens_per_s": round(tokens / slow),
+              "ratio": round(slow / fast, 2), "geowh_tflops": round(achieved, 4), "dtype": dtype,
+              "load": round(os.getloadavg()[0], 1)}
+    line = f"geowh achieved {achieved:.3f} TFLOP/s; authors {flops / slow / 1e12:.3f} TFLOP/s"
     if device.type == "cuda":
-        flops = model_flops(model, lengths)
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-        achieved = flops / fast / 1e12
-        share = f" = {100 * achieved / peak:.1f}% of the {peak:.0f} TFLOP/s bf16 peak" if peak else " (peak unknown)"
-        print(f"geowh achieved {achieved:.2f} TFLOP/s{share}; authors {flops / slow / 1e12:.3f} TFLOP/s")
-
+        line += f" = {100 * achieved / peak:.1f}% of the {peak:.0f} TFLOP/s dense bf16 peak" if peak else " (peak unknown)"
+        report["peak_share"] = round(achieved / peak, 3) if peak else None
+    print(line + f"; load average {report['load']}")
+    print(json.dumps(report))
 
 if __name__ == "__main__":
     main()

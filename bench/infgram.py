@@ -10,7 +10,8 @@
    suffix-array builder runs on the same tokenized file too and the tables are compared.
 3. Queries: P∞(next | prompt) for random spans of the corpus (prompt 1-30 tokens, the true next
    token or a random one). Baseline: the engine opened with infini-gram's default prefetch depths,
-   one query at a time. geowh: prefetch depths 0, one thread (= per core), then one thread per core.
+   one query at a time. geowh: prefetch depths 0, one thread (= per core), then one thread per core;
+   then `Index.probs`, the whole batch searched at once, on one thread and on one per core.
 4. Scoring: log P(answer | prompt) of --items QA items (built from the corpus's docstrings) with a
    random-weight GPT-NeoX of Pythia-70M's shape: one forward per batch against one per item.
 
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--skip-scoring", action="store_true")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    report: dict = {"cores": cores}
+    report: dict = {"cores": cores, "load_before": round(os.getloadavg()[0], 1)}
     args.work.mkdir(parents=True, exist_ok=True)
     corpus, index_dir = args.work / "corpus.jsonl", args.work / f"index-{args.tokens}"
 
@@ -196,9 +197,21 @@ def main() -> None:
     one_qps, one_out = time_queries(ours_fn, queries)
     many_qps, _ = time_queries(ours_fn, queries, threads=cores)
     agree = all(b["prob"] == max(o.prob, 0.0) and b["suffix_len"] == o.suffix_len for b, o in zip(base_out, one_out))
+    # Index.probs: the whole batch at once, vectorized, on 1 thread and on one per core.
+    batched_qps = {}
+    for threads in (1, cores):
+        batch_index = Index(index_dir, threads=threads)
+        batch_index.probs(queries[:300])  # warm: opens the memory maps
+        start = time.perf_counter()
+        batched_out = batch_index.probs(queries)
+        batched_qps[threads] = len(queries) / (time.perf_counter() - start)
+        agree = agree and batched_out == one_out
     report["queries"] = {
         "n": len(queries), "baseline_default_prefetch_qps": round(base_qps), "geowh_1_thread_qps": round(one_qps),
         f"geowh_{cores}_threads_qps": round(many_qps), "ratio_1_thread": round(one_qps / base_qps, 2),
+        "geowh_batched_1_thread_qps": round(batched_qps[1]), f"geowh_batched_{cores}_threads_qps": round(batched_qps[cores]),
+        "batched_ratio_to_baseline": round(batched_qps[cores] / base_qps, 2),
+        "batched_thread_scaling": round(batched_qps[cores] / batched_qps[1], 2),
         "results_agree": agree, "mean_suffix_len": round(float(np.mean([o.suffix_len for o in one_out])), 2),
     }
 
@@ -234,7 +247,9 @@ def main() -> None:
             "speedup": round(single_s / batched_s, 2), "max_abs_diff": diff, "batch_size": args.batch_size,
         }
 
+    report["load_after"] = round(os.getloadavg()[0], 1)
     q = report["queries"]
+    print(f"load average {report['load_before']} before, {report['load_after']} after, on {cores} cores")
     print(f"index: {report['tokens']:,} tokens, {report['documents']:,} documents"
           + (f", built in {report['build_seconds']:.1f} s" if "build_seconds" in report else ""))
     if "corpus" in report:
@@ -245,6 +260,9 @@ def main() -> None:
     print(f"∞-gram queries/s: baseline (default prefetch, 1 thread) {q['baseline_default_prefetch_qps']:,}  "
           f"geowh 1 thread {q['geowh_1_thread_qps']:,} ({q['ratio_1_thread']}x)  "
           f"geowh {cores} threads {q[f'geowh_{cores}_threads_qps']:,}  agree={q['results_agree']}")
+    print(f"batched (Index.probs): 1 thread {q['geowh_batched_1_thread_qps']:,}  {cores} threads "
+          f"{q[f'geowh_batched_{cores}_threads_qps']:,} ({q['batched_thread_scaling']}x on {cores} threads, "
+          f"{q['batched_ratio_to_baseline']}x the baseline)")
     if "scoring" in report:
         s = report["scoring"]
         print(f"scoring {s['items']} items: batched {s['batched_s']} s, one forward per item {s['per_item_s']} s "

@@ -208,6 +208,7 @@ def main() -> None:
     args = ap.parse_args()
 
     run = run_cuda if args.device == "cuda" else run_cpu
+    load_before = os.getloadavg()[0]
     r = run(args.m, args.d, args.chunk, args.alpha, args.seed, args.repeat)
 
     st, au = r["stream"], r["authors"]
@@ -221,8 +222,9 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     breakdown = {p: " + ".join(f"{k} {v:.3f}" for k, v in r[p]["times"].items()) for p in r}
 
+    load = (round(load_before, 1), round(os.getloadavg()[0], 1))
     print(f"geowh spectrum benchmark: M={args.m} d={args.d} chunk={args.chunk} device={args.device} "
-          f"cpus={cpus}, best of {args.repeat}")
+          f"cpus={cpus}, best of {args.repeat}, load average {load[0]} before, {load[1]} after")
     print(f"{'path':<30}{'time (s)':>10}{'peak (MiB)':>12}   {'breakdown (s)':<50}all runs (s)")
     print(f"{'geowh streaming Covariance':<30}{t_stream:>10.3f}{st['peak'] / mib:>12.1f}   "
           f"{breakdown['stream']:<48}  {st['all_s']}")
@@ -237,6 +239,7 @@ def main() -> None:
           f"({', '.join(f'{k}={v:.4g}' for k, v in st['metrics'].items())})")
     print(json.dumps({
         "m": args.m, "d": args.d, "chunk": args.chunk, "device": args.device, "repeat": args.repeat,
+        "cpus": cpus, "load": load,
         "stream_s": round(t_stream, 4), "authors_s": round(t_ref, 4),
         "stream_peak_mib": round(st["peak"] / mib, 1), "authors_peak_mib": round(au["peak"] / mib, 1),
         "speedup": round(t_ref / t_stream, 2), "memory_reduction": round(au["peak"] / st["peak"], 2),

@@ -369,6 +369,7 @@ class Index:
             od_prefetch_depth=0,
         )
         self._max_id = 0xFFFE if self.meta.token_dtype == "u16" else 0xFFFFFFFE
+        self._shards: list[_Shard] | None = None  # numpy views of the files, opened by `probs`
 
     def __repr__(self) -> str:
         return f"Index({str(self.directory)!r}, tokenizer={self.meta.tokenizer!r})"
@@ -404,6 +405,32 @@ class Index:
         ids = self._ids(list(prompt) + list(target))
         return [self.prob(ids[: len(prompt) + i], ids[len(prompt) + i]) for i in range(len(target))]
 
+    def probs(self, queries: Sequence[tuple[Sequence[int], int]]) -> list[InfgramProb]:
+        """P∞(cont | prompt) of many (prompt, cont) pairs, equal to `prob` of each.
+
+        A batch of BATCH_MIN or more is searched without the engine: the engine starts two
+        threads per shard for each of the ~10 suffix-array searches of a query, and that
+        thread churn, not the search, is most of its cost (docs/scale.md). Here all the
+        queries' searches advance together, one vectorized binary-search step at a time, on
+        `threads` threads that each take a share of the batch.
+        """
+        checked = [(self._ids(p), self._ids([c])[0]) for p, c in queries]
+        if len(checked) < BATCH_MIN:
+            return [self.prob(p, c) for p, c in checked]
+        if self._shards is None:
+            self._shards = _open_shards(self.directory, self.meta.width)
+        parts = [checked[i :: self.threads] for i in range(min(self.threads, len(checked)))]
+        width = self.meta.width
+        if len(parts) == 1:
+            done = [_batch_probs(self._shards, width, parts[0])]
+        else:
+            with ThreadPoolExecutor(len(parts)) as pool:
+                done = list(pool.map(lambda part: _batch_probs(self._shards, width, part), parts))
+        out: list[InfgramProb] = [None] * len(checked)  # type: ignore[list-item]
+        for i, part in enumerate(done):
+            out[i :: len(parts)] = part
+        return out
+
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """`fn` over `items` on threads: the engine's calls release the GIL."""
         if self.threads <= 1 or len(items) < 2:
@@ -421,6 +448,146 @@ class Index:
             raise InputError("the text tokenizes to nothing: give some text to look up")
         p = self.prob(tokens[:-1], tokens[-1])
         return {"tokens": tokens, "count": self.count(tokens), "prob": p.prob, "suffix_len": p.suffix_len}
+
+
+# -- batched queries: the engine's search, vectorized over queries ---------------------------------
+
+BATCH_MIN = 256  # below this the engine's per-query calls are quicker than numpy's per-step overhead
+
+
+@dataclass(frozen=True)
+class _Shard:
+    ds: Any  # (bytes,) uint8: tokenized.s
+    sa: Any  # (tokens * ptr_size,) uint8: table.s
+    tokens: int
+    ptr_size: int
+
+
+def _open_shards(directory: Path, width: int) -> list[_Shard]:
+    import numpy as np
+
+    shards = []
+    for ds_path in sorted(directory.glob("tokenized.*")):
+        suffix = ds_path.name.removeprefix("tokenized")
+        ds = np.memmap(ds_path, dtype=np.uint8, mode="r").view(np.ndarray)
+        sa = np.memmap(directory / f"table{suffix}", dtype=np.uint8, mode="r").view(np.ndarray)
+        tokens = ds.size // width
+        shards.append(_Shard(ds, sa, tokens, sa.size // tokens))
+    return shards
+
+
+def _masks():
+    import numpy as np
+
+    # MASK[m] keeps the first m bytes of a big-endian 8-byte key.
+    return np.array([0] + [~((1 << (8 * (8 - m))) - 1) & (2**64 - 1) for m in range(1, 9)], dtype=np.uint64)
+
+
+def _compare(shard: _Shard, ptr, pat, rows, start, nb, mask):
+    """sign(ds[ptr : ptr + nb] − pattern) per search, bytes compared as the engine does (a window cut short
+    by the end of the file is less); search i's pattern is pat[rows[i], start[i] : start[i] + nb[i]]."""
+    import numpy as np
+
+    out = np.zeros(ptr.size, dtype=np.int8)
+    todo = np.arange(ptr.size)
+    j = 0
+    eight = np.arange(8)
+    while todo.size:
+        m = np.clip(nb[todo] - 8 * j, 0, 8)  # pattern bytes in this 8-byte chunk
+        todo, m = todo[m > 0], m[m > 0]
+        if not todo.size:
+            break
+        at = ptr[todo].astype(np.int64) + 8 * j
+        pos = at[:, None] + eight  # (rows, 8)
+        window = shard.ds[np.minimum(pos, shard.ds.size - 1)]
+        window[pos >= shard.ds.size] = 0
+        w = window.view(">u8").ravel() & mask[m]
+        p = pat[rows[todo, None], start[todo, None] + 8 * j + eight].view(">u8").ravel() & mask[m]
+        short = at + m > shard.ds.size
+        c = np.where(w < p, -1, np.where(w > p, 1, np.where(short, -1, 0))).astype(np.int8)
+        out[todo] = c
+        todo = todo[c == 0]
+        j += 1
+    return out
+
+
+def _bound(shard: _Shard, pat, rows, start, nb, lo, hi, first: bool, mask):
+    """The engine's binary search: the leftmost rank whose suffix is ≥ (first) or > the pattern."""
+    import numpy as np
+
+    lo, hi = lo.copy(), hi.copy()
+    todo = np.flatnonzero(hi - lo > 1)
+    places = np.arange(shard.ptr_size)
+    while todo.size:
+        mid = (lo[todo] + hi[todo]) >> 1
+        raw = np.zeros((todo.size, 8), dtype=np.uint8)
+        raw[:, : shard.ptr_size] = shard.sa[mid[:, None] * shard.ptr_size + places]
+        ptr = raw.view("<u8").ravel()
+        c = _compare(shard, ptr, pat, rows[todo], start[todo], nb[todo], mask)
+        right = c < 0 if first else c <= 0
+        lo[todo[right]] = mid[right]
+        hi[todo[~right]] = mid[~right]
+        todo = todo[hi[todo] - lo[todo] > 1]
+    return hi
+
+
+def _find(shards: list[_Shard], pat, rows, start, nb, mask, hints=None):
+    """Counts of many patterns and their (first, last) ranks per shard, as the engine's `find`/`_find`."""
+    import numpy as np
+
+    total = np.zeros(nb.size, dtype=np.int64)
+    segments = []
+    for s, shard in enumerate(shards):
+        lo, hi = (hints[s][0] - 1, hints[s][1]) if hints else (np.full(nb.size, -1), np.full(nb.size, shard.tokens))
+        a = _bound(shard, pat, rows, start, nb, lo, hi, True, mask)
+        b = _bound(shard, pat, rows, start, nb, lo, hi, False, mask)
+        total += b - a
+        segments.append((a, b))
+    return total, segments
+
+
+def _batch_probs(shards: list[_Shard], width: int, queries: list[tuple[list[int], int]]) -> list[InfgramProb]:
+    """The engine's `infgram_prob` for each query: binary lifting over the prompt's suffix length,
+    a binary search within, then the prompt's and the continuation's counts."""
+    import numpy as np
+
+    mask = _masks()
+    dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
+    n = len(queries)
+    lengths = np.array([len(p) for p, _ in queries], dtype=np.int64)
+    pat = np.zeros((n, (int(lengths.max()) + 1) * width + 8), dtype=np.uint8)  # prompt ⊕ cont, little-endian
+    for i, (prompt, cont) in enumerate(queries):
+        pat[i, : (len(prompt) + 1) * width] = np.asarray([*prompt, cont], dtype=dtype).view(np.uint8)
+
+    def count(rows, suffix):  # occurrences of the last `suffix` prompt tokens of each row
+        total, _ = _find(shards, pat, rows, (lengths[rows] - suffix) * width, suffix * width, mask)
+        return total
+
+    lo, hi = np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+    todo = np.arange(n)
+    while todo.size:  # binary lifting: double the suffix while it occurs
+        over = hi[todo] > lengths[todo]
+        hi[todo[over]] = lengths[todo[over]] + 1
+        todo = todo[~over]
+        if not todo.size:
+            break
+        found = count(todo, hi[todo]) > 0
+        todo = todo[found]
+        lo[todo], hi[todo] = hi[todo], hi[todo] * 2
+    todo = np.flatnonzero(hi - lo > 1)
+    while todo.size:  # binary search within [lo, hi)
+        mid = (lo[todo] + hi[todo]) >> 1
+        found = count(todo, mid) > 0
+        lo[todo[found]], hi[todo[~found]] = mid[found], mid[~found]
+        todo = todo[hi[todo] - lo[todo] > 1]
+    start = (lengths - lo) * width
+    everyone = np.arange(n)
+    prompt_cnt, segments = _find(shards, pat, everyone, start, lo * width, mask)
+    cont_cnt, _ = _find(shards, pat, everyone, start, (lo + 1) * width, mask, hints=segments)
+    return [
+        InfgramProb(float(c) / p if p else 0.0, int(p), int(c) if p else 0, int(k))
+        for p, c, k in zip(prompt_cnt.tolist(), cont_cnt.tolist(), lo.tolist())
+    ]
 
 
 def _checked(result: Any) -> dict:

@@ -184,7 +184,17 @@ def load_checkpoint(
     with quiet_transformers():
         tok = load_tokenizer(ref, tokenizer)
         try:
-            model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
+            try:
+                # PyTorch's fused attention (flash or memory-efficient kernels on a GPU); said
+                # explicitly so that a model silently on the slow eager path cannot happen.
+                model, info = cls.from_pretrained(
+                    where, dtype=torch_dtype, output_loading_info=True, attn_implementation="sdpa", **kwargs
+                )
+            except ValueError as e:
+                if "sdpa" not in str(e).lower():
+                    raise
+                # An architecture without SDPA support runs its own attention.
+                model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
         except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
             raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
     # transformers fills tensors absent from the files with random values: that is a broken checkpoint.

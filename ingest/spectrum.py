@@ -35,9 +35,14 @@ from geowh.errors import InputError
 
 _EPS64 = float(np.finfo(np.float64).eps)
 
-# Rows per block when a whole file is streamed: big enough for dsyrk to run near peak,
-# small enough that the float64 copy of a block stays well below the (d, d) accumulator.
+# Rows per block when a whole file is streamed, and rows `Covariance` gathers before one
+# dsyrk: a rank-k update reads and writes the whole (d, d) accumulator, so batches of 64 rows
+# (a forward pass's worth) would spend their time moving it, not multiplying.
 CHUNK_ROWS = 2048
+# BLAS threads for the eigensolver. Its tridiagonal reduction is thousands of matrix-vector
+# products, each a barrier for OpenBLAS's spinning threads: on 2 busy cores (load 8) d = 2048
+# took 1.1 s on one thread and 3-25 s on two, with 3-15x the CPU time (docs/scale.md).
+EIG_THREADS = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -58,6 +63,18 @@ def _nonfinite_error(rows: np.ndarray, what: str = "this block") -> InputError:
         f"features contain NaN or infinite values{where}: the spectrum is undefined. "
         "Fix the extraction (fp16 overflows easily: extract in bf16 or fp32) or drop those rows."
     )
+
+
+def _eigvalsh(c: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of the symmetric matrix whose upper triangle `c` holds; `c` is overwritten.
+
+    Eigenvalues only: LAPACK's divide-and-conquer driver then runs dsterf on the tridiagonal
+    matrix, so the cost is the reduction to it (4/3 d³ FLOPs), on EIG_THREADS BLAS threads.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(EIG_THREADS, user_api="blas"):
+        return eigh(c, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
 
 
 class Covariance:
@@ -92,6 +109,8 @@ class Covariance:
         self._sum: Any = None  # (d,) Σ(F − shift)
         self._gram: Any = None  # (d, d) Σ(F − shift)ᵀ(F − shift); numpy: upper triangle only
         self._device: Any = None  # None: numpy; else the torch.device the sums live on
+        self._pending: list[np.ndarray] = []  # numpy: centred float64 blocks not yet in _gram
+        self._pending_rows = 0
 
     @property
     def n(self) -> int:
@@ -167,9 +186,21 @@ class Covariance:
             self._gram = np.zeros((self._d, self._d), dtype=np.float64, order="F")
             self._sum = np.zeros(self._d, dtype=np.float64)
             self._shift = shift
-        self._gram = dsyrk(1.0, xs.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
+        self._pending.append(xs)
+        self._pending_rows += xs.shape[0]
         self._sum += s
         self._n += x.shape[0]
+        if self._pending_rows >= CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the gathered blocks to the Gram matrix in one rank-k update."""
+        if not self._pending:
+            return
+        xs = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)  # (rows, d)
+        self._pending, self._pending_rows = [], 0
+        # xs is C-ordered, so xsᵀ is the Fortran-ordered (d, rows) operand dsyrk reads in place.
+        self._gram = dsyrk(1.0, xs.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
 
     def _update_torch(self, features: Any) -> None:
         import torch
@@ -214,6 +245,7 @@ class Covariance:
         """(mean, C, full) with C = Σ(F − mean)ᵀ(F − mean); numpy C is valid in its upper triangle."""
         mean = self._shift + self._sum / self._n
         if self._device is None:
+            self._flush()
             c = np.array(self._gram, order="F")
             c = dsyr(-1.0 / self._n, self._sum, lower=0, a=c, overwrite_a=1)
         else:
@@ -222,6 +254,7 @@ class Covariance:
 
     def copy(self) -> Covariance:
         """An independent accumulator with the same state."""
+        self._flush()
         new = Covariance(self._d)
         new._n, new._device = self._n, self._device
         if self._gram is not None:
@@ -319,7 +352,7 @@ class Covariance:
 
             lam = torch.linalg.eigvalsh(c).cpu().numpy()
         else:
-            lam = eigh(c, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False)
+            lam = _eigvalsh(c)
         lam = lam[::-1] / self._n
         lam = np.where(lam > max(lam[0], 0.0) * self._d * _EPS64, lam, 0.0)
         return np.ascontiguousarray(lam[: min(self._n, self._d)])
@@ -753,7 +786,7 @@ def gram_eigenvalues(x: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     del centred
     if not np.isfinite(gram).all():
         raise InputError("the Gram matrix overflows float64: features are too large (rescale them).")
-    lam = eigh(gram, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False)
+    lam = _eigvalsh(gram)
     lam = lam[::-1] / n
     lam = np.where(lam > max(lam[0], 0.0) * d * _EPS64, lam, 0.0)
     return np.ascontiguousarray(lam[: min(n, d)])
@@ -762,12 +795,13 @@ def gram_eigenvalues(x: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
 def spectrum_bytes(n: int, d: int) -> tuple[str, int]:
     """How `metrics_of_file` gets the spectrum of an (n, d) matrix and about how many bytes it needs.
 
-    Covariance: the (d, d) accumulator and its centred copy. Gram: the centred (n, d) float64
-    matrix and the (n, n) Gram matrix with its copy. Blocks and solver workspace are small.
+    Covariance: the (d, d) accumulator and its centred copy, and the rows gathered for one
+    update (twice, while they are joined). Gram: the centred (n, d) float64 matrix and the
+    (n, n) Gram matrix with its copy. Solver workspace is small.
     """
     if n < d:
         return "gram", 8 * (n * d + 2 * n * n)
-    return "covariance", 8 * (2 * d * d + min(n, CHUNK_ROWS) * d)
+    return "covariance", 8 * (2 * d * d + 2 * min(n, CHUNK_ROWS) * d)
 
 
 def available_bytes() -> int | None:

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import PYTHIA_TOKENIZER
 from geowh.errors import InputError
+from geowh.ingest import infgram
 from geowh.ingest.infgram import Index, build_index, pointer_bytes, token_dtype_for
 
 STDLIB_FILES = [
@@ -139,6 +140,23 @@ def test_infgram_prob_and_suffix_length_equal_brute_force(index, brute):
     assert len({p.suffix_len for p in got}) > 3
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_queries_equal_the_engine_query_by_query(index, brute, threads):
+    queries = random_queries(brute, 600, seed=5)
+    pairs = [(q[:-1], q[-1]) for q in queries] + [([], queries[0][0]), ([0xFFFE], 5)]  # empty prompt, absent token
+    batched = Index(index.directory, threads=threads).probs(pairs)
+    assert len(pairs) >= infgram.BATCH_MIN
+    assert batched == [index.prob(p, c) for p, c in pairs]  # counts, probabilities and suffix lengths
+    assert [(p.prob, p.suffix_len) for p in batched[:-2]] == [brute.prob(q[:-1], q[-1]) for q in queries]
+    # A suffix cut short by the end of a shard's file is less than a longer pattern it starts
+    # (tokens 0 and 256 begin with a zero byte, what the missing bytes read as).
+    import numpy as np
+
+    tail = np.fromfile(index.directory / "tokenized.0", dtype="<u2")[-3:].tolist()
+    ends = [(tail[-k:], c) for k in (1, 2, 3) for c in [*tail, 0, 256]] * (infgram.BATCH_MIN // 15 + 1)
+    assert Index(index.directory, threads=threads).probs(ends) == [index.prob(p, c) for p, c in ends]
+
+
 def test_continuation_probs_score_every_answer_token_on_threads(index, brute):
     prompt, target = brute.stream[1:9].tolist(), brute.stream[9:13].tolist()
     got = index.map(lambda _: index.continuation_probs(prompt, target), range(4))
@@ -207,10 +225,13 @@ def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(t
     index = Index(tmp_path / "i")
     assert index.meta.token_dtype == "u32" and token_dtype_for(50_277) == "u16"
     brute = BruteForce(docs, separator=0xFFFFFFFF)
-    for q in random_queries(brute, 150, seed=3):
+    queries = random_queries(brute, 300, seed=3)
+    for q in queries[:150]:
         assert index.count(q) == brute.count(q)
         got = index.prob(q[:-1], q[-1])
         assert (got.prob, got.suffix_len) == brute.prob(q[:-1], q[-1])
+    batched = index.probs([(q[:-1], q[-1]) for q in queries])
+    assert [(p.prob, p.suffix_len) for p in batched] == [brute.prob(q[:-1], q[-1]) for q in queries]
 
 
 def test_a_folder_named_like_an_engine_file_still_opens(index, tmp_path):

@@ -319,3 +319,67 @@ def test_loss_stores_the_probes_next_token_loss_from_the_same_forward(workdir, t
     with torch.inference_mode():
         total = sum(float(lm(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss) * (len(s) - 1) for s in ids)
     assert got == (pytest.approx(total / sum(len(s) - 1 for s in ids), rel=1e-5), None)
+
+
+def test_token_budget_batches_fill_the_budget_and_cover_every_sequence_once():
+    from geowh.ingest.extract import plan_batches
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 513, size=300).tolist()
+    batches = plan_batches(lengths, token_budget=4096)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    widths = [max(lengths[i] for i in b) for b in batches]
+    assert widths == sorted(widths, reverse=True)  # longest first: an out-of-memory shows at once
+    for b, width in zip(batches, widths):
+        assert len(b) * width <= 4096  # padded tokens within the budget
+    # Filled, not a fixed count: short sequences go many to a batch, long ones few.
+    assert max(len(b) for b in batches) > 4 * len(batches[0])
+    assert sum(len(b) * w for b, w in zip(batches, widths)) / (4096 * len(batches)) > 0.8
+
+
+def test_token_budget_extraction_equals_one_sequence_at_a_time(monkeypatch):
+    from geowh.ingest import extract
+
+    monkeypatch.setattr(extract, "CPU_TOKEN_BUDGET", 120)
+    model = tiny_model().base_model
+    rng = np.random.default_rng(2)
+    ids = [rng.integers(2, 50000, size=int(k)).tolist() for k in rng.integers(1, 60, size=20)]
+    out, sizes = np.zeros((len(ids), model.config.hidden_size)), []
+    for batch in extract.extract_features(model, ids, pad_id=0, layers=[2], poolings=["last"]):
+        sizes.append(len(batch.indices))
+        out[batch.indices] = batch.features[(2, "last")].numpy()
+    assert len(set(sizes)) > 1 and max(sizes) > 1  # batches sized by tokens, not by count
+    assert np.abs(out - _features_one_by_one(model, ids)).max() <= 1e-5
+
+
+def test_a_checkpoint_loads_with_sdpa_attention(workdir):
+    from geowh.ingest.models import load_checkpoint
+    from geowh.ingest.series import resolve_series
+
+    series = resolve_series(str(workdir / "my-run"))
+    loaded = load_checkpoint(series.checkpoints[0], device="cpu")
+    assert loaded.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.gpu
+def test_bf16_token_budget_extraction_on_a_gpu_matches_fp32_one_at_a_time():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from geowh.ingest.extract import extract_features
+    from geowh.ingest.spectrum import Covariance
+
+    model = tiny_model().base_model
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(2, 50000, size=int(k)).tolist() for k in rng.integers(1, 60, size=40)]
+    ref = _features_one_by_one(model, ids)
+    gpu = model.to("cuda", torch.bfloat16)
+    assert gpu.config._attn_implementation == "sdpa"
+    out, cov = np.zeros_like(ref), Covariance(ref.shape[1])
+    for batch in extract_features(gpu, ids, pad_id=0, layers=[2], poolings=["last"]):
+        f = batch.features[(2, "last")]  # (batch, d) bf16 on the GPU
+        cov.update(f)
+        out[batch.indices] = f.float().cpu().numpy()
+    assert cov.device.startswith("cuda")  # covariance accumulated on the device
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()  # bf16 rounding, nothing more

@@ -626,3 +626,24 @@ def test_alpha_req_of_a_short_spectrum_says_how_many_eigenvalues_it_needs():
     values = {v.metric: v for v in compute_metrics(np.arange(10, 0, -1.0))}
     assert math.isnan(values["alpha_req"].value)
     assert "at least 14 eigenvalues above the numerical floor (10 here)" in values["alpha_req"].params["reason"]
+
+
+def test_small_blocks_are_gathered_into_few_rank_k_updates(monkeypatch):
+    calls = []
+    real = spectrum.dsyrk
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spectrum, "dsyrk", counting)
+    f = power_law_features(3000, 40, seed=11)
+    cov = streamed(f, chunk=30)  # 100 blocks of 30 rows
+    lam = cov.eigenvalues()
+    assert calls == [(40, 2070), (40, 930)]  # one update once CHUNK_ROWS rows are gathered, one for the rest
+    assert_spectra_agree(lam, authors_spectrum(f))
+    part = streamed(f[:600], chunk=30)
+    early = part.copy()  # a copy taken mid-gathering holds every row so far
+    part.update(f[600:])
+    assert_spectra_agree(early.eigenvalues(), authors_spectrum(f[:600]))
+    assert_spectra_agree(part.eigenvalues(), lam)
