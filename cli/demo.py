@@ -51,8 +51,8 @@ def demo(
     Example: geowh demo runs/demo --db demo.duckdb
     """
     from geowh.errors import InputError
-    from geowh.ingest.demo import demo as run
-    from geowh.ingest.demo import load_shipped, long_run
+    from geowh.repro.demo import demo as run
+    from geowh.repro.demo import load_shipped, long_run
     from geowh.settings import settings
 
     if shipped:

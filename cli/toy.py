@@ -38,7 +38,7 @@ def toy(
     """
     import polars as pl
 
-    from geowh.ingest.toy import LATE_FALL, ToyConfig, write_toy
+    from geowh.repro.toy import LATE_FALL, ToyConfig, write_toy
     from geowh.warehouse import Warehouse
 
     config = ToyConfig(d=d, classes=classes, samples=samples, skew=skew, label_noise=label_noise, loss=loss,

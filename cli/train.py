@@ -51,8 +51,8 @@ def train_mini(
 
     Example: geowh train-mini runs/mini --minutes 10
     """
-    from geowh.ingest.train import TrainConfig
-    from geowh.ingest.train import train_mini as run
+    from geowh.repro.train import TrainConfig
+    from geowh.repro.train import train_mini as run
 
     config = TrainConfig(
         layers=layers, d_model=d_model, vocab=vocab, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,

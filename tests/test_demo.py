@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from geowh.ingest import corpus as corpus_mod
-from geowh.ingest.demo import demo, derive_task, first_sentence
-from geowh.ingest.train import TrainConfig
+from geowh.repro import corpus as corpus_mod
+from geowh.repro.demo import demo, derive_task, first_sentence
+from geowh.repro.train import TrainConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # Modules with many documented public functions: their docstrings are the corpus and the task.
@@ -37,7 +37,7 @@ def mini(tmp_path_factory):
 
 def test_a_second_demo_with_default_steps_gives_the_same_metrics_as_the_first(mini, tmp_path, monkeypatch):
     """The demo trains a fixed number of steps, so a rerun elsewhere gives the same trajectory."""
-    import geowh.ingest.demo as demo_mod
+    import geowh.repro.demo as demo_mod
     from geowh.warehouse import Warehouse
 
     out, db, first = mini
@@ -180,8 +180,8 @@ def test_the_shipped_long_run_loads_and_shows_the_phases_the_docs_report(tmp_pat
     import numpy as np
     import polars as pl
 
-    from geowh.ingest.demo import SHIPPED_MODEL, load_shipped, shipped_files
-    from geowh.ingest.spectrum import rankme
+    from geowh.repro.demo import SHIPPED_MODEL, load_shipped, shipped_files
+    from geowh.spectrum_math import rankme
     from geowh.warehouse import Warehouse
 
     assert all(p.is_file() and p.stat().st_size < 200_000 for p in shipped_files().values())

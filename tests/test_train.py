@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from geowh.errors import InputError
-from geowh.ingest import corpus as corpus_mod
-from geowh.ingest.train import TrainConfig, checkpoint_steps, lr_at, plan_steps, train_mini
+from geowh.repro import corpus as corpus_mod
+from geowh.repro.train import TrainConfig, checkpoint_steps, lr_at, plan_steps, train_mini
 
 # A tiny model that still has every part of the architecture.
 TINY = dict(layers=1, d_model=32, vocab=300, batch_size=4, seq_len=32, checkpoints=2)
@@ -168,7 +168,7 @@ def test_a_reduced_run_saves_loadable_checkpoints_with_their_tokenizer_on_the_sc
 
 def test_each_checkpoint_logs_the_rankme_and_alpha_req_that_an_ingest_of_it_finds(run, tmp_path):
     from geowh.ingest.run import ingest
-    from geowh.ingest.train import LIVE_PROBE_N
+    from geowh.repro.train import LIVE_PROBE_N
     from geowh.warehouse import Warehouse
 
     out, _ = run
@@ -215,7 +215,7 @@ def test_rerunning_a_finished_run_reuses_it_and_other_settings_are_refused(run, 
 def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(run, text_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from geowh.ingest import train as train_mod
+    from geowh.repro import train as train_mod
 
     out, _ = run
     config = TrainConfig(**TINY, corpus=(str(text_file),))
@@ -241,7 +241,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
 
 
 def test_a_time_budget_is_turned_into_a_planned_step_count(text_file, tmp_path, monkeypatch):
-    from geowh.ingest import train as train_mod
+    from geowh.repro import train as train_mod
 
     monkeypatch.setattr(train_mod, "CALIBRATION_SECONDS", 0.2)
     summary = train_mini(tmp_path / "timed", TrainConfig(**TINY, corpus=(str(text_file),)), minutes=0.1, quiet=True)

@@ -197,7 +197,7 @@ def series(config: ToyConfig = ToyConfig(), controls: bool = True) -> dict[str, 
 def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, list[dict]]:
     """Train one toy series; its rows for Warehouse.write: models, probes, checkpoints, runs,
     spectra, metrics (RankMe and the other registered metrics, sigma_k, loss)."""
-    from geowh.ingest.spectrum import compute_metrics
+    from geowh.spectrum_math import compute_metrics
     from geowh.warehouse import utcnow
 
     started_at = utcnow()

@@ -160,7 +160,7 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
 
     from geowh.ingest.memorization import Memorization
     from geowh.ingest.run import ingest
-    from geowh.ingest.train import TrainConfig, train_mini
+    from geowh.repro.train import TrainConfig, train_mini
     from geowh.queries import phases, plot
     from geowh.warehouse import Warehouse
 
@@ -217,7 +217,7 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
 def long_run():
     """(TrainConfig, steps) of `geowh demo --long`: the run of docs/train-mini.md whose measured
     trajectory ships as `geowh/data/` (see `shipped_trajectory`)."""
-    from geowh.ingest.train import TrainConfig
+    from geowh.repro.train import TrainConfig
 
     return TrainConfig(**LONG_CONFIG), LONG_STEPS
 
@@ -275,7 +275,7 @@ def load_shipped(wh) -> dict[str, Any]:
 def saved_run(out: Path):
     """(TrainConfig, planned steps or None) of the train-mini run in OUT, or (None, None): rerunning
     the demo continues that run."""
-    from geowh.ingest.train import CONFIG_FILE, TrainConfig
+    from geowh.repro.train import CONFIG_FILE, TrainConfig
 
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
@@ -310,8 +310,8 @@ def ensure_index(out: Path, config, say: _Say | None = None) -> dict:
 
 def training_documents(config) -> list[str]:
     """The documents train-mini trained on: its corpus minus the held-out probe documents."""
-    from geowh.ingest.corpus import load_corpus
-    from geowh.ingest.train import split_documents
+    from geowh.repro.corpus import load_corpus
+    from geowh.repro.train import split_documents
 
     corpus = load_corpus(config.corpus, max_mb=config.corpus_mb)
     train, _ = split_documents(corpus.texts, config.probe_docs, config.seed)
@@ -346,7 +346,7 @@ def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = No
 
 def stdlib_files() -> list[Path]:
     """The standard library's .py files (tests excluded), sorted: where the default task comes from."""
-    from geowh.ingest.corpus import corpus_sources
+    from geowh.repro.corpus import corpus_sources
 
     return corpus_sources()[0][2]
 

@@ -1,7 +1,7 @@
 """Train a small Pythia-architecture model from scratch: a checkpoint series made offline.
 
 `train_mini(OUT)` trains a GPT-NeoX (the architecture of Pythia) on a real English corpus
-(`geowh.ingest.corpus`) and saves Hugging Face checkpoints with their tokenizer on a
+(`geowh.repro.corpus`) and saves Hugging Face checkpoints with their tokenizer on a
 Pythia-like schedule, step 0, half powers of two, then evenly spaced, as `OUT/step{N}/`, so
 that `geowh ingest OUT --probe OUT/probe.txt` reads it as an ordinary local series.
 
@@ -285,7 +285,7 @@ def _prepare_data(out: Path, config: TrainConfig, log: _Log) -> dict:
     """Corpus → held-out OUT/probe.txt, OUT/tokenizer/ and OUT/tokens.npy; returns the corpus description."""
     import numpy as np
 
-    from geowh.ingest.corpus import load_corpus
+    from geowh.repro.corpus import load_corpus
 
     with log.status("reading the corpus (the first build of the default one takes a few minutes)"):
         corpus = load_corpus(config.corpus, max_mb=config.corpus_mb, on_source=lambda s: log.status_update(f"corpus: {s}"))
