@@ -61,6 +61,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def as_warehouse(wh: str | Path | Warehouse) -> Warehouse:
+    """The Warehouse a library function was given: itself, or the one at a path."""
+    return wh if isinstance(wh, Warehouse) else Warehouse(wh)
+
+
 class Warehouse:
     """A geowh warehouse file. Reads return polars DataFrames.
 
