@@ -200,3 +200,23 @@ def test_rows_too_wide_for_any_table_are_shown_one_column_per_line(cli, monkeypa
     assert [line.split()[:2] for line in lines if line.startswith("column_number_3")] == [
         ["column_number_3", "pythia-1.4b-deduped-3"]] * 2
     assert sum(line.startswith("row ") for line in lines) == 2
+
+
+@pytest.mark.parametrize("name, config, expected", [
+    ("train-mini", "geowh.repro.train:TrainConfig",
+     {"layers", "d_model", "vocab", "tokenizer", "batch_size", "seq_len", "lr", "warmup", "min_lr_ratio",
+      "weight_decay", "checkpoints", "seed"}),
+    ("demo", "geowh.repro.demo:DemoConfig", {"steps", "minutes", "n", "qa_items", "device", "threads"}),
+    ("toy", "geowh.repro.toy:ToyConfig",
+     {"d", "classes", "samples", "skew", "label_noise", "loss", "steps", "lr", "init", "init_scale", "seed"}),
+])
+def test_command_defaults_are_the_config_defaults(name, config, expected):
+    import dataclasses
+    import importlib
+
+    module, cls = config.split(":")
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    options = {p.name: p.default for p in all_commands()[name].params}
+    shared = set(options) & set(defaults)
+    assert shared >= expected, f"geowh {name} lacks options for {expected - shared}"
+    assert {k: options[k] for k in expected} == {k: defaults[k] for k in expected}

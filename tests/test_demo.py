@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from geowh.repro import corpus as corpus_mod
-from geowh.repro.demo import demo, derive_task, first_sentence
+from geowh.repro.demo import DemoConfig, demo, derive_task, first_sentence
 from geowh.repro.train import TrainConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -31,7 +31,7 @@ def mini(tmp_path_factory):
     text.write_text("".join(d + "\n" for d in docs), encoding="utf-8")
     config = TrainConfig(**{**TINY.to_dict(), "corpus": (str(text),)})
     out, db = root / "mini", root / "w.duckdb"
-    summary = demo(out, db, steps=STEPS, config=config, qa_items=40, qa_sources=SOURCES, quiet=True)
+    summary = demo(out, db, DemoConfig(steps=STEPS, train=config, qa_items=40, qa_sources=SOURCES))
     return out, db, summary
 
 
@@ -43,7 +43,7 @@ def test_a_second_demo_with_default_steps_gives_the_same_metrics_as_the_first(mi
     out, db, first = mini
     monkeypatch.setattr(demo_mod, "DEFAULT_STEPS", STEPS)  # the default path, scaled down: no steps, no minutes
     config = demo_mod.saved_run(out)[0]
-    again = demo(tmp_path / "mini", tmp_path / "w.duckdb", config=config, qa_items=40, qa_sources=SOURCES, quiet=True)
+    again = demo(tmp_path / "mini", tmp_path / "w.duckdb", DemoConfig(train=config, qa_items=40, qa_sources=SOURCES))
     assert again.train["steps"] == STEPS and again.train["status"] == "trained"
 
     def metrics(path):
@@ -66,7 +66,7 @@ def test_the_demo_takes_steps_or_minutes_not_both(tmp_path):
     from geowh.errors import InputError
 
     with pytest.raises(InputError, match="not both"):
-        demo(tmp_path / "x", tmp_path / "w.duckdb", steps=10, minutes=1.0, quiet=True)
+        DemoConfig(steps=10, minutes=1.0)
 
 
 def test_a_first_sentence_is_the_answer_only_when_it_is_prose_of_a_few_words():

@@ -82,7 +82,7 @@ def test_a_failed_write_leaves_no_partial_rows(wh):
     # A failure inside the transaction (a NOT NULL violation) is rolled back too.
     bad = checkpoint_rows(checkpoint="step3", step=3)
     bad["metrics"][0]["metric"] = None
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(WarehouseError, match="nothing was written"):
         wh.write(bad)
     assert wh.table("checkpoints")["checkpoint"].to_list() == ["step1"]
 
@@ -96,7 +96,7 @@ def test_a_failed_rewrite_keeps_every_tables_old_rows(wh):
     again["models"][0]["d_model"] = 16
     again["runs"][0]["status"] = "failed"
     again["metrics"][1]["metric"] = None
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(WarehouseError, match="nothing was written"):
         wh.write(again)
     for table, rows in before.items():
         assert wh.table(table).equals(rows), table
