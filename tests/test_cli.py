@@ -155,6 +155,14 @@ def test_light_modules_never_import_the_gpu_stack(module):
     assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
 
 
+def test_only_cli_imports_the_reproduction_code():
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"^\s*(from geowh\.repro|from geowh import repro|import geowh\.repro)", re.MULTILINE)
+    for folder in ("warehouse", "queries", "ingest", "integrations"):
+        for path in (root / folder).rglob("*.py"):
+            assert not pattern.search(path.read_text()), f"{path} imports geowh.repro, the top layer"
+
+
 def test_queries_and_warehouse_sources_do_not_mention_the_gpu_stack():
     root = Path(__file__).resolve().parents[1]
     pattern = re.compile(r"^\s*(import|from)\s+(torch|transformers|infini_gram)\b", re.MULTILINE)
@@ -207,9 +215,7 @@ def test_rows_too_wide_for_any_table_are_shown_one_column_per_line(cli, monkeypa
      {"layers", "d_model", "vocab", "tokenizer", "batch_size", "seq_len", "lr", "warmup", "min_lr_ratio",
       "weight_decay", "checkpoints", "seed"}),
     ("demo", "geowh.repro.demo:DemoConfig", {"steps", "minutes", "n", "qa_items", "device", "threads"}),
-    ("toy", "geowh.repro.toy:ToyConfig",
-     {"d", "classes", "samples", "skew", "label_noise", "loss", "steps", "lr", "init", "init_scale", "seed"}),
-])
+])  # toy: tests/test_toy.py
 def test_command_defaults_are_the_config_defaults(name, config, expected):
     import dataclasses
     import importlib

@@ -87,6 +87,18 @@ def test_a_failed_write_leaves_no_partial_rows(wh):
     assert wh.table("checkpoints")["checkpoint"].to_list() == ["step1"]
 
 
+def test_deletes_before_a_write_are_rolled_back_with_it(wh):
+    wh.write(checkpoint_rows(metrics={"rankme": 1.0, "alpha_req": 0.5}))
+    before = wh.table("metrics")
+    bad = checkpoint_rows(checkpoint="step2", step=2)
+    bad["metrics"][0]["metric"] = None
+    with pytest.raises(WarehouseError, match="nothing was written"):
+        wh.write(bad, before=[("DELETE FROM metrics WHERE model = ?", ["m"])])
+    assert wh.table("metrics").equals(before)
+    wh.write(checkpoint_rows(checkpoint="step2", step=2), before=[("DELETE FROM metrics WHERE model = ?", ["m"])])
+    assert wh.query("SELECT DISTINCT checkpoint FROM metrics")["checkpoint"].to_list() == ["step2"]
+
+
 def test_a_failed_rewrite_keeps_every_tables_old_rows(wh):
     wh.write(checkpoint_rows(metrics={"rankme": 1.0, "alpha_req": 0.5}))
     before = {t: wh.table(t) for t in ("models", "checkpoints", "runs", "metrics")}
