@@ -163,7 +163,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from geowh.ingest.models import device_name, resolve_device, resolve_dtype
-    from geowh.ingest.spectrum import compute_metrics, metrics_dict
+    from geowh.spectrum_math import compute_metrics, metrics_dict
 
     if args.threads:
         torch.set_num_threads(args.threads)

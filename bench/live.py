@@ -72,7 +72,7 @@ def tokenizer_for(shape: dict, texts: list[str]):
 
     if shape["vocab"] >= 50000:
         return AutoTokenizer.from_pretrained(TOKENIZER)
-    from geowh.ingest.train import TrainConfig, build_tokenizer
+    from geowh.repro.train import TrainConfig, build_tokenizer
 
     return build_tokenizer(texts, TrainConfig(vocab=shape["vocab"]))  # as train-mini makes one
 
@@ -92,7 +92,7 @@ def step_seconds(model, config, batch: int, seq: int, dev, repeats: int) -> tupl
     import numpy as np
     import torch
 
-    from geowh.ingest.train import _optimizer, _train_step
+    from geowh.repro.train import _optimizer, _train_step
 
     optimizer = _optimizer(model, config)
     rng = np.random.default_rng(0)
@@ -161,7 +161,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from geowh.ingest.models import device_name, resolve_device
-    from geowh.ingest.train import TrainConfig, build_model
+    from geowh.repro.train import TrainConfig, build_model
 
     dev = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from geowh.ingest.spectrum import Covariance, compute_metrics, metrics_dict
+from geowh.ingest.spectrum import Covariance
+from geowh.spectrum_math import compute_metrics, metrics_dict
 
 
 def spectrum_basis(d: int, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, print_json, render_frame
+from geowh.cli.train import RichTrainReport
+from geowh.repro.demo import DemoConfig, DemoReport
+
+_D = DemoConfig()
 
 
 @app.command()
@@ -18,23 +22,23 @@ def demo(
     ] = None,
     steps: Annotated[
         Optional[int], typer.Option(help="Training steps (default 1000: the same run on every machine).")
-    ] = None,
+    ] = _D.steps,
     minutes: Annotated[
         Optional[float],
         typer.Option(help="Plan the steps from this wall-clock budget instead (the run then depends on the machine)."),
-    ] = None,
+    ] = _D.minutes,
     long: Annotated[
         bool, typer.Option("--long", help="Train the longer run of docs/train-mini.md (2 layers, d = 32, 8,000 steps).")
     ] = False,
     shipped: Annotated[
         bool, typer.Option("--shipped", help="Train nothing: load the --long run's measured trajectory into --db.")
     ] = False,
-    n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = 500,
-    qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = 300,
-    device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
+    n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = _D.n,
+    qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = _D.qa_items,
+    device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = _D.device,
     threads: Annotated[
         Optional[int], typer.Option(help="torch CPU threads (default: the cores the load average leaves free).")
-    ] = None,
+    ] = _D.threads,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
@@ -51,14 +55,12 @@ def demo(
     Example: geowh demo runs/demo --db demo.duckdb
     """
     from geowh.errors import InputError
-    from geowh.ingest.demo import demo as run
-    from geowh.ingest.demo import load_shipped, long_run
+    from geowh.repro.demo import demo as run
+    from geowh.repro.demo import load_shipped, long_run
     from geowh.settings import settings
 
     if shipped:
-        from geowh.warehouse import Warehouse
-
-        _print_shipped(load_shipped(Warehouse(db)), json_)
+        _print_shipped(load_shipped(db), json_)
         return
     config = None
     if long:
@@ -66,8 +68,9 @@ def demo(
             raise InputError("--long trains a fixed run: leave out --steps and --minutes")
         config, steps = long_run()
     folder = out or settings().home / ("demo-long" if long else "demo")
-    summary = run(folder, db, minutes=minutes, steps=steps, config=config, n=n, qa_items=qa_items,
-                  device=device, threads=threads, quiet=quiet or json_)
+    how = DemoConfig(minutes=minutes, steps=steps, train=config, n=n, qa_items=qa_items, device=device,
+                     threads=threads)
+    summary = run(folder, db, how, report=None if quiet or json_ else RichDemoReport())
     if json_:
         print_json(summary.to_dict())
     else:
@@ -117,3 +120,32 @@ def _print_shipped(loaded: dict, json_: bool) -> None:
     )
     err_console().print(f"{loaded['imported']['status']}: {loaded['imported']['rows']} metric rows, "
                         f"{loaded['spectra']} spectra → model {loaded['model']}", highlight=False)
+
+
+class RichDemoReport(RichTrainReport, DemoReport):
+    """The demo's progress on stderr: a rule per stage, train-mini's bar, the index build's bars."""
+
+    ingest_progress = True
+
+    def stage(self, text: str) -> None:
+        self.console.rule(f"[bold]{text}", align="left")
+
+    def bar(self, title: str):
+        from contextlib import contextmanager
+
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        @contextmanager
+        def bar():
+            with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                          console=self.console) as progress:
+                tasks: dict = {}
+
+                def update(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = progress.add_task(f"{title}: {stage}", total=total)
+                    progress.update(tasks[stage], completed=done, total=total)
+
+                yield update
+
+        return bar()

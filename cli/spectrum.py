@@ -1,4 +1,5 @@
-"""`geowh metrics`: the spectral metrics of a feature matrix the user already has."""
+"""`geowh metrics` and `geowh recompute`: spectral metrics of a feature matrix the user has, or
+of the spectra the warehouse holds, with other parameters."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import Json, app, print_json, render_frame
+from geowh.cli.common import DEFAULT_DB, Db, Json, app, print_json, render_frame
 
 
 @app.command()
@@ -43,3 +44,36 @@ def metrics(
         "value": [None if math.isnan(v.value) else v.value for v in values],
         "note": [reasons.get(v.metric, "") for v in values],
     }))
+
+
+@app.command()
+def recompute(
+    model: Annotated[Optional[str], typer.Option(help="Model name (default: every model with stored spectra).")] = None,
+    metric: Annotated[
+        Optional[list[str]], typer.Option(help="Metric to recompute, repeatable (default: each that takes a given parameter).")
+    ] = None,
+    max_components: Annotated[
+        Optional[int], typer.Option(help="Components kept for RankMe and the entropy (0 = full spectrum).")
+    ] = None,
+    fit_start: Annotated[Optional[int], typer.Option(help="First rank (1-based) of the αReQ fit.")] = None,
+    fit_end: Annotated[Optional[int], typer.Option(help="Last rank (1-based) of the αReQ fit.")] = None,
+    r2_end: Annotated[Optional[int], typer.Option(help="Last rank of αReQ's R² range.")] = None,
+    db: Db = DEFAULT_DB,
+    json_: Json = False,
+) -> None:
+    """Recompute metrics from the stored spectra with other parameters (no model, no forward pass);
+    stored as new rows named after the parameters, `alpha_req@fit_end=200,fit_start=10`.
+
+    Example: geowh recompute --model pythia-160m --fit-start 10 --fit-end 200
+    """
+    from geowh.queries.recompute import recompute as run
+
+    given = {"fit_start": fit_start, "fit_end": fit_end, "r2_end": r2_end}
+    params = {k: v for k, v in given.items() if v is not None}
+    if max_components is not None:
+        params["max_components"] = max_components or None
+    summary = run(db, model=model, names=metric, **params)
+    if json_:
+        print_json(summary.to_dicts())
+    else:
+        render_frame(summary, title="recomputed metrics")

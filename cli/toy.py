@@ -7,23 +7,26 @@ from typing import Annotated
 import typer
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+from geowh.repro.toy import ToyConfig
+
+_D = ToyConfig()
 
 
 @app.command()
 def toy(
-    d: Annotated[int, typer.Option("--d", help="Feature width d (the bottleneck: d < classes).")] = 3,
-    classes: Annotated[int, typer.Option(help="Number of classes |V|.")] = 32,
-    samples: Annotated[int, typer.Option(help="Number of samples N (orthonormal inputs).")] = 300,
-    skew: Annotated[float, typer.Option(help="Zipf exponent of the class frequencies (0 = uniform).")] = 1.0,
+    d: Annotated[int, typer.Option("--d", help="Feature width d (the bottleneck: d < classes).")] = _D.d,
+    classes: Annotated[int, typer.Option(help="Number of classes |V|.")] = _D.classes,
+    samples: Annotated[int, typer.Option(help="Number of samples N (orthonormal inputs).")] = _D.samples,
+    skew: Annotated[float, typer.Option(help="Zipf exponent of the class frequencies (0 = uniform).")] = _D.skew,
     label_noise: Annotated[
         float, typer.Option(help="Share of each sample's labels drawn from the global Zipf frequencies.")
-    ] = 0.8,
-    loss: Annotated[str, typer.Option(help="Loss of the main run: ce or mse.")] = "ce",
-    steps: Annotated[int, typer.Option(help="Full-batch gradient-descent steps.")] = 5000,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 4.0,
-    init: Annotated[str, typer.Option(help="Initialisation: balanced (θθᵀ = WᵀW) or random.")] = "balanced",
-    init_scale: Annotated[float, typer.Option(help="Initial singular value (balanced) or weight scale (random).")] = 3e-3,
-    seed: Annotated[int, typer.Option(help="Seed of the labels and the initialisation.")] = 0,
+    ] = _D.label_noise,
+    loss: Annotated[str, typer.Option(help="Loss of the main run: ce or mse.")] = _D.loss,
+    steps: Annotated[int, typer.Option(help="Full-batch gradient-descent steps.")] = _D.steps,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = _D.lr,
+    init: Annotated[str, typer.Option(help="Initialisation: balanced (θθᵀ = WᵀW) or random.")] = _D.init,
+    init_scale: Annotated[float, typer.Option(help="Initial singular value (balanced) or weight scale (random).")] = _D.init_scale,
+    seed: Annotated[int, typer.Option(help="Seed of the labels and the initialisation.")] = _D.seed,
     no_controls: Annotated[
         bool, typer.Option("--no-controls", help="Only the main series, not toy-uniform/-no-bottleneck/-mse.")
     ] = False,
@@ -38,12 +41,11 @@ def toy(
     """
     import polars as pl
 
-    from geowh.ingest.toy import LATE_FALL, ToyConfig, write_toy
-    from geowh.warehouse import Warehouse
+    from geowh.repro.toy import LATE_FALL, write_toy
 
     config = ToyConfig(d=d, classes=classes, samples=samples, skew=skew, label_noise=label_noise, loss=loss,
                        steps=steps, lr=lr, init=init, init_scale=init_scale, seed=seed)
-    summaries = write_toy(Warehouse(db), config, controls=not no_controls,
+    summaries = write_toy(db, config, controls=not no_controls,
                           on_series=lambda m: err_console().print(f"training {m} …", highlight=False))
     if json_:
         print_json(summaries)

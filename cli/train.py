@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from geowh.cli.common import Json, app, console, err_console, print_json
+from geowh.repro.train import StepReport, TrainConfig, TrainReport
+
+_D = TrainConfig()
 
 
 @app.command("train-mini")
@@ -22,23 +25,23 @@ def train_mini(
         typer.Option(help="Training text (.txt one document per line, .jsonl, .parquet); repeat for several files. "
                      "Default: the docstrings and comments of Python's standard library and geowh's dependencies."),
     ] = None,
-    layers: Annotated[int, typer.Option(help="Transformer layers.")] = 4,
-    d_model: Annotated[int, typer.Option(help="Hidden size (the feature dimension d).")] = 128,
-    vocab: Annotated[int, typer.Option(help="Size of the byte-level BPE trained on the corpus.")] = 8000,
+    layers: Annotated[int, typer.Option(help="Transformer layers.")] = _D.layers,
+    d_model: Annotated[int, typer.Option(help="Hidden size (the feature dimension d).")] = _D.d_model,
+    vocab: Annotated[int, typer.Option(help="Size of the byte-level BPE trained on the corpus.")] = _D.vocab,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this tokenizer (folder or hub id) instead of training one.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW), reached after the warmup.")] = 1e-3,
-    warmup: Annotated[float, typer.Option(help="Fraction of the steps spent warming the learning rate up.")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = _D.batch_size,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = _D.seq_len,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW), reached after the warmup.")] = _D.lr,
+    warmup: Annotated[float, typer.Option(help="Fraction of the steps spent warming the learning rate up.")] = _D.warmup,
     min_lr_ratio: Annotated[
         float, typer.Option(help="The cosine decays to lr × this at the last step (Pythia: 0.1; 1.0: a constant rate).")
-    ] = 0.1,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on the weight matrices (Pythia: 0.01).")] = 0.01,
-    checkpoints: Annotated[int, typer.Option(help="Evenly spaced checkpoints after the log-spaced early ones.")] = 20,
+    ] = _D.min_lr_ratio,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on the weight matrices (Pythia: 0.01).")] = _D.weight_decay,
+    checkpoints: Annotated[int, typer.Option(help="Evenly spaced checkpoints after the log-spaced early ones.")] = _D.checkpoints,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the data split, initialisation and batches.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the data split, initialisation and batches.")] = _D.seed,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: Json = False,
 ) -> None:
@@ -51,14 +54,14 @@ def train_mini(
 
     Example: geowh train-mini runs/mini --minutes 10
     """
-    from geowh.ingest.train import TrainConfig
-    from geowh.ingest.train import train_mini as run
+    from geowh.repro.train import train_mini as run
 
     config = TrainConfig(
         layers=layers, d_model=d_model, vocab=vocab, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,
         lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, seed=seed, corpus=tuple(str(p) for p in corpus or ()), checkpoints=checkpoints,
     )
-    summary = run(out, config, minutes=minutes, steps=steps, device=device, quiet=quiet or json_)
+    summary = run(out, config, minutes=minutes, steps=steps, device=device,
+                  report=None if quiet or json_ else RichTrainReport())
     if json_:
         print_json(summary.to_dict())
         return
@@ -73,3 +76,54 @@ def train_mini(
 
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+class RichTrainReport(TrainReport):
+    """train-mini's progress on stderr: status lines and a step bar with loss, lr, RankMe and αReQ."""
+
+    def __init__(self):
+        self.console = err_console()
+        self._status = None
+
+    def info(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def status(self, text: str):
+        self._status = self.console.status(text)
+        return self._status
+
+    def status_update(self, text: str) -> None:
+        if self._status is not None:
+            self._status.update(text)
+
+    def steps(self, total: int, start: int):
+        from contextlib import contextmanager
+
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        @contextmanager
+        def bar():
+            progress = Progress(
+                TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                TextColumn("lr {task.fields[lr]}"), TextColumn("RankMe {task.fields[rankme]} αReQ {task.fields[alpha]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+            )
+            with progress:
+                task = progress.add_task("train", total=total, completed=start, loss="…", lr="…", rankme="…", alpha="…")
+                yield _RichSteps(progress, task)
+
+        return bar()
+
+
+class _RichSteps(StepReport):
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+
+    def __call__(self, loss: float, lr: float) -> None:
+        self.progress.update(self.task, advance=1, loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+
+    def geometry(self, row: dict) -> None:
+        if "rankme" in row:  # shown until the next checkpoint
+            self.progress.update(self.task, rankme=f"{row['rankme']:.1f}", alpha=f"{row['alpha_req']:.3f}")

@@ -34,6 +34,7 @@ from typing import Any
 from geowh.errors import InputError
 from geowh.outputs import check_output, output_path
 from geowh.ingest.texts import SUFFIXES, iter_documents
+from geowh.warehouse import Warehouse, as_warehouse
 
 META_FILE = "geowh-index.json"
 INDEX_VERSION = 4
@@ -614,9 +615,9 @@ def index_row(index: "Index | str | Path") -> dict[str, Any]:
     }
 
 
-def record_index(wh, directory: str | Path) -> dict[str, Any]:
+def record_index(wh: str | Path | Warehouse, directory: str | Path) -> dict[str, Any]:
     """Write the index's row to `indexes`; ∞-gram rows cached for an older index there are dropped."""
     row = index_row(directory)
-    wh.write({"indexes": [row]})
-    wh.execute("DELETE FROM infgram_items WHERE index_dir = ?", [row["index_dir"]])
+    stale = ("DELETE FROM infgram_items WHERE index_dir = ?", [row["index_dir"]])
+    as_warehouse(wh).write({"indexes": [row]}, before=[stale])
     return row

@@ -385,7 +385,7 @@ def _metric_rows(lam, subset_spectra: list) -> list[dict]:
 
     import numpy as np
 
-    from geowh.ingest.spectrum import compute_metrics
+    from geowh.spectrum_math import compute_metrics
 
     values = compute_metrics(lam)
     if not subset_spectra:

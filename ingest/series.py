@@ -19,10 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from geowh.errors import InputError
-from geowh.warehouse.names import canonical_model
-
-# Stage names and their order in a series (the `checkpoints.stage_order` column).
-STAGE_ORDER = {"pretrain": 0, "mid": 1, "sft": 2, "dpo": 3, "rlvr": 4}
+from geowh.warehouse.names import (
+    PYTHIA_TOKENS_PER_STEP,
+    STAGE_ORDER,
+    canonical_model,
+    local_step,
+    parse_step,
+    parse_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,6 @@ class Family:
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 PYTHIA_NO_DEDUPED = {"14m", "31m"}
-PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # batch × context = 2,097,152
 
 
 def pythia_models() -> tuple[str, ...]:
@@ -222,20 +225,6 @@ def _tulu3(model: str, **_) -> Series:
 
 # -- any hub model -------------------------------------------------------------------------------
 
-_STEP = re.compile(r"(?:^|[^a-z])(?:global_step|step|iter|checkpoint|ckpt)[-_]?(\d+)", re.IGNORECASE)
-_TOKENS = re.compile(r"tokens(\d+(?:\.\d+)?)([BMT])", re.IGNORECASE)
-_TOKEN_UNITS = {"M": 1e6, "B": 1e9, "T": 1e12}
-
-
-def parse_step(label: str) -> int | None:
-    """The step in a revision or folder name: step1000, checkpoint-1000, global_step1000, iter_0001000."""
-    m = _STEP.search(label)
-    return int(m.group(1)) if m else None
-
-
-def parse_tokens(label: str) -> float | None:
-    m = _TOKENS.search(label)
-    return float(m.group(1)) * _TOKEN_UNITS[m.group(2).upper()] if m else None
 
 
 def _hub(model: str, revisions: Sequence[str] | None = None, name: str | None = None, **_) -> Series:
@@ -330,26 +319,6 @@ def cached_revisions(repo: str) -> list[str]:
 
 
 # -- local runs --------------------------------------------------------------------------------
-
-# Folder names training frameworks give checkpoints (HF Trainer, Pythia/NeoX, DeepSpeed,
-# Megatron, Lightning, OLMo): the step is the number in the name.
-LOCAL_PATTERNS = (
-    re.compile(r"^checkpoint[-_](\d+)$"),
-    re.compile(r"^step[-_]?(\d+)(?:-tokens\d+(?:\.\d+)?[BMT])?(?:-unsharded|-hf)?$", re.IGNORECASE),
-    re.compile(r"^global_step[-_]?(\d+)$"),
-    re.compile(r"^iter[-_]?(\d+)$"),
-    re.compile(r"^ckpt[-_]?(\d+)$"),
-    re.compile(r"^(?:epoch=\d+-)?step=(\d+)(?:\.ckpt)?$"),
-    re.compile(r"^stage\d+-(?:ingredient\d+-)?step(\d+)(?:-tokens\d+(?:\.\d+)?[BT])?$", re.IGNORECASE),
-)
-
-
-def local_step(folder_name: str) -> int | None:
-    for pattern in LOCAL_PATTERNS:
-        if m := pattern.match(folder_name):
-            return int(m.group(1))
-    return None
-
 
 def is_checkpoint_dir(path: Path) -> bool:
     return (path / "config.json").is_file()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.warehouse import Warehouse, as_warehouse
 
 MARKERS = ("trainer_state.json",)
 """Files a trainer writes after everything else in a checkpoint folder."""
@@ -119,7 +120,7 @@ def watch(
     until_idle: float | None = None,
     on_event: Callable[[WatchEvent], None] | None = None,
     stop: Callable[[], bool] | None = None,
-    db: str | Path | None = None,
+    db: str | Path | Warehouse | None = None,
     name: str | None = None,
     **options: Any,
 ) -> WatchSummary:
@@ -134,7 +135,6 @@ def watch(
         watch("runs/my-run", probe="held_out.txt", n=1000, max_len=256, db="w.duckdb", until_idle=3600)
     """
     from geowh.ingest.run import ingest
-    from geowh.warehouse import Warehouse
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -143,7 +143,7 @@ def watch(
         raise InputError("--interval must be positive, --settle and --until-idle at least 0")
     tell = on_event or (lambda event: None)
     stop = stop or (lambda: False)
-    wh = Warehouse(db)
+    wh = as_warehouse(db)
     summary = WatchSummary(name, str(wh.path))
     done: set[str] = set()
     labels: list[dict] = []

@@ -19,6 +19,7 @@ from typing import Any
 
 from geowh.errors import CheckpointError, InputError
 from geowh.ingest.probes import DEFAULT_MIN_LEN, DEFAULT_SEED
+from geowh.warehouse import Warehouse, as_warehouse
 
 DEFAULT_N = 1000
 DEFAULT_MAX_LEN = 512
@@ -45,7 +46,7 @@ class GeometryProbe:
         self,
         tokenizer,
         probe: str | Path,
-        db: str | Path | None = None,
+        db: str | Path | Warehouse | None = None,
         name: str = "live",
         n: int = DEFAULT_N,
         max_len: int = DEFAULT_MAX_LEN,
@@ -65,9 +66,7 @@ class GeometryProbe:
         self.name = canonical_model(str(name))
         self.wh = None
         if db is not None:
-            from geowh.warehouse import Warehouse
-
-            self.wh = Warehouse(db)
+            self.wh = as_warehouse(db)
             with self.wh.connect():  # created (or migrated) now: a bad path fails here, not mid-training
                 pass
         self.config = IngestConfig(

@@ -22,9 +22,7 @@ import polars as pl
 from geowh.errors import InputError
 from geowh.queries.imports import file_digest, import_key, import_run, imported_keys, new_models
 from geowh.warehouse import Warehouse, canonical_model, utcnow
-
-# Pythia trains on 1024 sequences of 2048 tokens per step.
-PYTHIA_TOKENS_PER_STEP = 1024 * 2048
+from geowh.warehouse.names import PYTHIA_TOKENS_PER_STEP, local_step, parse_step, parse_tokens
 
 # Names in `pretrained=` that are not the warehouse's model name: (pattern, replacement), in order.
 MODEL_RENAMES = (
@@ -32,9 +30,6 @@ MODEL_RENAMES = (
     (re.compile(r"^pythia-1b-bf16$"), "pythia-1b"),  # the Pythia 1B run, evaluated in bfloat16
 )
 
-_STEP = re.compile(r"step[_-]?(\d+)")
-_TOKENS = re.compile(r"tokens(\d+(?:\.\d+)?)([KMBT])", re.IGNORECASE)
-_SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 
 
 @dataclass
@@ -54,7 +49,7 @@ class EvalFile:
 def eval_model_name(pretrained: str) -> str:
     """`EleutherAI/pythia-v1.1-410m` → `pythia-410m`; a local path → its folder name."""
     name = pretrained.rstrip("/").split("/")[-1].lower()
-    if _STEP.fullmatch(name) and "/" in pretrained.rstrip("/"):  # …/my-run/step1000: the run is the parent folder
+    if local_step(name) is not None and "/" in pretrained.rstrip("/"):  # …/my-run/step1000: the run is the parent folder
         name = pretrained.rstrip("/").split("/")[-2].lower()
     for pattern, replacement in MODEL_RENAMES:
         name = pattern.sub(replacement, name)
@@ -114,17 +109,15 @@ def read_results(path: str | Path, model: str | None = None, checkpoint: str | N
         raise InputError(f"{path}: config.model_args names no pretrained= model; pass --model NAME")
     name = canonical_model(model) if model else eval_model_name(pretrained)
     revision = args.get("revision")
-    found = _STEP.search(revision or "") or _STEP.search(pretrained)
-    step = int(found.group(1)) if found else None
+    step = parse_step(revision or "")
+    step = parse_step(pretrained) if step is None else step
     label = checkpoint or (revision if revision and revision != "main" else None) or (f"step{step}" if step is not None else None)
     if label is None:
         raise InputError(f"{path}: model_args names no revision=stepN and no step; pass --checkpoint LABEL")
-    if checkpoint and (own := _STEP.search(checkpoint)):
-        step = int(own.group(1))
-    tokens = None
-    if size := _TOKENS.search(label):
-        tokens = float(size.group(1)) * _SCALE[size.group(2).upper()]
-    elif name.startswith("pythia-") and step is not None:
+    if checkpoint and (own := parse_step(checkpoint)) is not None:
+        step = own
+    tokens = parse_tokens(label)
+    if tokens is None and name.startswith("pythia-") and step is not None:
         tokens = float(step * PYTHIA_TOKENS_PER_STEP)
     version = (data.get("lm_eval_version") or data.get("git_hash")) if fmt == "new" else None
     default_shots = config.get("num_fewshot")

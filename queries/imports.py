@@ -17,9 +17,7 @@ import polars as pl
 from geowh import __version__
 from geowh.errors import InputError
 from geowh.warehouse import Warehouse, canonical_model, utcnow
-
-# Position of a training stage in a series (checkpoints.stage_order).
-STAGE_ORDER = {"pretrain": 0, "mid": 1, "sft": 2, "dpo": 3, "rlvr": 4}
+from geowh.warehouse.names import STAGE_ORDER
 
 # Columns of a metrics file that describe the row rather than hold a metric.
 KEY_COLUMNS = ("model", "checkpoint", "step", "tokens", "stage", "probe", "layer", "pooling")

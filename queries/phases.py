@@ -293,21 +293,11 @@ def _store(wh: Warehouse, pick: Pick, basis: str, x: str, params: PhaseParams, r
         pl.lit(json.dumps({**asdict(params), "x": x})).alias("params"),
         pl.lit(utcnow()).alias("computed_at"),
     )
-    with wh.connect() as con:
-        con.begin()
-        try:
-            con.execute(
-                "DELETE FROM phases WHERE model = ? AND probe IS NOT DISTINCT FROM ? AND layer IS NOT DISTINCT FROM ? "
-                "AND pooling IS NOT DISTINCT FROM ? AND basis = ?",
-                [pick.model, pick.probe, pick.layer, pick.pooling, basis],
-            )
-            con.register("_phases", stored)
-            con.execute("INSERT INTO phases BY NAME SELECT * FROM _phases")
-            con.unregister("_phases")
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
+    wh.write({"phases": stored}, before=[(
+        "DELETE FROM phases WHERE model = ? AND probe IS NOT DISTINCT FROM ? AND layer IS NOT DISTINCT FROM ? "
+        "AND pooling IS NOT DISTINCT FROM ? AND basis = ?",
+        [pick.model, pick.probe, pick.layer, pick.pooling, basis],
+    )])
 
 
 # -- the piecewise-linear fit ---------------------------------------------------------------------

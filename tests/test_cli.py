@@ -144,7 +144,7 @@ def test_commands_that_report_offer_json():
         assert "--json" in options or name in {"plot", "demo"}, f"geowh {name} has no --json"
 
 
-@pytest.mark.parametrize("module", ["geowh.warehouse", "geowh.queries", "geowh.cli"])
+@pytest.mark.parametrize("module", ["geowh.warehouse", "geowh.queries", "geowh.cli", "geowh.spectrum_math"])
 def test_light_modules_never_import_the_gpu_stack(module):
     code = (
         f"import sys, {module}\n"
@@ -155,12 +155,20 @@ def test_light_modules_never_import_the_gpu_stack(module):
     assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
 
 
+def test_only_cli_imports_the_reproduction_code():
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"^\s*(from geowh\.repro|from geowh import repro|import geowh\.repro)", re.MULTILINE)
+    for folder in ("warehouse", "queries", "ingest", "integrations"):
+        for path in (root / folder).rglob("*.py"):
+            assert not pattern.search(path.read_text()), f"{path} imports geowh.repro, the top layer"
+
+
 def test_queries_and_warehouse_sources_do_not_mention_the_gpu_stack():
     root = Path(__file__).resolve().parents[1]
     pattern = re.compile(r"^\s*(import|from)\s+(torch|transformers|infini_gram)\b", re.MULTILINE)
-    for folder in ("warehouse", "queries"):
-        for path in (root / folder).rglob("*.py"):
-            assert not pattern.search(path.read_text()), f"{path} imports the GPU stack"
+    light = [root / "spectrum_math.py", *(root / "warehouse").rglob("*.py"), *(root / "queries").rglob("*.py")]
+    for path in light:
+        assert not pattern.search(path.read_text()), f"{path} imports the GPU stack"
 
 
 @pytest.mark.parametrize("value, shown", [
@@ -200,3 +208,21 @@ def test_rows_too_wide_for_any_table_are_shown_one_column_per_line(cli, monkeypa
     assert [line.split()[:2] for line in lines if line.startswith("column_number_3")] == [
         ["column_number_3", "pythia-1.4b-deduped-3"]] * 2
     assert sum(line.startswith("row ") for line in lines) == 2
+
+
+@pytest.mark.parametrize("name, config, expected", [
+    ("train-mini", "geowh.repro.train:TrainConfig",
+     {"layers", "d_model", "vocab", "tokenizer", "batch_size", "seq_len", "lr", "warmup", "min_lr_ratio",
+      "weight_decay", "checkpoints", "seed"}),
+    ("demo", "geowh.repro.demo:DemoConfig", {"steps", "minutes", "n", "qa_items", "device", "threads"}),
+])  # toy: tests/test_toy.py
+def test_command_defaults_are_the_config_defaults(name, config, expected):
+    import dataclasses
+    import importlib
+
+    module, cls = config.split(":")
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    options = {p.name: p.default for p in all_commands()[name].params}
+    shared = set(options) & set(defaults)
+    assert shared >= expected, f"geowh {name} lacks options for {expected - shared}"
+    assert {k: options[k] for k in expected} == {k: defaults[k] for k in expected}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from geowh.ingest import corpus as corpus_mod
-from geowh.ingest.demo import demo, derive_task, first_sentence
-from geowh.ingest.train import TrainConfig
+from geowh.repro import corpus as corpus_mod
+from geowh.repro.demo import DemoConfig, demo, derive_task, first_sentence
+from geowh.repro.train import TrainConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # Modules with many documented public functions: their docstrings are the corpus and the task.
@@ -31,19 +31,19 @@ def mini(tmp_path_factory):
     text.write_text("".join(d + "\n" for d in docs), encoding="utf-8")
     config = TrainConfig(**{**TINY.to_dict(), "corpus": (str(text),)})
     out, db = root / "mini", root / "w.duckdb"
-    summary = demo(out, db, steps=STEPS, config=config, qa_items=40, qa_sources=SOURCES, quiet=True)
+    summary = demo(out, db, DemoConfig(steps=STEPS, train=config, qa_items=40, qa_sources=SOURCES))
     return out, db, summary
 
 
 def test_a_second_demo_with_default_steps_gives_the_same_metrics_as_the_first(mini, tmp_path, monkeypatch):
     """The demo trains a fixed number of steps, so a rerun elsewhere gives the same trajectory."""
-    import geowh.ingest.demo as demo_mod
+    import geowh.repro.demo as demo_mod
     from geowh.warehouse import Warehouse
 
     out, db, first = mini
     monkeypatch.setattr(demo_mod, "DEFAULT_STEPS", STEPS)  # the default path, scaled down: no steps, no minutes
     config = demo_mod.saved_run(out)[0]
-    again = demo(tmp_path / "mini", tmp_path / "w.duckdb", config=config, qa_items=40, qa_sources=SOURCES, quiet=True)
+    again = demo(tmp_path / "mini", tmp_path / "w.duckdb", DemoConfig(train=config, qa_items=40, qa_sources=SOURCES))
     assert again.train["steps"] == STEPS and again.train["status"] == "trained"
 
     def metrics(path):
@@ -66,7 +66,7 @@ def test_the_demo_takes_steps_or_minutes_not_both(tmp_path):
     from geowh.errors import InputError
 
     with pytest.raises(InputError, match="not both"):
-        demo(tmp_path / "x", tmp_path / "w.duckdb", steps=10, minutes=1.0, quiet=True)
+        DemoConfig(steps=10, minutes=1.0)
 
 
 def test_a_first_sentence_is_the_answer_only_when_it_is_prose_of_a_few_words():
@@ -180,8 +180,8 @@ def test_the_shipped_long_run_loads_and_shows_the_phases_the_docs_report(tmp_pat
     import numpy as np
     import polars as pl
 
-    from geowh.ingest.demo import SHIPPED_MODEL, load_shipped, shipped_files
-    from geowh.ingest.spectrum import rankme
+    from geowh.repro.demo import SHIPPED_MODEL, load_shipped, shipped_files
+    from geowh.spectrum_math import rankme
     from geowh.warehouse import Warehouse
 
     assert all(p.is_file() and p.stat().st_size < 200_000 for p in shipped_files().values())

@@ -88,7 +88,7 @@ def test_warehouse_metrics_equal_metrics_of_independently_extracted_features(ing
     import torch
     from transformers import AutoModel
 
-    from geowh.ingest.spectrum import compute_metrics, metrics_dict
+    from geowh.spectrum_math import compute_metrics, metrics_dict
     from geowh.warehouse import Warehouse
 
     tok = tokenizer()
@@ -228,7 +228,7 @@ def test_subsets_layers_poolings_saved_features_and_extra_measurements(workdir, 
 
 def test_subset_means_and_standard_errors_equal_an_independent_computation(workdir, tmp_path):
     from geowh.ingest import ingest
-    from geowh.ingest.spectrum import compute_metrics
+    from geowh.spectrum_math import compute_metrics
     from geowh.warehouse import Warehouse
 
     k, m, seed = 4, 120, 3

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geowh.errors import InputError
-from geowh.ingest.toy import LATE_FALL, ToyConfig, run_toy, schedule, series, summarize, train, write_toy
+from geowh.repro.toy import LATE_FALL, ToyConfig, run_toy, schedule, series, summarize, train, write_toy
 
 
 def rankme(lam: np.ndarray) -> float:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from geowh.errors import InputError
-from geowh.ingest import corpus as corpus_mod
-from geowh.ingest.train import TrainConfig, checkpoint_steps, lr_at, plan_steps, train_mini
+from geowh.repro import corpus as corpus_mod
+from geowh.repro.train import TrainConfig, checkpoint_steps, lr_at, plan_steps, train_mini
 
 # A tiny model that still has every part of the architecture.
 TINY = dict(layers=1, d_model=32, vocab=300, batch_size=4, seq_len=32, checkpoints=2)
@@ -168,7 +168,7 @@ def test_a_reduced_run_saves_loadable_checkpoints_with_their_tokenizer_on_the_sc
 
 def test_each_checkpoint_logs_the_rankme_and_alpha_req_that_an_ingest_of_it_finds(run, tmp_path):
     from geowh.ingest.run import ingest
-    from geowh.ingest.train import LIVE_PROBE_N
+    from geowh.repro.train import LIVE_PROBE_N
     from geowh.warehouse import Warehouse
 
     out, _ = run
@@ -203,19 +203,19 @@ def test_rerunning_a_finished_run_reuses_it_and_other_settings_are_refused(run, 
     out, summary = run
     config = TrainConfig(**TINY, corpus=(str(text_file),))
     mtime = (out / f"step{STEPS}" / "model.safetensors").stat().st_mtime_ns
-    again = train_mini(out, config, steps=STEPS, quiet=True)
+    again = train_mini(out, config, steps=STEPS)
     assert again.status == "reused" and again.checkpoints == summary["checkpoints"]
     assert (out / f"step{STEPS}" / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(InputError, match="d_model 32 → 64"):
-        train_mini(out, TrainConfig(**TINY | {"d_model": 64}, corpus=(str(text_file),)), steps=STEPS, quiet=True)
+        train_mini(out, TrainConfig(**TINY | {"d_model": 64}, corpus=(str(text_file),)), steps=STEPS)
     with pytest.raises(InputError, match="not 9"):
-        train_mini(out, config, steps=STEPS + 1, quiet=True)
+        train_mini(out, config, steps=STEPS + 1)
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(run, text_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from geowh.ingest import train as train_mod
+    from geowh.repro import train as train_mod
 
     out, _ = run
     config = TrainConfig(**TINY, corpus=(str(text_file),))
@@ -229,22 +229,36 @@ def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
 
     monkeypatch.setattr(train_mod, "_train_step", crash_at_step_six)
     with pytest.raises(KeyboardInterrupt):
-        train_mini(tmp_path / "mini", config, steps=STEPS, quiet=True)
+        train_mini(tmp_path / "mini", config, steps=STEPS)
     monkeypatch.setattr(train_mod, "_train_step", real_step)
     assert not (tmp_path / "mini" / f"step{STEPS}").exists()
 
-    resumed = train_mini(tmp_path / "mini", config, steps=STEPS, quiet=True)
+    class Recorder(train_mod.TrainReport):
+        def __init__(self):
+            self.events = []
+
+        def info(self, text):
+            self.events.append(("info", text))
+
+        def steps(self, total, start):
+            self.events.append(("steps", total, start))
+            return super().steps(total, start)
+
+    report = Recorder()
+    resumed = train_mini(tmp_path / "mini", config, steps=STEPS, report=report)
     assert resumed.status == "resumed"
+    assert ("steps", STEPS, 4) in report.events and any(e[0] == "info" for e in report.events)
     a = load_file(out / f"step{STEPS}" / "model.safetensors")
     b = load_file(tmp_path / "mini" / f"step{STEPS}" / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].allclose(b[k], atol=1e-6) for k in a)
 
 
-def test_a_time_budget_is_turned_into_a_planned_step_count(text_file, tmp_path, monkeypatch):
-    from geowh.ingest import train as train_mod
+def test_a_time_budget_is_turned_into_a_planned_step_count(text_file, tmp_path, monkeypatch, capfd):
+    from geowh.repro import train as train_mod
 
     monkeypatch.setattr(train_mod, "CALIBRATION_SECONDS", 0.2)
-    summary = train_mini(tmp_path / "timed", TrainConfig(**TINY, corpus=(str(text_file),)), minutes=0.1, quiet=True)
+    summary = train_mini(tmp_path / "timed", TrainConfig(**TINY, corpus=(str(text_file),)), minutes=0.1)
+    assert capfd.readouterr() == ("", "")  # the library draws nothing unless given a report
     plan = summary.config["plan"]
     assert plan["step_seconds"] > 0 and plan["total_steps"] == summary.steps >= 1
     assert summary.checkpoints == [f"step{s}" for s in plan["checkpoint_steps"]]
@@ -255,5 +269,5 @@ def test_a_run_on_the_gpu_saves_checkpoints_like_a_cpu_run(text_file, tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    summary = train_mini(tmp_path / "gpu", TrainConfig(**TINY, corpus=(str(text_file),)), steps=4, device="cuda", quiet=True)
+    summary = train_mini(tmp_path / "gpu", TrainConfig(**TINY, corpus=(str(text_file),)), steps=4, device="cuda")
     assert summary.device.startswith("cuda") and summary.checkpoints[-1] == "step4"

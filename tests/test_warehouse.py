@@ -82,9 +82,21 @@ def test_a_failed_write_leaves_no_partial_rows(wh):
     # A failure inside the transaction (a NOT NULL violation) is rolled back too.
     bad = checkpoint_rows(checkpoint="step3", step=3)
     bad["metrics"][0]["metric"] = None
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(WarehouseError, match="nothing was written"):
         wh.write(bad)
     assert wh.table("checkpoints")["checkpoint"].to_list() == ["step1"]
+
+
+def test_deletes_before_a_write_are_rolled_back_with_it(wh):
+    wh.write(checkpoint_rows(metrics={"rankme": 1.0, "alpha_req": 0.5}))
+    before = wh.table("metrics")
+    bad = checkpoint_rows(checkpoint="step2", step=2)
+    bad["metrics"][0]["metric"] = None
+    with pytest.raises(WarehouseError, match="nothing was written"):
+        wh.write(bad, before=[("DELETE FROM metrics WHERE model = ?", ["m"])])
+    assert wh.table("metrics").equals(before)
+    wh.write(checkpoint_rows(checkpoint="step2", step=2), before=[("DELETE FROM metrics WHERE model = ?", ["m"])])
+    assert wh.query("SELECT DISTINCT checkpoint FROM metrics")["checkpoint"].to_list() == ["step2"]
 
 
 def test_a_failed_rewrite_keeps_every_tables_old_rows(wh):
@@ -96,7 +108,7 @@ def test_a_failed_rewrite_keeps_every_tables_old_rows(wh):
     again["models"][0]["d_model"] = 16
     again["runs"][0]["status"] = "failed"
     again["metrics"][1]["metric"] = None
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(WarehouseError, match="nothing was written"):
         wh.write(again)
     for table, rows in before.items():
         assert wh.table(table).equals(rows), table

@@ -61,6 +61,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def as_warehouse(wh: str | Path | Warehouse) -> Warehouse:
+    """The Warehouse a library function was given: itself, or the one at a path."""
+    return wh if isinstance(wh, Warehouse) else Warehouse(wh)
+
+
 class Warehouse:
     """A geowh warehouse file. Reads return polars DataFrames.
 
@@ -281,27 +286,40 @@ class Warehouse:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, rows: Mapping[str, pl.DataFrame | Sequence[Mapping[str, Any]]]) -> None:
+    def write(
+        self,
+        rows: Mapping[str, pl.DataFrame | Sequence[Mapping[str, Any]]],
+        *,
+        before: Sequence[tuple[str, Sequence[Any]]] = (),
+    ) -> None:
         """Write rows to several tables in one transaction: all of them or none.
 
         `rows` maps a table name to its new rows. Rows whose key (TABLE_KEYS) already exists
         replace the old ones; dimension tables (models, checkpoints, probes) merge instead.
+        `before` holds (statement, parameters) run first in the same transaction, such as
+        deletes of the rows the new ones replace. A DuckDB error (a constraint the rows
+        break) leaves the file as it was and arrives as WarehouseError.
         """
-        with self.connect() as con, deferred():
-            frames = {t: _frame(con, t, r) for t, r in rows.items() if len(r)}
-            con.begin()
-            try:
-                for table, frame in frames.items():
-                    _upsert(con, table, frame)
-                if "metrics" in frames:
-                    _refresh_trajectories(con)
-                con.commit()
-            except BaseException:
+        try:
+            with self.connect() as con, deferred():
+                frames = {t: _frame(con, t, r) for t, r in rows.items() if len(r)}
+                con.begin()
                 try:
-                    con.rollback()
-                except duckdb.Error:  # a failed commit has already ended the transaction
-                    pass
-                raise
+                    for statement, params in before:
+                        con.execute(statement, params)
+                    for table, frame in frames.items():
+                        _upsert(con, table, frame)
+                    if "metrics" in frames:
+                        _refresh_trajectories(con)
+                    con.commit()
+                except BaseException:
+                    try:
+                        con.rollback()
+                    except duckdb.Error:  # a failed commit has already ended the transaction
+                        pass
+                    raise
+        except duckdb.Error as e:
+            raise WarehouseError(f"nothing was written to {self.path}: {str(e).splitlines()[0]}") from e
 
     def close_stale_runs(self, model: str) -> int:
         """Mark `running` rows of `model` whose process is gone (kill -9, a lost machine) as interrupted."""

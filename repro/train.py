@@ -1,7 +1,7 @@
 """Train a small Pythia-architecture model from scratch: a checkpoint series made offline.
 
 `train_mini(OUT)` trains a GPT-NeoX (the architecture of Pythia) on a real English corpus
-(`geowh.ingest.corpus`) and saves Hugging Face checkpoints with their tokenizer on a
+(`geowh.repro.corpus`) and saves Hugging Face checkpoints with their tokenizer on a
 Pythia-like schedule, step 0, half powers of two, then evenly spaced, as `OUT/step{N}/`, so
 that `geowh ingest OUT --probe OUT/probe.txt` reads it as an ordinary local series.
 
@@ -28,6 +28,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,13 +180,14 @@ def train_mini(
     minutes: float | None = None,
     steps: int | None = None,
     device: str = "auto",
-    quiet: bool = False,
+    report: TrainReport | None = None,
 ) -> TrainSummary:
     """Train (or resume, or reuse) a mini Pythia in `out`; the budget is `steps` or else `minutes` (default 10).
 
     The budget covers the whole call, data preparation included (the first build of the
     default corpus takes a minute or more of it). Data, tokenizer and model initialisation
     are seeded: the same config gives the same run, up to floating-point nondeterminism.
+    Progress goes to `report` (a TrainReport); without one the call prints nothing.
 
     Example:
         summary = train_mini("runs/mini", TrainConfig(layers=2, d_model=64), minutes=2)
@@ -201,7 +203,7 @@ def train_mini(
     if minutes is not None and minutes <= 0:
         raise InputError("--minutes must be positive")
     dev = resolve_device(device)
-    log = _Log(quiet)
+    log = report or TrainReport()
 
     saved = _load_saved(out, config, steps)
     if saved and saved.get("finished"):
@@ -258,7 +260,7 @@ def train_mini(
         f"{len(save_at)} checkpoints → {out}"
     )
     losses: list[float] = []
-    with log.progress(total, start) as advance:
+    with log.steps(total, start) as advance:
         for step in range(start + 1, total + 1):
             lr = lr_at(step, total, config)
             for group in optimizer.param_groups:
@@ -281,11 +283,11 @@ def train_mini(
 # -- data ----------------------------------------------------------------------------------------
 
 
-def _prepare_data(out: Path, config: TrainConfig, log: _Log) -> dict:
+def _prepare_data(out: Path, config: TrainConfig, log: TrainReport) -> dict:
     """Corpus → held-out OUT/probe.txt, OUT/tokenizer/ and OUT/tokens.npy; returns the corpus description."""
     import numpy as np
 
-    from geowh.ingest.corpus import load_corpus
+    from geowh.repro.corpus import load_corpus
 
     with log.status("reading the corpus (the first build of the default one takes a few minutes)"):
         corpus = load_corpus(config.corpus, max_mb=config.corpus_mb, on_source=lambda s: log.status_update(f"corpus: {s}"))
@@ -496,7 +498,7 @@ def _eval_loss(model, batch, dev) -> float | None:
     return loss
 
 
-def _calibrate(model, optimizer, tokens, config: TrainConfig, dev, log: _Log) -> float:
+def _calibrate(model, optimizer, tokens, config: TrainConfig, dev, log: TrainReport) -> float:
     """Seconds per step, timed on throwaway copies of the model and optimizer."""
     import torch
 
@@ -526,7 +528,7 @@ def _log_row(step: int, train_loss, model, eval_batch, lr: float, config: TrainC
     }
 
 
-def _live_probe(out: Path, tokenizer, config: TrainConfig, log: _Log):
+def _live_probe(out: Path, tokenizer, config: TrainConfig, log: TrainReport):
     """The held-out probe, tokenized once, for RankMe and αReQ at each checkpoint (None when no text is long enough)."""
     from geowh.integrations import GeometryProbe
 
@@ -648,69 +650,30 @@ def _write_text(path: Path, text: str) -> None:
 # -- progress --------------------------------------------------------------------------------------
 
 
-class _Log:
-    """Rich status lines and a step progress bar on stderr; silent when quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self._status = None
-        if not quiet:
-            from rich.console import Console
-
-            self.console = Console(stderr=True)
+class TrainReport:
+    """Where `train_mini` reports what it does. This base shows nothing, so the Python API is
+    silent; `geowh train-mini` passes a subclass that draws it (cli/train.py)."""
 
     def info(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text, highlight=False)
+        """A line worth telling: what was prepared, what the run will do."""
 
-    def status(self, text: str):
-        from contextlib import nullcontext
-
-        if self.quiet:
-            return nullcontext()
-        self._status = self.console.status(text)
-        return self._status
+    def status(self, text: str) -> AbstractContextManager:
+        """A step that takes a while (reading the corpus, timing steps), for as long as the block runs."""
+        return nullcontext()
 
     def status_update(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(text)
+        """New text for the status now shown."""
 
-    def progress(self, total: int, start: int):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def bar():
-            if self.quiet:
-                yield _Advance()
-                return
-            from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-            )
-
-            progress = Progress(
-                TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"), TextColumn("RankMe {task.fields[rankme]} αReQ {task.fields[alpha]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
-            )
-            with progress:
-                task = progress.add_task("train", total=total, completed=start, loss="…", lr="…", rankme="…", alpha="…")
-
-                yield _Advance(progress, task)
-
-        return bar()
+    def steps(self, total: int, start: int) -> AbstractContextManager[StepReport]:
+        """The training loop, steps start+1..total: the block gets the StepReport each step reports to."""
+        return nullcontext(StepReport())
 
 
-class _Advance:
+class StepReport:
     """What the step loop reports to: each step's loss and lr, each checkpoint's RankMe and αReQ."""
 
-    def __init__(self, progress=None, task=None):
-        self.progress, self.task = progress, task
-
     def __call__(self, loss: float, lr: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        """One step done."""
 
     def geometry(self, row: dict) -> None:
-        """Shown until the next checkpoint."""
-        if self.progress is not None and "rankme" in row:
-            self.progress.update(self.task, rankme=f"{row['rankme']:.1f}", alpha=f"{row['alpha_req']:.3f}")
+        """A checkpoint's log row (its rankme and alpha_req when the live probe measured them)."""

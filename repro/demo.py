@@ -32,11 +32,15 @@ import shutil
 import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.repro.train import TrainReport
+from geowh.settings import settings
+from geowh.warehouse import Warehouse, as_warehouse
 
 INDEX_DIR = "index"
 TRAIN_TEXT = "train.txt"
@@ -92,51 +96,81 @@ class DemoSummary:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `demo` does besides where: the training budget, the probe, the QA task, the device.
+
+    `steps` is train-mini's step count (default: that of the run in OUT, else DEFAULT_STEPS);
+    `minutes` instead plans the steps from a wall-clock budget (corpus preparation included), so
+    the trajectory then depends on the machine and its load. `train` is a `TrainConfig` (default:
+    the one of the run in OUT, else train-mini's). `n` and `max_len` size the probe, `qa_items`
+    the task; `qa_sources` are the Python files the task is derived from (default: the standard
+    library, the first source of the default corpus). `name` is the model's name in the
+    warehouse (default: OUT's folder name). `threads` are torch's CPU threads for the call
+    (default: `cpu_threads()`, the cores the load average leaves free).
+    """
+
+    minutes: float | None = None
+    steps: int | None = None
+    train: Any = None
+    n: int = DEFAULT_N
+    max_len: int = DEFAULT_MAX_LEN
+    qa_items: int = DEFAULT_QA_ITEMS
+    qa_sources: tuple[str, ...] | None = None
+    name: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.minutes is not None and self.steps is not None:
+            raise InputError("give --steps or --minutes, not both")
+        if self.qa_items < 3:
+            raise InputError("--qa-items must be at least 3: memorization is a rank correlation across items")
+        if self.threads is not None and self.threads < 1:
+            raise InputError("--threads must be at least 1")
+        if self.qa_sources is not None:
+            object.__setattr__(self, "qa_sources", tuple(str(p) for p in self.qa_sources))
+
+
+class DemoReport(TrainReport):
+    """Where `demo` reports what it does: train-mini's reports, plus stage headers and the index
+    build's progress. This base shows nothing; `geowh demo` draws it (cli/demo.py)."""
+
+    ingest_progress: bool = False
+    """Whether ingest draws its own progress bar (it does not report through callbacks yet)."""
+
+    def stage(self, text: str) -> None:
+        """A stage begins: `1/5 train-mini → checkpoints`."""
+
+    def bar(self, title: str) -> AbstractContextManager[Callable[[str, int, int], None] | None]:
+        """The index build: the block gets progress(stage, done, total) for `build_index`, or None."""
+        return nullcontext(None)
+
+
 def demo(
     out: str | Path,
-    db: str | Path | None = None,
+    db: str | Path | Warehouse | None = None,
+    config: DemoConfig = DemoConfig(),
     *,
-    minutes: float | None = None,
-    steps: int | None = None,
-    config=None,
-    n: int = DEFAULT_N,
-    max_len: int = DEFAULT_MAX_LEN,
-    qa_items: int = DEFAULT_QA_ITEMS,
-    qa_sources: Sequence[str | Path] | None = None,
-    name: str | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    quiet: bool = False,
+    report: DemoReport | None = None,
 ) -> DemoSummary:
     """Train a mini Pythia in `out`, index its corpus, derive a QA task, ingest every checkpoint with
     geometry and memorization into `db`, find the phases and plot them. Resumable.
 
-    `steps` is train-mini's step count (default: that of the run in OUT, else DEFAULT_STEPS);
-    `minutes` instead plans the steps from a wall-clock budget (corpus preparation included), so
-    the trajectory then depends on the machine and its load. `config` is a `TrainConfig` (default: the one of the run in OUT,
-    else train-mini's). `n` and
-    `max_len` size the probe, `qa_items` the task; `qa_sources` are the Python files the task is derived from (default:
-    the standard library, the first source of the default corpus). `name` is the model's name in
-    the warehouse (default: OUT's folder name). `threads` are torch's CPU threads for the
-    call (default: `cpu_threads()`, the cores the load average leaves free).
+    `config` says how (DemoConfig); progress goes to `report`, and without one the call
+    prints nothing.
 
     Example:
-        summary = demo("runs/demo", "demo.duckdb")
+        summary = demo("runs/demo", "demo.duckdb", DemoConfig(steps=200))
         summary.phases   # [{'phase': 'warmup', 'start_step': 0, …}, {'phase': 'entropy-seeking', …}]
     """
     import torch
 
-    if minutes is not None and steps is not None:
-        raise InputError("give --steps or --minutes, not both")
-    if qa_items < 3:
-        raise InputError("--qa-items must be at least 3: memorization is a rank correlation across items")
-    if threads is not None and threads < 1:
-        raise InputError("--threads must be at least 1")
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or cpu_threads())
+    torch.set_num_threads(config.threads or cpu_threads())
     try:
-        return _demo(Path(out).expanduser(), db, minutes, steps, config, n, max_len, qa_items, qa_sources, name,
-                     device, _Say(quiet))
+        return _demo(Path(out).expanduser(), as_warehouse(db if db is not None else settings().db), config,
+                     report or DemoReport())
     finally:
         torch.set_num_threads(before)
 
@@ -154,56 +188,54 @@ def cpu_threads() -> int:
     return max(1, min(cores, cores - round(os.getloadavg()[0])))
 
 
-def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_sources, name, device,
-          say: _Say) -> DemoSummary:
+def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSummary:
     import torch
 
     from geowh.ingest.memorization import Memorization
     from geowh.ingest.run import ingest
-    from geowh.ingest.train import TrainConfig, train_mini
     from geowh.queries import phases, plot
-    from geowh.warehouse import Warehouse
+    from geowh.repro.train import TrainConfig, train_mini
 
     started = time.monotonic()
-    quiet = say.quiet
     saved, planned = saved_run(out)
-    config = config or saved or TrainConfig()
+    config = cfg.train or saved or TrainConfig()
+    minutes, steps = cfg.minutes, cfg.steps
     if minutes is None and steps is None:
         steps = planned or DEFAULT_STEPS
-    wh = Warehouse(db)
     seconds: dict[str, float] = {}
-    say.line(f"torch on {torch.get_num_threads()} CPU thread(s); run folder {out}, warehouse {wh.path}")
+    say.info(f"torch on {torch.get_num_threads()} CPU thread(s); run folder {out}, warehouse {wh.path}")
 
     def stage(key: str, title: str):
-        say.rule(f"{len(seconds) + 1}/5 {title}")
+        say.stage(f"{len(seconds) + 1}/5 {title}")
         return _Timer(seconds, key)
 
     with stage("train", "train-mini → checkpoints"):
-        trained = train_mini(out, config, minutes=minutes, steps=steps, device=device, quiet=quiet)
-        say.line(f"{trained.status}: {trained.steps:,} steps, {len(trained.checkpoints)} checkpoints, "
+        trained = train_mini(out, config, minutes=minutes, steps=steps, device=cfg.device, report=say)
+        say.info(f"{trained.status}: {trained.steps:,} steps, {len(trained.checkpoints)} checkpoints, "
                  f"held-out loss {trained.eval_loss}")
 
     with stage("index", "∞-gram index of the training split"):
         index = ensure_index(out, config, say)
 
     with stage("task", "QA task from the corpus"):
-        task = ensure_task(out, qa_items, qa_sources, say)
+        task = ensure_task(out, cfg.qa_items, cfg.qa_sources, say)
 
     with stage("ingest", "ingest: geometry + memorization per checkpoint"):
         mem = Memorization(task["file"], index["directory"], wh=wh)
-        summary = ingest(str(out), probe=str(out / "probe.txt"), n=n, max_len=max_len, name=name, device=device,
-                         quiet=quiet, db=wh.path, measurements=[mem.measurement()])
+        summary = ingest(str(out), probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len, name=cfg.name,
+                         device=cfg.device, quiet=not say.ingest_progress, db=wh.path,
+                         measurements=[mem.measurement()])
         ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),
                     "skipped": summary.count("skipped"), "failed": summary.failed,
                     "errors": [c for c in summary.checkpoints if c["status"] == "failed"]}
-        say.line(f"{ingested['ok']} ingested, {ingested['skipped']} already done, {ingested['failed']} failed")
+        say.info(f"{ingested['ok']} ingested, {ingested['skipped']} already done, {ingested['failed']} failed")
 
     with stage("phases", "phases and plots"):
-        found = phases(wh, summary.model, note=say.line)
+        found = phases(wh, summary.model, note=say.info)
         plots = {}
         for key, metrics in PLOTS.items():
             plots[key] = str(out / f"{key}.png")
-            plot(wh, summary.model, metrics=metrics, out=plots[key], note=say.line, force=True)  # a rerun redraws
+            plot(wh, summary.model, metrics=metrics, out=plots[key], note=say.info, force=True)  # a rerun redraws
         by_phase = memorization_by_phase(wh, summary.model, found.to_dicts())
 
     seconds["total"] = round(time.monotonic() - started, 1)
@@ -217,7 +249,7 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
 def long_run():
     """(TrainConfig, steps) of `geowh demo --long`: the run of docs/train-mini.md whose measured
     trajectory ships as `geowh/data/` (see `shipped_trajectory`)."""
-    from geowh.ingest.train import TrainConfig
+    from geowh.repro.train import TrainConfig
 
     return TrainConfig(**LONG_CONFIG), LONG_STEPS
 
@@ -230,9 +262,10 @@ def shipped_files() -> dict[str, Path]:
     return {kind: Path(str(files("geowh") / "data" / name)) for kind, name in SHIPPED.items()}
 
 
-def write_shipped(wh, model: str, directory: str | Path) -> dict[str, Path]:
+def write_shipped(wh: str | Path | Warehouse, model: str, directory: str | Path) -> dict[str, Path]:
     """Write `model`'s metrics and spectra from `wh` as the SHIPPED files in `directory` (how
     `geowh/data/` was made from the run's warehouse)."""
+    wh = as_warehouse(wh)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     frames = {
@@ -253,9 +286,10 @@ def write_shipped(wh, model: str, directory: str | Path) -> dict[str, Path]:
     return paths
 
 
-def load_shipped(wh) -> dict[str, Any]:
+def load_shipped(wh: str | Path | Warehouse) -> dict[str, Any]:
     """Import the shipped trajectory into `wh` as the model SHIPPED_MODEL (again: a no-op) and find
     its phases; {model, imported, spectra, phases}."""
+    wh = as_warehouse(wh)
     import polars as pl
 
     from geowh.queries import phases
@@ -275,7 +309,7 @@ def load_shipped(wh) -> dict[str, Any]:
 def saved_run(out: Path):
     """(TrainConfig, planned steps or None) of the train-mini run in OUT, or (None, None): rerunning
     the demo continues that run."""
-    from geowh.ingest.train import CONFIG_FILE, TrainConfig
+    from geowh.repro.train import CONFIG_FILE, TrainConfig
 
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
@@ -287,15 +321,15 @@ def saved_run(out: Path):
 # -- stage 2: the index ----------------------------------------------------------------------------
 
 
-def ensure_index(out: Path, config, say: _Say | None = None) -> dict:
+def ensure_index(out: Path, config, say: DemoReport | None = None) -> dict:
     """OUT/train.txt (the training split, one document per line) and its index OUT/index/, or those there."""
     from geowh.ingest.infgram import META_FILE, build_index, read_meta
 
-    say = say or _Say(True)
+    say = say or DemoReport()
     directory = out / INDEX_DIR
     if (directory / META_FILE).is_file():
         meta = read_meta(directory)
-        say.line(f"reused {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens")
+        say.info(f"reused {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens")
         return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "reused"}
     if directory.exists():  # a build killed before its metadata: start again
         shutil.rmtree(directory)
@@ -304,14 +338,14 @@ def ensure_index(out: Path, config, say: _Say | None = None) -> dict:
         _write_text(text, "".join(d + "\n" for d in training_documents(config)))
     with say.bar("index") as progress:
         meta = build_index([text], str(out / "tokenizer"), directory, progress=progress)
-    say.line(f"built {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens in {meta.seconds:.0f} s")
+    say.info(f"built {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens in {meta.seconds:.0f} s")
     return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "built"}
 
 
 def training_documents(config) -> list[str]:
     """The documents train-mini trained on: its corpus minus the held-out probe documents."""
-    from geowh.ingest.corpus import load_corpus
-    from geowh.ingest.train import split_documents
+    from geowh.repro.corpus import load_corpus
+    from geowh.repro.train import split_documents
 
     corpus = load_corpus(config.corpus, max_mb=config.corpus_mb)
     train, _ = split_documents(corpus.texts, config.probe_docs, config.seed)
@@ -321,18 +355,18 @@ def training_documents(config) -> list[str]:
 # -- stage 3: the QA task --------------------------------------------------------------------------
 
 
-def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = None, say: _Say | None = None) -> dict:
+def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = None, say: DemoReport | None = None) -> dict:
     """OUT/qa.jsonl derived from the sources against OUT/index/, or the one there."""
     from geowh.ingest.infgram import Index
 
-    say = say or _Say(True)
+    say = say or DemoReport()
     path = out / TASK_FILE
     if path.is_file():
         count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        say.line(f"reused {path}: {count} items")
+        say.info(f"reused {path}: {count} items")
         return {"file": str(path), "items": count, "status": "reused"}
     files = [Path(f) for f in sources] if sources else stdlib_files()
-    with say.spinner(f"deriving up to {items} QA items from {len(files):,} Python files"):
+    with say.status(f"deriving up to {items} QA items from {len(files):,} Python files"):
         derived = derive_task(files, Index(out / INDEX_DIR, threads=1), items)
     if len(derived) < 3:
         raise InputError(
@@ -340,13 +374,13 @@ def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = No
             "the corpus holds (qa_sources)"
         )
     _write_text(path, "".join(json.dumps(row) + "\n" for row in derived))
-    say.line(f"derived {path}: {len(derived)} items, e.g. {derived[0]['question']} → {derived[0]['answer']}")
+    say.info(f"derived {path}: {len(derived)} items, e.g. {derived[0]['question']} → {derived[0]['answer']}")
     return {"file": str(path), "items": len(derived), "status": "derived"}
 
 
 def stdlib_files() -> list[Path]:
     """The standard library's .py files (tests excluded), sorted: where the default task comes from."""
-    from geowh.ingest.corpus import corpus_sources
+    from geowh.repro.corpus import corpus_sources
 
     return corpus_sources()[0][2]
 
@@ -497,51 +531,3 @@ class _Timer:
 
     def __exit__(self, *exc):
         self.seconds[self.key] = round(time.monotonic() - self.start, 1)
-
-
-class _Say:
-    """Stage headers, lines, a spinner and a bar on stderr (rich); silent when quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        if not quiet:
-            from rich.console import Console
-
-            self.console = Console(stderr=True)
-
-    def rule(self, text: str) -> None:
-        if not self.quiet:
-            self.console.rule(f"[bold]{text}", align="left")
-
-    def line(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text, highlight=False)
-
-    def spinner(self, text: str):
-        from contextlib import nullcontext
-
-        return nullcontext() if self.quiet else self.console.status(text)
-
-    def bar(self, title: str):
-        """A context manager yielding progress(stage, done, total) for `build_index`."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def bar() -> Iterator[Callable[[str, int, int], None] | None]:
-            if self.quiet:
-                yield None
-                return
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-            with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                          console=self.console) as progress:
-                tasks: dict[str, Any] = {}
-
-                def update(stage: str, done: int, total: int) -> None:
-                    if stage not in tasks:
-                        tasks[stage] = progress.add_task(f"{title}: {stage}", total=total)
-                    progress.update(tasks[stage], completed=done, total=total)
-
-                yield update
-
-        return bar()

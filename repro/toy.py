@@ -29,12 +29,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geowh import __version__
 from geowh.errors import InputError
+from geowh.warehouse import Warehouse, as_warehouse
 
 KIND = "toy"
 MODEL = "toy"
@@ -197,7 +199,7 @@ def series(config: ToyConfig = ToyConfig(), controls: bool = True) -> dict[str, 
 def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, list[dict]]:
     """Train one toy series; its rows for Warehouse.write: models, probes, checkpoints, runs,
     spectra, metrics (RankMe and the other registered metrics, sigma_k, loss)."""
-    from geowh.ingest.spectrum import compute_metrics
+    from geowh.spectrum_math import compute_metrics
     from geowh.warehouse import utcnow
 
     started_at = utcnow()
@@ -260,29 +262,20 @@ def summarize(rows: dict[str, list[dict]]) -> dict[str, Any]:
     }
 
 
-def write_toy(wh, config: ToyConfig = ToyConfig(), controls: bool = True,
+def write_toy(wh: str | Path | Warehouse, config: ToyConfig = ToyConfig(), controls: bool = True,
               on_series: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train and write the main toy series and (by default) its controls; one summary each.
 
-    Each series is written in one transaction. A rerun replaces the series: checkpoints and
-    metric rows that the new run did not produce (another --steps, another d) are removed.
+    Each series is written in one transaction that first removes the series' old rows, so a
+    rerun leaves no checkpoint or metric row that it did not produce (another --steps, another d).
     """
+    wh = as_warehouse(wh)
     out = []
     for model, cfg in series(config, controls).items():
         if on_series is not None:
             on_series(model)
         rows = run_toy(cfg, model)
-        wh.write(rows)
-        _drop_stale(wh, model, rows["runs"][0]["run_id"])
+        wh.write(rows, before=[(f"DELETE FROM {table} WHERE model = ?", [model])
+                               for table in ("metrics", "spectra", "checkpoints")])
         out.append(summarize(rows))
     return out
-
-
-def _drop_stale(wh, model: str, run_id: str) -> None:
-    with wh.connect() as con:
-        con.begin()
-        for table in ("metrics", "spectra"):
-            con.execute(f"DELETE FROM {table} WHERE model = ? AND run_id IS DISTINCT FROM ?", [model, run_id])
-        con.execute("DELETE FROM checkpoints WHERE model = ? AND checkpoint NOT IN "
-                    "(SELECT DISTINCT checkpoint FROM metrics WHERE model = ?)", [model, model])
-        con.commit()
