@@ -4,6 +4,11 @@ torch and transformers are imported inside the functions that need them, never h
 """
 
 from geowh.ingest.models import load_checkpoint
-from geowh.ingest.run import IngestSummary, Measurement, ingest, process_checkpoint, write_result
+from geowh.ingest.run import (
+    Events, Executor, IngestConfig, IngestSummary, Measurement, Selection, ingest, process_checkpoint, write_result,
+)
 
-__all__ = ["IngestSummary", "Measurement", "ingest", "load_checkpoint", "process_checkpoint", "write_result"]
+__all__ = [
+    "Events", "Executor", "IngestConfig", "IngestSummary", "Measurement", "Selection", "ingest", "load_checkpoint",
+    "process_checkpoint", "write_result",
+]

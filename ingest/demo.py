@@ -159,7 +159,7 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
     import torch
 
     from geowh.ingest.memorization import Memorization
-    from geowh.ingest.run import ingest
+    from geowh.ingest.run import IngestConfig, Selection, ingest
     from geowh.ingest.train import TrainConfig, train_mini
     from geowh.queries import phases, plot
     from geowh.warehouse import Warehouse
@@ -191,8 +191,8 @@ def _demo(out: Path, db, minutes, steps, config, n, max_len, qa_items, qa_source
 
     with stage("ingest", "ingest: geometry + memorization per checkpoint"):
         mem = Memorization(task["file"], index["directory"], wh=wh)
-        summary = ingest(str(out), probe=str(out / "probe.txt"), n=n, max_len=max_len, name=name, device=device,
-                         quiet=quiet, db=wh.path, measurements=[mem.measurement()])
+        summary = ingest(str(out), IngestConfig(probe=str(out / "probe.txt"), n=n, max_len=max_len, device=device),
+                         Selection(name=name), db=wh.path, measurements=[mem.measurement()])
         ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),
                     "skipped": summary.count("skipped"), "failed": summary.failed,
                     "errors": [c for c in summary.checkpoints if c["status"] == "failed"]}

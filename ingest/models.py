@@ -49,6 +49,14 @@ class Loaded:
     def d_model(self) -> int:
         return int(self.config.hidden_size)
 
+    @property
+    def hub_commit(self) -> str | None:
+        """The commit the hub resolved the revision to (transformers records it when loading from the
+        hub); None for a local folder or a model given in memory."""
+        if self.ref.repo is None or self.model is None:
+            return None
+        return getattr(self.model.config, "_commit_hash", None)
+
     def parameters(self) -> int:
         return sum(p.numel() for p in self.base.parameters())
 
