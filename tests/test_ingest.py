@@ -308,15 +308,20 @@ summary = ingest("hf:tiny-org/tiny-pythia", IngestConfig(probe={str(workdir / 'd
 print(json.dumps({{"listed": [r.label for r in series.checkpoints], "summary": summary.to_dict()}}))
 """
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    refs = cache / "models--tiny-org--tiny-pythia" / "refs"
+    commits = {f"step{s}": (refs / f"step{s}").read_text().strip() for s in (0, 1000)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(done.stdout.strip().splitlines()) == 1 and done.stderr == ""  # the library draws nothing
+    out = json.loads(done.stdout)
     assert out["listed"] == ["step0", "step1000"]
     assert [c["status"] for c in out["summary"]["checkpoints"]] == ["ok", "ok"]
     from geowh.warehouse import Warehouse
 
     rows = Warehouse(tmp_path / "w.duckdb").query("select step, source from checkpoints order by step").rows()
     assert rows == [(0, "hf://tiny-org/tiny-pythia@step0"), (1000, "hf://tiny-org/tiny-pythia@step1000")]
+    runs = Warehouse(tmp_path / "w.duckdb").query("select checkpoint, hub_commit from runs").rows()
+    assert dict(runs) == commits and all(len(c) == 40 for c in commits.values())  # the resolved commit of each revision
     snapshots = cache / "models--tiny-org--tiny-pythia" / "snapshots"
     assert not snapshots.exists() or not any(snapshots.iterdir())  # --evict emptied the cache
 
