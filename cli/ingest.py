@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
-from geowh.ingest.run import Events, IngestConfig, Selection
+from geowh.ingest.config import IngestConfig, Selection
 
 Checkpoints = Annotated[
     str,
@@ -115,8 +115,8 @@ def ingest(
         raise typer.Exit(1)
 
 
-class Progress(Events):
-    """The engine's events drawn on stderr: a bar of checkpoints (with ETA) and the tokens of the
+class Progress:
+    """The engine's `Events` drawn on stderr: a bar of checkpoints (with ETA) and the tokens of the
     current one, a line per finished checkpoint, and a note when another process holds the file.
     `quiet` draws nothing but the wait note (a wait with no word looks like a hang)."""
 

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, print_json, render_frame
-from geowh.ingest.memorization import MemorizeConfig
-from geowh.ingest.run import Selection
+from geowh.ingest.config import MemorizeConfig, Selection
 
 index_app = typer.Typer(
     help="Build and query infini-gram indexes (offline, any HF tokenizer).",

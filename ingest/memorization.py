@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.ingest.config import MemorizeConfig
 
 ZERO_RULE = "drop-zero-tokens,exclude-all-zero-items"
 """The authors' handling of P∞ = 0: such a token is left out of the item's sum, and an item whose
@@ -474,34 +475,6 @@ def index_stats(index: str | Path, task: str, *, index_tokenizer: str | None = N
 
 
 # -- the standalone command: the run engine with memorization alone -----------------------------------
-
-
-@dataclass(frozen=True)
-class MemorizeConfig:
-    """Every setting of `geowh memorize`; its defaults are the command's."""
-
-    task: str
-    """triviaqa, or a local .jsonl with question and answer."""
-    index: str
-    """The infini-gram index folder."""
-    index_tokenizer: str | None = None
-    batch_size: int = 32
-    limit: int | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    tokenizer: str | None = None
-
-    def __post_init__(self) -> None:
-        for option, value in (("--batch-size", self.batch_size), ("--limit", self.limit)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise InputError(f"{option} {value}: give a whole number of at least 1")
-        self.engine()  # checks --dtype (and the rest) as an ingest does
-
-    def engine(self):
-        """The engine's config: geometry off, the model settings of this one."""
-        from geowh.ingest.run import IngestConfig
-
-        return IngestConfig(device=self.device, dtype=self.dtype, tokenizer=self.tokenizer, geometry=False)
 
 
 def memorize(

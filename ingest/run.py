@@ -33,72 +33,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED, Probe, ProbeTexts
+from geowh.ingest.config import IngestConfig, Selection
+from geowh.ingest.probes import Probe, ProbeTexts
 from geowh.ingest.series import CheckpointRef, Series
 from geowh.signals import interrupted_by
 from geowh.warehouse.runs import run_row
 
 KIND = "geometry"
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """Every setting of an ingest. Those in `key_fields` decide whether a result can be reused."""
-
-    probe: str = "fineweb"
-    n: int = DEFAULT_N
-    max_len: int = DEFAULT_MAX_LEN
-    min_len: int = DEFAULT_MIN_LEN
-    seed: int = DEFAULT_SEED
-    layers: str = "last"
-    pooling: str = "last"
-    subsets: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int | None = None
-    tokenizer: str | None = None
-    save_features: str | None = None
-    loss: bool = False
-    geometry: bool = True
-    """Off: the probe settings are unused and only the measurements run (`geowh memorize`)."""
-
-    # device, batch size and where features are saved do not change the numbers.
-    key_fields = ("probe", "n", "max_len", "min_len", "seed", "layers", "pooling", "subsets", "dtype", "tokenizer", "loss")
-
-    def __post_init__(self) -> None:
-        """Refuse a setting that cannot work before anything is loaded or written."""
-        from geowh.ingest.extract import parse_poolings
-        from geowh.ingest.models import DTYPES
-
-        for option, value, least in (("--n", self.n, 1), ("--max-len", self.max_len, 1), ("--min-len", self.min_len, 0),
-                                     ("--seed", self.seed, 0), ("--batch-size", self.batch_size, 1)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-                raise InputError(f"{option} {value}: give a whole number of at least {least}")
-        if self.subsets == 1 or self.subsets < 0:
-            raise InputError(f"--subsets {self.subsets}: K needs K ≥ 2 disjoint parts (0 = off)")
-        if self.subsets > self.n:
-            raise InputError(f"--subsets {self.subsets}: more parts than the --n {self.n} probe sequences")
-        layers = self.layers.strip()
-        items = [x.strip() for x in layers.split(",")]
-        if layers not in ("last", "all") and not (all(x.lstrip("-").isdigit() for x in items) and items):
-            raise InputError(f"--layers {self.layers!r}: use last, all or a list of indices such as 0,6,12")
-        parse_poolings(self.pooling)
-        if self.dtype not in DTYPES:
-            raise InputError(f"--dtype {self.dtype}: use one of {', '.join(DTYPES)}")
-        if not str(self.probe).strip():
-            raise InputError("--probe is empty: give fineweb, wikitext, or a .txt/.jsonl/.parquet file")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which checkpoints of the series to run."""
-
-    checkpoints: str = "all"
-    """all, a list (step1000,step2000), a step range START:END[:STRIDE] or log:N."""
-    revisions: tuple[str, ...] | None = None
-    """hf: models: the hub revisions to consider (default: all branches)."""
-    name: str | None = None
-    """The model's name in the warehouse (default: the folder's or registry name)."""
 
 
 Rows = dict[str, list[dict]]
@@ -546,7 +487,7 @@ class _Work:
 
 def ingest(
     model: str,
-    config: IngestConfig = IngestConfig(),
+    config: IngestConfig | None = None,
     selection: Selection = Selection(),
     *,
     measurements: Sequence[Measurement | Callable[..., Rows]] = (),
@@ -565,6 +506,7 @@ def ingest(
     default as long as it takes), calling `events.waiting(holder)` when a wait begins. Ctrl-C or
     SIGTERM stops with the finished checkpoints written and the current one `interrupted`;
     `running` rows of `model` left by a killed process are marked `interrupted` first.
+    `config` defaults to `IngestConfig()`; `selection` to every checkpoint.
 
     Example:
         config = IngestConfig(probe="docs.txt", n=500, max_len=128)
@@ -573,7 +515,7 @@ def ingest(
     """
     from geowh.warehouse import Warehouse
 
-    plan = plan_ingest(model, config, selection, measurements)
+    plan = plan_ingest(model, config or IngestConfig(), selection, measurements)
     events = events or Events()
     wh = Warehouse(db, lock_timeout=lock_timeout, on_wait=events.waiting)
     return run(plan, wh, force=force, evict=evict, events=events, executor=executor)

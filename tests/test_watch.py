@@ -27,6 +27,8 @@ WRITER_STEPS = (0, 1, 2, 4)
 WRITER = """
 import shutil, sys, time
 
+from pathlib import Path
+
 staged, run, signals = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 for i, folder in enumerate(sorted(staged.iterdir(), key=lambda p: int(p.name[4:]))):
     step = int(folder.name[4:])
