@@ -120,8 +120,8 @@ class Progress:
     current one, a line per finished checkpoint, and a note when another process holds the file.
     `quiet` draws nothing but the wait note (a wait with no word looks like a hang)."""
 
-    def __init__(self, quiet: bool = False, db: Path | None = None, verb: str = "checkpoints"):
-        self.quiet, self.db, self.verb = quiet, db, verb
+    def __init__(self, quiet: bool = False, db: Path | None = None):
+        self.quiet, self.db = quiet, db
         self.progress = None
 
     def __enter__(self):
@@ -140,7 +140,7 @@ class Progress:
             TextColumn("eta"), TimeRemainingColumn(), console=err_console(), transient=False,
         )
         self.progress.__enter__()
-        self.checkpoints = self.progress.add_task(self.verb, total=len(todo))
+        self.checkpoints = self.progress.add_task("checkpoints", total=len(todo))
         self.tokens = self.progress.add_task("tokens", total=None, visible=False)
 
     def started(self, ref) -> None:
