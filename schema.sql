@@ -199,3 +199,32 @@ CREATE TABLE IF NOT EXISTS memorization_items (
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host TEXT;  -- hostname of the machine that ran it; NULL for runs before migration 4
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;  -- process id that ran it on `host`; a running row whose process is gone is stale
 COMMENT ON COLUMN runs.status IS 'running, ok, failed or interrupted (Ctrl-C, SIGTERM, or a stale running row whose process is gone)';
+
+-- migration 5: memorization keyed by its index; complete provenance
+-- A memorization score reads the LM head against one infini-gram index: `metrics.index_dir`
+-- names the index, so scores of one task against two indexes are both kept. Such rows leave
+-- `trajectories` (one row per checkpoint, probe, layer and pooling of the geometry) and are
+-- read through the `memorization` view.
+
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS index_dir TEXT;  -- indexes.index_dir of a memorization score; NULL for geometry and imported metrics
+UPDATE metrics SET index_dir = json_extract_string(params, '$.index')
+WHERE metric LIKE 'memorization_spearman%' AND index_dir IS NULL;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS hub_commit TEXT;  -- git commit the hub resolved the checkpoint's revision to; NULL for local folders, live and imported runs
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS numpy_version TEXT;  -- numpy version; NULL for runs before migration 5
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS scipy_version TEXT;  -- scipy version; NULL when not installed or for runs before migration 5
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS infini_gram_version TEXT;  -- infini-gram version; NULL when not installed or for runs before migration 5
+
+CREATE OR REPLACE VIEW trajectories AS
+SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe, m.layer, m.pooling,
+       max(m.value) FILTER (WHERE m.metric = 'rankme') AS rankme,
+       max(m.value) FILTER (WHERE m.metric = 'alpha_req') AS alpha_req
+FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+WHERE m.index_dir IS NULL
+GROUP BY ALL;
+
+-- One row per memorization score: a checkpoint's task scored against an index.
+CREATE OR REPLACE VIEW memorization AS
+SELECT m.model, m.checkpoint, c.stage, c.step, c.tokens, m.probe AS task, m.index_dir AS "index", m.metric,
+       m.value, (m.params ->> '$.n')::INTEGER AS n, m.params, m.run_id
+FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+WHERE m.index_dir IS NOT NULL;

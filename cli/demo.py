@@ -125,7 +125,10 @@ def _print_shipped(loaded: dict, json_: bool) -> None:
 class RichDemoReport(RichTrainReport, DemoReport):
     """The demo's progress on stderr: a rule per stage, train-mini's bar, the index build's bars."""
 
-    ingest_progress = True
+    def ingest_events(self):
+        from geowh.cli.ingest import Progress
+
+        return Progress()
 
     def stage(self, text: str) -> None:
         self.console.rule(f"[bold]{text}", align="left")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+from geowh.ingest.config import IngestConfig, Selection
 
 Checkpoints = Annotated[
     str,
@@ -27,30 +28,49 @@ def _split(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+def selection_of(checkpoints: str, revisions: str | None, name: str | None):
+    from geowh.ingest.run import Selection
+
+    revisions = _split(revisions)
+    return Selection(checkpoints=checkpoints, revisions=tuple(revisions) if revisions else None, name=name)
+
+
+def config_of(options: dict):
+    """The IngestConfig of the command's options (those that are its fields)."""
+    from dataclasses import fields
+
+    from geowh.ingest.run import IngestConfig
+
+    given = {f.name: options[f.name] for f in fields(IngestConfig) if f.name in options}
+    if given.get("save_features") is not None:
+        given["save_features"] = str(given["save_features"])
+    return IngestConfig(**given)
+
+
 @app.command()
 def ingest(
     model: Annotated[str, typer.Argument(help="Registry model (pythia-410m, olmo-7b, tulu-3-8b), hf:ORG/NAME, or a run folder.")],
-    probe: Annotated[str, typer.Option(help="Probe set: fineweb, wikitext, or a .txt/.jsonl/.parquet file.")] = "fineweb",
-    n: Annotated[int, typer.Option("--n", help="Probe sequences (all usable documents when fewer).")] = 15_000,
-    max_len: Annotated[int, typer.Option(help="Truncate sequences to this many tokens.")] = 512,
-    min_len: Annotated[int, typer.Option(help="Drop texts of this many tokens or fewer.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the probe sample (and of --subsets).")] = 0,
-    checkpoints: Checkpoints = "all",
+    probe: Annotated[str, typer.Option(help="Probe set: fineweb, wikitext, or a .txt/.jsonl/.parquet file.")] = IngestConfig.probe,
+    n: Annotated[int, typer.Option("--n", help="Probe sequences (all usable documents when fewer).")] = IngestConfig.n,
+    max_len: Annotated[int, typer.Option(help="Truncate sequences to this many tokens.")] = IngestConfig.max_len,
+    min_len: Annotated[int, typer.Option(help="Drop texts of this many tokens or fewer.")] = IngestConfig.min_len,
+    seed: Annotated[int, typer.Option(help="Seed of the probe sample (and of --subsets).")] = IngestConfig.seed,
+    checkpoints: Checkpoints = Selection.checkpoints,
     revisions: Revisions = None,
-    name: Name = None,
-    layers: Annotated[str, typer.Option(help="Layers: last, all, or hidden_states indices such as 0,6,12.")] = "last",
-    pooling: Annotated[str, typer.Option(help="Pooling: last (last real token), mean, or last,mean.")] = "last",
-    subsets: Annotated[int, typer.Option(help="Also compute metrics on K disjoint probe parts: value = mean, stderr.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on a capable GPU, else fp32), float32, bfloat16, float16.")] = "auto",
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: fit the device's memory).")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer (hub id or folder) for checkpoints saved without one.")] = None,
+    name: Name = Selection.name,
+    layers: Annotated[str, typer.Option(help="Layers: last, all, or hidden_states indices such as 0,6,12.")] = IngestConfig.layers,
+    pooling: Annotated[str, typer.Option(help="Pooling: last (last real token), mean, or last,mean.")] = IngestConfig.pooling,
+    subsets: Annotated[int, typer.Option(help="Also compute metrics on K disjoint probe parts: value = mean, stderr.")] = IngestConfig.subsets,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = IngestConfig.device,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on a capable GPU, else fp32), float32, bfloat16, float16.")] = IngestConfig.dtype,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: fit the device's memory).")] = IngestConfig.batch_size,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer (hub id or folder) for checkpoints saved without one.")] = IngestConfig.tokenizer,
     save_features: Annotated[
         Optional[Path], typer.Option(help="Also save each feature matrix as DIR/MODEL/CHECKPOINT/layerL-POOLING.npy.")
-    ] = None,
+    ] = IngestConfig.save_features,
     loss: Annotated[
         bool, typer.Option("--loss", help="Also the probe's next-token loss (metric probe_loss; loads the LM head).")
-    ] = False,
+    ] = IngestConfig.loss,
     force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already ingested with these settings.")] = False,
     evict: Annotated[bool, typer.Option("--evict", help="Delete each hub checkpoint from the HF cache once ingested.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -71,28 +91,14 @@ def ingest(
     Example: geowh ingest pythia-410m --checkpoints log:30 --db w.duckdb
     """
     from geowh.ingest.memorization import measurements_for
-    from geowh.ingest.run import IngestConfig
     from geowh.ingest.run import ingest as run_ingest
 
-    settings = dict(
-        probe=probe, n=n, max_len=max_len, min_len=min_len, seed=seed, layers=layers, pooling=pooling, subsets=subsets,
-        device=device, dtype=dtype, batch_size=batch_size, tokenizer=tokenizer,
-        save_features=str(save_features) if save_features else None, loss=loss,
-    )
-    IngestConfig(**settings)  # every option checked before the memorization side loads anything
-
-    def waiting(holder: str) -> None:
-        err_console().print(
-            f"[yellow]waiting[/] for {db}: held by {holder}. The computed checkpoint is kept and written as soon "
-            "as the file is free; Ctrl-C stops with the finished checkpoints written.",
-            highlight=False,
+    config = config_of(locals())  # every option checked before the memorization side loads anything
+    with Progress(quiet=quiet or json_, db=db) as progress:
+        summary = run_ingest(
+            model, config, selection_of(checkpoints, revisions, name), force=force, evict=evict, db=db,
+            events=progress, measurements=measurements_for(memorization, index, index_tokenizer, db=db),
         )
-
-    summary = run_ingest(
-        model, **settings, checkpoints=checkpoints, revisions=_split(revisions), name=name, force=force,
-        evict=evict, quiet=quiet or json_, db=db, on_wait=waiting,
-        measurements=measurements_for(memorization, index, index_tokenizer, db=db),
-    )
     if json_:
         print_json(summary.to_dict())
     else:
@@ -107,6 +113,64 @@ def ingest(
         )
     if summary.failed:
         raise typer.Exit(1)
+
+
+class Progress:
+    """The engine's `Events` drawn on stderr: a bar of checkpoints (with ETA) and the tokens of the
+    current one, a line per finished checkpoint, and a note when another process holds the file.
+    `quiet` draws nothing but the wait note (a wait with no word looks like a hang)."""
+
+    def __init__(self, quiet: bool = False, db: Path | None = None):
+        self.quiet, self.db = quiet, db
+        self.progress = None
+
+    def __enter__(self):
+        return self
+
+    def planned(self, todo) -> None:
+        if self.quiet or not todo:
+            return
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self.progress = Bar(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=err_console(), transient=False,
+        )
+        self.progress.__enter__()
+        self.checkpoints = self.progress.add_task("checkpoints", total=len(todo))
+        self.tokens = self.progress.add_task("tokens", total=None, visible=False)
+
+    def started(self, ref) -> None:
+        if self.progress:
+            self.progress.reset(self.tokens, total=None, visible=True, description=f"{ref.label} tokens")
+
+    def batch(self, done: int, total: int) -> None:
+        if self.progress:
+            self.progress.update(self.tokens, completed=done, total=total)
+
+    def finished(self, entry: dict) -> None:
+        if not self.progress:
+            return
+        self.progress.advance(self.checkpoints)
+        if entry["status"] == "ok":
+            rate = f"  {entry['tokens_per_s']} tokens/s" if entry["tokens_per_s"] else ""
+            self.progress.console.print(f"[green]ok[/] {entry['checkpoint']}  {entry['seconds']} s{rate}")
+        else:
+            self.progress.console.print(f"[red]failed[/] {entry['checkpoint']}: {entry['error']}", highlight=False)
+
+    def waiting(self, holder: str) -> None:
+        err_console().print(
+            f"[yellow]waiting[/] for {self.db}: held by {holder}. The computed checkpoint is kept and written as soon "
+            "as the file is free; Ctrl-C stops with the finished checkpoints written.",
+            highlight=False,
+        )
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, print_json, render_frame
+from geowh.ingest.config import MemorizeConfig, Selection
 
 index_app = typer.Typer(
     help="Build and query infini-gram indexes (offline, any HF tokenizer).",
@@ -116,16 +117,17 @@ def memorize(
     model: Annotated[str, typer.Argument(help="Registry name, hf:ORG/NAME, or a local run folder.")],
     task: Annotated[str, typer.Option("--task", help="QA task: triviaqa, or a .jsonl with question and answer.")],
     index: Annotated[Path, typer.Option("--index", help="infini-gram index folder.")],
-    index_tokenizer: IndexTokenizer = None,
-    checkpoints: Annotated[str, typer.Option("--checkpoints", help="all, step1000,step2000, START:END[:STRIDE] or log:N.")] = "all",
+    index_tokenizer: IndexTokenizer = MemorizeConfig.index_tokenizer,
+    checkpoints: Annotated[str, typer.Option("--checkpoints", help="all, step1000,step2000, START:END[:STRIDE] or log:N.")] = Selection.checkpoints,
     revisions: Annotated[Optional[str], typer.Option("--revisions", help="Comma-separated hub revisions (hf: models).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the warehouse.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Model tokenizer when checkpoints lack one.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="QA items per forward pass.")] = 32,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use the task's first N items.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the warehouse.")] = Selection.name,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Model tokenizer when checkpoints lack one.")] = MemorizeConfig.tokenizer,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = MemorizeConfig.device,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = MemorizeConfig.dtype,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="QA items per forward pass.")] = MemorizeConfig.batch_size,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use the task's first N items.")] = MemorizeConfig.limit,
     force: Annotated[bool, typer.Option("--force", help="Rescore checkpoints that already have an ok run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -138,26 +140,16 @@ def memorize(
     """
     import polars as pl
 
+    from geowh.cli.ingest import Progress, selection_of
     from geowh.ingest.memorization import memorize as run
     from geowh.warehouse import Warehouse, canonical_model
 
-    summary = run(
-        canonical_model(model),
-        task,
-        index,
-        wh=Warehouse(db),
-        index_tokenizer=index_tokenizer,
-        checkpoints=checkpoints,
-        revisions=[r.strip() for r in revisions.split(",")] if revisions else None,
-        name=name,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        limit=limit,
-        force=force,
-        progress=lambda stage, label: err_console().print(f"scoring {label}", highlight=False),
-    )
+    config = MemorizeConfig(task=task, index=str(index), index_tokenizer=index_tokenizer, batch_size=batch_size,
+                            limit=limit, device=device, dtype=dtype, tokenizer=tokenizer)
+    with Progress(quiet=quiet or json_, db=db) as progress:
+        wh = Warehouse(db, lock_timeout=None, on_wait=progress.waiting)
+        summary = run(canonical_model(model), config, selection_of(checkpoints, revisions, name), wh=wh, force=force,
+                      events=progress)
     if json_:
         print_json(summary)
     else:

@@ -42,18 +42,21 @@ def watch(
 
     Example: geowh watch runs/my-run --probe held_out.txt --n 1000 --max-len 256 --until-idle 3600
     """
+    from geowh.cli.ingest import config_of
     from geowh.ingest.memorization import measurements_for
     from geowh.ingest.watch import watch as run_watch
 
-    json_ = options.pop("json_")
-    quiet = options.pop("quiet") or json_
-    memorization = options.pop("memorization"), options.pop("index"), options.pop("index_tokenizer")
+    json_ = options["json_"]
+    quiet = options["quiet"] or json_
+    config = config_of(options)
+    measurements = measurements_for(options["memorization"], options["index"], options["index_tokenizer"],
+                                    db=options["db"])
     stopping = _StopOnCtrlC()
     with stopping:
         summary = run_watch(
-            folder, interval=interval, settle=settle, once=once, until_idle=until_idle,
+            folder, config, interval=interval, settle=settle, once=once, until_idle=until_idle,
             on_event=_json_line if json_ else (lambda e: None) if quiet else _show,
-            stop=stopping, measurements=measurements_for(*memorization, db=options["db"]), **options,
+            stop=stopping, measurements=measurements, db=options["db"], name=options["name"],
         )
     if json_:
         _json_line({"kind": "summary"} | summary.to_dict())

@@ -1,9 +1,24 @@
 """Produces the warehouse's rows: checkpoint series → probe features → spectra and metrics.
 
-torch and transformers are imported inside the functions that need them, never here.
+torch and transformers are imported inside the functions that need them, never here; the names
+below are imported on first use, so that `geowh.ingest.config` (what the CLI reads its defaults
+from) loads nothing else.
 """
 
-from geowh.ingest.models import load_checkpoint
-from geowh.ingest.run import IngestSummary, Measurement, ingest, process_checkpoint, write_result
+from importlib import import_module
 
-__all__ = ["IngestSummary", "Measurement", "ingest", "load_checkpoint", "process_checkpoint", "write_result"]
+_WHERE = {
+    "load_checkpoint": "geowh.ingest.models",
+    **{name: "geowh.ingest.config" for name in ("IngestConfig", "MemorizeConfig", "Selection")},
+    **{name: "geowh.ingest.run" for name in (
+        "Events", "Executor", "IngestSummary", "Measurement", "ingest", "process_checkpoint", "write_result",
+    )},
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'geowh.ingest' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name]), name)

@@ -30,14 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geowh.errors import GeowhError, InputError
+from geowh.errors import InputError
+from geowh.ingest.config import MemorizeConfig
 
 ZERO_RULE = "drop-zero-tokens,exclude-all-zero-items"
 """The authors' handling of P∞ = 0: such a token is left out of the item's sum, and an item whose
@@ -284,6 +283,20 @@ def answer_logliks(model, tokenizer, items: Sequence[QAItem], batch_size: int = 
     return results
 
 
+def _scored(loaded, items: Sequence[QAItem], batch_size: int) -> list[tuple[float, int]]:
+    """`answer_logliks` of a loaded checkpoint; running out of memory fails the checkpoint, not the run."""
+    import torch
+
+    from geowh.errors import CheckpointError
+
+    try:
+        return answer_logliks(loaded.model, loaded.tokenizer, items, batch_size)
+    except torch.OutOfMemoryError as e:
+        raise CheckpointError(
+            f"out of memory scoring {loaded.ref.label} with --batch-size {batch_size}: give a smaller --batch-size"
+        ) from e
+
+
 def _forward_parameters(model) -> set[str]:
     import inspect
 
@@ -400,17 +413,13 @@ class Memorization:
             "zero_rule": ZERO_RULE,
         }
 
-    def config_key(self, dtype: str) -> str:
-        text = json.dumps({**self.config, "dtype": str(dtype)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
     def score(self, loaded, run_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Rows for one loaded checkpoint (a causal LM, `with_head=True`).
 
         Without `run_id` the rows carry none, for a caller that fills in its own (ingest).
         """
         ref = loaded.ref
-        scored = answer_logliks(loaded.model, loaded.tokenizer, self.items, self.batch_size)
+        scored = _scored(loaded, self.items, self.batch_size)
         run = {"run_id": run_id} if run_id else {}
         item_rows = [
             {"model": ref.model, "checkpoint": ref.label, "task": self.task, "item": item.item,
@@ -421,7 +430,7 @@ class Memorization:
         tokenizer = getattr(loaded.tokenizer, "name_or_path", None)
         metrics = [  # the authors' score first
             {"model": ref.model, "checkpoint": ref.label, "probe": self.task, "layer": None, "pooling": None,
-             "metric": name, "value": corr["rho"], "stderr": None, **run,
+             "index_dir": self.config["index"], "metric": name, "value": corr["rho"], "stderr": None, **run,
              "params": {**self.config, "n": corr["n"], "p_value": corr["p"], "excluded_zero": excluded,
                         "model_tokenizer": tokenizer, "reason": corr["reason"]}}
             for name, corr in correlations([self.infgram[i.item] for i in self.items], scored).items()
@@ -432,7 +441,8 @@ class Memorization:
         """This task and index as an ingest measurement: scored in each checkpoint's transaction."""
         from geowh.ingest.run import Measurement
 
-        return Measurement(KIND, lambda loaded, ref, config: self.score(loaded), config=self.config, with_head=True)
+        return Measurement(KIND, lambda loaded, ref, config: self.score(loaded), config=self.config, with_head=True,
+                           probe=self.task)
 
     def suffix_lengths(self) -> list[dict[str, Any]]:
         return suffix_length_table(list(self.infgram.values()))
@@ -464,103 +474,56 @@ def index_stats(index: str | Path, task: str, *, index_tokenizer: str | None = N
     }
 
 
-# -- the standalone command: resumable, every attempt recorded -------------------------------------
+# -- the standalone command: the run engine with memorization alone -----------------------------------
 
 
 def memorize(
     model: str,
-    task: str,
-    index: str | Path,
+    config: MemorizeConfig,
+    selection=None,
     *,
     wh,
-    index_tokenizer: str | None = None,
-    checkpoints: str = "all",
-    revisions: Sequence[str] | None = None,
-    name: str | None = None,
-    tokenizer: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 32,
-    limit: int | None = None,
     force: bool = False,
-    progress: Callable[[str, str], None] | None = None,
+    events=None,
+    executor=None,
 ) -> list[dict[str, Any]]:
     """Score every selected checkpoint of `model`; one summary dict per checkpoint.
 
-    A checkpoint with an ok run of the same config is skipped (unless `force`); a failed one is
-    recorded in `runs` with its error and the next checkpoint goes on.
+    The run engine (`ingest.run`) with the memorization measurement alone: a checkpoint with an
+    ok run of the same config is skipped (unless `force`), a failed one is recorded in `runs`
+    with its error and the next one goes on, an interrupt records the current one
+    `interrupted`; each checkpoint's rows are written in one transaction. Each dict says
+    checkpoint, step, status (ok, skipped, failed), value (the authors' ρ), n, seconds and error.
+
+    Example:
+        memorize("pythia-160m", MemorizeConfig("triviaqa", "indexes/pile"), Selection("log:20"), wh=Warehouse())
     """
-    from geowh.ingest.models import resolve_device, resolve_dtype
-    from geowh.ingest.series import require_hub, resolve_series
+    from geowh.ingest.run import Selection, plan_ingest, run
 
-    series = resolve_series(model, revisions=revisions, name=name, checkpoints=checkpoints)
-    if any(r.repo for r in series.checkpoints):
-        require_hub(f"download checkpoints of {series.model}")
-    mem = Memorization(task, index, index_tokenizer=index_tokenizer, batch_size=batch_size, limit=limit, wh=wh)
-    torch_dtype = resolve_dtype(dtype, resolve_device(device))
-    key = mem.config_key(str(torch_dtype).removeprefix("torch."))
-    done = set() if force else wh.completed(KIND, series.model, key)
-    wh.write({"models": [series.models_row()], "checkpoints": [r.row() for r in series.checkpoints]})
-    summary = []
-    for ref in series.checkpoints:
-        if ref.label in done:
-            summary.append({"checkpoint": ref.label, "status": "skipped", "value": None, "n": None, "error": None})
-            continue
-        if progress:
-            progress("checkpoint", ref.label)
-        summary.append(_score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer or series.tokenizer))
-    return summary
-
-
-def _score_one(mem, ref, wh, key, device, dtype, batch_size, tokenizer) -> dict[str, Any]:
-    """Load, score and write one checkpoint; its `runs` row says running, then ok or failed."""
-    import torch
-    import transformers
-
-    from geowh import __version__
-    from geowh.ingest.models import device_name, load_checkpoint
-    from geowh.warehouse import utcnow
-    from geowh.warehouse.runs import this_process
-
-    run = {
-        "run_id": str(uuid.uuid4()), "kind": KIND, "model": ref.model, "checkpoint": ref.label,
-        "probe": mem.task, "config_key": key, "config": {**mem.config, "batch_size": batch_size, "dtype": dtype},
-        "status": "running", "geowh_version": __version__, "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__, "started_at": utcnow(),
-        **this_process(),  # so that a killed memorize's running row is seen as stale
-    }
-    wh.write({"runs": [run]})
-    stages: dict[str, float] = {}
-    loaded = None
-    try:
-        t = time.perf_counter()
-        loaded = load_checkpoint(ref, device=device, dtype=dtype, with_head=True, tokenizer=tokenizer)
-        stages["load"] = time.perf_counter() - t
-        t = time.perf_counter()
-        rows = mem.score(loaded, run["run_id"])
-        stages["forward"] = time.perf_counter() - t
-        run |= {"status": "ok", "device": device_name(loaded.device),
-                "dtype": str(loaded.dtype).removeprefix("torch."), "finished_at": utcnow(), "stage_seconds": stages}
-        wh.write({"models": [loaded.models_row()], **rows, "runs": [run]})
-        metric = rows["metrics"][0]
-        return {"checkpoint": ref.label, "status": "ok", "value": metric["value"], "n": metric["params"]["n"],
-                "error": None}
-    except (GeowhError, RuntimeError, OSError) as e:  # recorded, then the next checkpoint goes on
-        error = str(e) if isinstance(e, GeowhError) else f"{type(e).__name__}: {e}"
-        wh.write({"runs": [run | {"status": "failed", "error": error[:2000], "finished_at": utcnow(),
-                                  "stage_seconds": stages}]})
-        return {"checkpoint": ref.label, "status": "failed", "value": None, "n": None, "error": error}
-    except BaseException as e:  # a bug or Ctrl-C: recorded as failed, then raised
-        wh.write({"runs": [run | {"status": "failed", "error": f"interrupted: {type(e).__name__}: {e}"[:2000],
-                                  "finished_at": utcnow()}]})
-        raise
-    finally:
-        if loaded is not None:
-            loaded.release()
+    engine = config.engine()
+    mem = Memorization(config.task, config.index, index_tokenizer=config.index_tokenizer,
+                       batch_size=config.batch_size, limit=config.limit, wh=wh)
+    plan = plan_ingest(model, engine, selection or Selection(), [mem.measurement()])
+    summary = run(plan, wh, force=force, events=events, executor=executor)
+    scored = {}
+    run_ids = [c["run_id"] for c in summary.checkpoints if c["run_id"]]
+    if run_ids:
+        frame = wh.query(
+            f"SELECT checkpoint, value, (params ->> '$.n')::INTEGER AS n FROM metrics WHERE metric = ? "
+            f"AND run_id IN ({', '.join('?' * len(run_ids))})", [METRIC, *run_ids],
+        )
+        scored = {r["checkpoint"]: r for r in frame.to_dicts()}
+    return [
+        {"checkpoint": c["checkpoint"], "step": c["step"], "status": c["status"],
+         "value": scored.get(c["checkpoint"], {}).get("value"), "n": scored.get(c["checkpoint"], {}).get("n"),
+         "seconds": c["seconds"], "error": c["error"]}
+        for c in summary.checkpoints
+    ]
 
 
 __all__ = [
-    "METRIC", "METRIC_PARTIAL", "METRIC_PER_TOKEN", "TASKS", "ZERO_RULE", "Memorization", "QAItem", "Task",
+    "METRIC", "METRIC_PARTIAL", "METRIC_PER_TOKEN", "TASKS", "ZERO_RULE", "MemorizeConfig", "Memorization", "QAItem",
+    "Task",
     "answer_logliks", "correlations", "index_stats", "infgram_side", "load_task", "log_p_inf", "measurements_for",
     "memorize", "partial_spearman", "spearman", "suffix_length_table",
 ]

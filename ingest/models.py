@@ -49,6 +49,17 @@ class Loaded:
     def d_model(self) -> int:
         return int(self.config.hidden_size)
 
+    @property
+    def hub_commit(self) -> str | None:
+        """The commit the hub resolved the revision to: the snapshot the weights were read from.
+        None for a local folder or a model given in memory."""
+        if self.ref.repo is None:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.ref.repo, "config.json", revision=self.ref.revision or "main")
+        return Path(cached).parent.name if isinstance(cached, str) else None
+
     def parameters(self) -> int:
         return sum(p.numel() for p in self.base.parameters())
 

@@ -1,18 +1,24 @@
-"""`geowh ingest`: every checkpoint of a series → probe features → spectra and metrics.
+"""The run engine: every checkpoint of a series → the measurements asked for → one transaction each.
 
-Three parts, kept apart so that a later multi-GPU ingest can run the work in many processes
-while one process writes:
+`geowh ingest` (geometry, optionally with memorization) and `geowh memorize` (memorization
+alone) are this one engine. Its parts, kept apart so that a distributed or a live run plugs in:
 
-- `plan_ingest` resolves the series, loads the probe texts and fixes the config (and its key);
-- `process_checkpoint(ref, plan)` does the work for one checkpoint and RETURNS a
-  `CheckpointResult` holding every row to write (failures included: status and error);
-- `write_result(wh, result)` writes those rows and the `runs` row in one transaction.
+- `plan_ingest(model, config, selection, measurements)` resolves the series, loads the probe
+  texts and fixes the config and its key. Every option is checked here (`IngestConfig` checks
+  itself when built), before anything is loaded or written.
+- `process_checkpoint(ref, plan)` loads the checkpoint once, runs the geometry (unless
+  `config.geometry` is off) and every `Measurement`, and RETURNS a `CheckpointResult` with every
+  row to write. An expected failure (a `CheckpointError`: download, corrupt weights, out of
+  memory, NaN features) is a failed result; any other exception is a bug and is raised.
+- `write_result(wh, result)` writes a result's rows and its `runs` row in one transaction.
+- `run(plan, wh)` is the driver: skips what is done, writes each checkpoint's `running` row,
+  hands the checkpoints to an `Executor` and writes each result as it comes back. Only the
+  driver writes. `Serial` (the default) processes them one after the other in this process; a
+  distributed executor runs `process_checkpoint` elsewhere and yields the results.
+- `Events` is how the engine reports progress; it prints nothing itself (cli/ renders it).
 
-`ingest(...)` loops over the checkpoints: completed ones are skipped (resume), failures are
-recorded and the loop goes on, and the `IngestSummary` says what happened.
-
-Other measurements join the same transaction through `measurements`: callables
-`(loaded, ref, config) -> {table: rows}` run on the loaded checkpoint after the geometry.
+`ingest(model, config, selection)` is plan + run; `live`-measured checkpoints
+(`geowh.integrations`) call `process_checkpoint(ref, plan, loaded=model)` and `write_result`.
 """
 
 from __future__ import annotations
@@ -21,65 +27,19 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from geowh import __version__
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED, Probe, ProbeTexts
+from geowh.ingest.config import IngestConfig, Selection
+from geowh.ingest.probes import Probe, ProbeTexts
 from geowh.ingest.series import CheckpointRef, Series
 from geowh.signals import interrupted_by
-from geowh.warehouse.runs import this_process
+from geowh.warehouse.runs import run_row
 
 KIND = "geometry"
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """Every setting of an ingest. Those in `key_fields` decide whether a result can be reused."""
-
-    probe: str = "fineweb"
-    n: int = DEFAULT_N
-    max_len: int = DEFAULT_MAX_LEN
-    min_len: int = DEFAULT_MIN_LEN
-    seed: int = DEFAULT_SEED
-    layers: str = "last"
-    pooling: str = "last"
-    subsets: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int | None = None
-    tokenizer: str | None = None
-    save_features: str | None = None
-    loss: bool = False
-
-    # device, batch size and where features are saved do not change the numbers.
-    key_fields = ("probe", "n", "max_len", "min_len", "seed", "layers", "pooling", "subsets", "dtype", "tokenizer", "loss")
-
-    def __post_init__(self) -> None:
-        """Refuse a setting that cannot work before anything is loaded or written."""
-        from geowh.ingest.extract import parse_poolings
-        from geowh.ingest.models import DTYPES
-
-        for option, value, least in (("--n", self.n, 1), ("--max-len", self.max_len, 1), ("--min-len", self.min_len, 0),
-                                     ("--seed", self.seed, 0), ("--batch-size", self.batch_size, 1)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-                raise InputError(f"{option} {value}: give a whole number of at least {least}")
-        if self.subsets == 1 or self.subsets < 0:
-            raise InputError(f"--subsets {self.subsets}: K needs K ≥ 2 disjoint parts (0 = off)")
-        if self.subsets > self.n:
-            raise InputError(f"--subsets {self.subsets}: more parts than the --n {self.n} probe sequences")
-        layers = self.layers.strip()
-        items = [x.strip() for x in layers.split(",")]
-        if layers not in ("last", "all") and not (all(x.lstrip("-").isdigit() for x in items) and items):
-            raise InputError(f"--layers {self.layers!r}: use last, all or a list of indices such as 0,6,12")
-        parse_poolings(self.pooling)
-        if self.dtype not in DTYPES:
-            raise InputError(f"--dtype {self.dtype}: use one of {', '.join(DTYPES)}")
-        if not str(self.probe).strip():
-            raise InputError("--probe is empty: give fineweb, wikitext, or a .txt/.jsonl/.parquet file")
 
 
 Rows = dict[str, list[dict]]
@@ -91,14 +51,18 @@ class Measurement:
 
     `fn(loaded, ref, config) -> {table: rows}`; rows without `run_id` get the run's id where
     the table has that column. `config` joins the run's config and its key (so a rerun with
-    other settings is not skipped); `with_head` loads the causal LM instead of the base model.
-    A plain callable works too (its name is its config).
+    other settings is not skipped); `with_head` loads the causal LM instead of the base model;
+    `probe` is what the measurement reads, the run's `probe` when geometry is off. A plain
+    callable works too (its name is its config). A measurement raises `CheckpointError` for a
+    checkpoint it cannot measure (that checkpoint fails, the run goes on); anything else it
+    raises stops the run with its traceback.
     """
 
     name: str
     fn: Callable[..., Rows]
     config: dict = field(default_factory=dict)
     with_head: bool = False
+    probe: str | None = None
 
     def __call__(self, loaded, ref: CheckpointRef, config: IngestConfig) -> Rows:
         return self.fn(loaded, ref, config)
@@ -116,7 +80,8 @@ class Plan:
     """What every checkpoint of one ingest shares."""
 
     series: Series
-    texts: ProbeTexts
+    texts: ProbeTexts | None
+    """The probe texts; None when geometry is off."""
     config: IngestConfig
     dtype: str
     """Resolved dtype name (auto → bfloat16 on a capable GPU, float32 otherwise)."""
@@ -125,40 +90,35 @@ class Plan:
     """Tokenized probes by tokenizer fingerprint (checkpoints of a series share one)."""
 
     @property
+    def kind(self) -> str:
+        """runs.kind: geometry, or the measurements' names when geometry is off (memorization)."""
+        return KIND if self.config.geometry else "+".join(m.name for m in self.measurements)
+
+    @property
     def config_dict(self) -> dict:
         d = asdict(self.config)
-        d.update(kind=KIND, dtype=self.dtype, requested_dtype=self.config.dtype, texts_hash=self.texts.texts_hash)
+        d.update(kind=self.kind, dtype=self.dtype, requested_dtype=self.config.dtype,
+                 texts_hash=self.texts.texts_hash if self.texts else None)
         d["measurements"] = {m.name: m.config for m in self.measurements}
         return d
 
     @property
     def config_key(self) -> str:
         d = self.config_dict
-        keyed = {k: d[k] for k in IngestConfig.key_fields} | {
-            "probe": self.texts.name,  # a file's name, not the path it was given by: the texts hash says the rest
-            "kind": KIND,
-            "dtype": self.dtype,
-            "texts_hash": self.texts.texts_hash,
-            "measurements": d["measurements"],
-        }
+        if self.config.geometry:
+            keyed = {k: d[k] for k in IngestConfig.key_fields} | {
+                "probe": self.texts.name,  # a file's name, not the path it was given by: the texts hash says the rest
+                "texts_hash": self.texts.texts_hash,
+            }
+        else:
+            keyed = {"tokenizer": self.config.tokenizer}
+        keyed |= {"kind": self.kind, "dtype": self.dtype, "measurements": d["measurements"]}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def run_row(self, ref: CheckpointRef, run_id: str, status: str, **fields: Any) -> dict:
-        import torch
-        import transformers
-
-        return {
-            "run_id": run_id,
-            "kind": KIND,
-            "model": ref.model,
-            "checkpoint": ref.label,
-            "config_key": self.config_key,
-            "config": self.config_dict,
-            "status": status,
-            "geowh_version": __version__,
-            "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
-        } | this_process() | fields
+        probe = next((m.probe for m in self.measurements if m.probe), None) if not self.config.geometry else None
+        return run_row(run_id, self.kind, ref.model, status, checkpoint=ref.label, probe=probe,
+                       config_key=self.config_key, config=self.config_dict) | fields
 
 
 @dataclass
@@ -186,10 +146,7 @@ class CheckpointResult:
 def plan_ingest(
     model: str,
     config: IngestConfig,
-    *,
-    checkpoints: str = "all",
-    revisions: Sequence[str] | None = None,
-    name: str | None = None,
+    selection: Selection = Selection(),
     measurements: Sequence[Measurement | Callable[..., Rows]] = (),
 ) -> Plan:
     """Resolve the series and probe texts; fix the config and its key. Loads no weights."""
@@ -197,12 +154,16 @@ def plan_ingest(
     from geowh.ingest.probes import load_texts
     from geowh.ingest.series import require_hub, resolve_series
 
-    series = resolve_series(model, revisions=revisions, name=name, checkpoints=checkpoints)
+    measurements = tuple(as_measurement(m) for m in measurements)
+    if not config.geometry and not measurements:
+        raise InputError("nothing to measure: geometry is off and no measurement was given")
+    series = resolve_series(model, revisions=list(selection.revisions) if selection.revisions else None,
+                            name=selection.name, checkpoints=selection.checkpoints)
     if any(r.repo for r in series.checkpoints):
         require_hub(f"download checkpoints of {series.model}")
-    texts = load_texts(config.probe, n=config.n)
+    texts = load_texts(config.probe, n=config.n) if config.geometry else None
     dtype = str(resolve_dtype(config.dtype, resolve_device(config.device))).removeprefix("torch.")
-    return Plan(series, texts, config, dtype, tuple(as_measurement(m) for m in measurements))
+    return Plan(series, texts, config, dtype, measurements)
 
 
 # -- one checkpoint ------------------------------------------------------------------------------
@@ -216,11 +177,12 @@ def process_checkpoint(
     on_batch: Callable[[int, int], None] | None = None,
     loaded=None,
 ) -> CheckpointResult:
-    """Load `ref`, extract features, compute spectra and metrics, run the measurements.
+    """Load `ref` once, run the geometry (features → spectra → metrics) and the measurements.
 
     Returns a result holding all rows, or a failed result with the error for a checkpoint
-    that cannot be processed (download, weights, memory, NaN). A config error (InputError)
-    is raised: it would fail every checkpoint alike.
+    that cannot be processed: a `CheckpointError` (download, weights, memory, NaN). Any other
+    exception is raised with its traceback: a config error (InputError) would fail every
+    checkpoint alike, and anything else is a bug to see, not a checkpoint to skip.
 
     `loaded` measures a model already in memory instead of loading `ref` (a `Loaded` whose
     `ref` is `ref`; `geowh.integrations` passes the model in training): the rows are those
@@ -245,34 +207,33 @@ def process_checkpoint(
             tokenizer=plan.config.tokenizer or plan.series.tokenizer,
         )
         seconds["load"] = time.perf_counter() - t
-        t = time.perf_counter()
-        probe = _probe_for(plan, loaded.tokenizer)
-        seconds["tokenize"] = time.perf_counter() - t
-        rows, stage_seconds = _geometry(loaded, probe, plan, run_id, on_batch)
-        seconds |= stage_seconds
+        rows: Rows = {}
+        if plan.config.geometry:
+            t = time.perf_counter()
+            probe = probe_for(plan, loaded.tokenizer)
+            seconds["tokenize"] = time.perf_counter() - t
+            rows, stage_seconds = _geometry(loaded, probe, plan, run_id, on_batch)
+            seconds |= stage_seconds
         for m in plan.measurements:
             t = time.perf_counter()
             for table, extra in m(loaded, ref, plan.config).items():
                 rows.setdefault(table, []).extend(extra)
             seconds[m.name] = time.perf_counter() - t
         status, error = "ok", None
-    except InputError:
-        raise
     except CheckpointError as e:
-        status, error, rows = "failed", str(e), {}
-    except Exception as e:  # anything else still fails only this checkpoint, recorded with its type
-        if interrupted_by(e):  # a Ctrl-C that a library wrapped in an error of its own
+        if interrupted_by(e) is not None:  # a Ctrl-C that a library wrapped in an error of its own
             raise
-        status, error, rows = "failed", f"{type(e).__name__}: {e}", {}
+        status, error, rows = "failed", str(e), {}
     finally:
+        # runs on the way out of a bug too: the weights are freed before the traceback is shown
         if loaded is not None:
-            device, dtype = loaded.device, loaded.dtype
+            device, dtype, commit = loaded.device, loaded.dtype, loaded.hub_commit
             models_row = plan.series.models_row() | loaded.models_row()
             models_row["tokenizer"] = models_row["tokenizer"] or loaded.tokenizer.name_or_path
             if not given:
                 loaded.release()
         else:
-            device, dtype, models_row = None, None, plan.series.models_row()
+            device, dtype, commit, models_row = None, None, None, plan.series.models_row()
     rows = {"models": [models_row], "checkpoints": [ref.row()], **rows}
     if probe is not None and status == "ok":
         rows["probes"] = [probe.row]
@@ -281,19 +242,22 @@ def process_checkpoint(
         ref,
         run_id,
         status,
-        probe=probe.id if probe is not None else None,
         error=error,
         device=device_name(device) if device is not None else None,
         dtype=str(dtype).removeprefix("torch.") if dtype is not None else plan.dtype,
+        hub_commit=commit,
         started_at=started,
         finished_at=utcnow(),
         stage_seconds={k: round(v, 3) for k, v in seconds.items()},
     )
+    if probe is not None:
+        run["probe"] = probe.id
     tokens = probe.tokens if probe is not None and status == "ok" else 0
     return CheckpointResult(ref, run_id, status, rows, run, error, tokens, elapsed)
 
 
-def _probe_for(plan: Plan, tokenizer) -> Probe:
+def probe_for(plan: Plan, tokenizer) -> Probe:
+    """The plan's probe texts tokenized by `tokenizer`, once per tokenizer (cached in the plan)."""
     from geowh.ingest.probes import tokenize_probe, tokenizer_fingerprint
 
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -436,7 +400,8 @@ class IngestSummary:
     """What an ingest did, checkpoint by checkpoint."""
 
     model: str
-    probe: str
+    probe: str | None
+    """The probe set's name; None when geometry is off."""
     config_key: str
     db: str
     checkpoints: list[dict] = field(default_factory=list)
@@ -453,97 +418,181 @@ class IngestSummary:
         return asdict(self) | {"ok": self.count("ok"), "failed": self.failed, "skipped": self.count("skipped")}
 
 
+class Events:
+    """What the engine reports while it runs. Every method does nothing here: the library is quiet.
+
+    Subclass and override what you want to show (cli/ingest.py draws a progress bar with it):
+    `planned` once with the checkpoints to compute, `started` before each, `batch` as its
+    forward passes go, `finished` with its summary entry, `waiting` when another process holds
+    the warehouse file (with who holds it).
+    """
+
+    def planned(self, todo: Sequence[CheckpointRef]) -> None:
+        pass
+
+    def started(self, ref: CheckpointRef) -> None:
+        pass
+
+    def batch(self, done: int, total: int) -> None:
+        pass
+
+    def finished(self, entry: dict) -> None:
+        pass
+
+    def waiting(self, holder: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Job:
+    """One checkpoint to process, under the run id its `running` row was written with."""
+
+    ref: CheckpointRef
+    run_id: str
+
+
+class Executor(Protocol):
+    """Where `process_checkpoint` runs. The driver alone writes: it calls nothing here that writes.
+
+    `map(work, jobs, started)` calls `started(job)` in the driver's process just before handing
+    `job` out (the driver writes its `running` row there), runs `work(job)` (which returns the
+    job's `CheckpointResult`) and yields the results, in any order, as they are done. A job whose
+    `work` raises stops the run: the exception is raised from the iterator.
+    """
+
+    def map(
+        self, work: Callable[[Job], CheckpointResult], jobs: Sequence[Job], started: Callable[[Job], None]
+    ) -> Iterator[CheckpointResult]: ...
+
+
+class Serial:
+    """The default executor: one checkpoint after the other, in this process."""
+
+    def map(self, work, jobs, started):
+        for job in jobs:
+            started(job)
+            yield work(job)
+
+
+@dataclass
+class _Work:
+    """`process_checkpoint` of one job under a plan (what an executor runs)."""
+
+    plan: Plan
+    on_batch: Callable[[int, int], None] | None = None
+
+    def __call__(self, job: Job) -> CheckpointResult:
+        return process_checkpoint(job.ref, self.plan, run_id=job.run_id, on_batch=self.on_batch)
+
+
 def ingest(
     model: str,
+    config: IngestConfig | None = None,
+    selection: Selection = Selection(),
     *,
-    probe: str = "fineweb",
-    n: int = DEFAULT_N,
-    max_len: int = DEFAULT_MAX_LEN,
-    min_len: int = DEFAULT_MIN_LEN,
-    seed: int = DEFAULT_SEED,
-    checkpoints: str = "all",
-    revisions: Sequence[str] | None = None,
-    name: str | None = None,
-    layers: str = "last",
-    pooling: str = "last",
-    subsets: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int | None = None,
-    tokenizer: str | None = None,
-    save_features: str | Path | None = None,
-    loss: bool = False,
+    measurements: Sequence[Measurement | Callable[..., Rows]] = (),
     force: bool = False,
     evict: bool = False,
-    quiet: bool = False,
     db: str | Path | None = None,
-    measurements: Sequence[Measurement | Callable[..., Rows]] = (),
     lock_timeout: float | None = None,
-    on_wait: Callable[[str], None] | None = None,
+    events: Events | None = None,
+    executor: Executor | None = None,
 ) -> IngestSummary:
     """Ingest every selected checkpoint of `model` into the warehouse `db` (the Python `geowh ingest`).
 
     Completed checkpoints (an ok run with the same config key) are skipped unless `force`;
     a checkpoint that fails gets a failed `runs` row and the loop goes on. While another
     process holds the file, a computed checkpoint waits for it (`lock_timeout` seconds, by
-    default as long as it takes), calling `on_wait(holder)` when a wait begins. Ctrl-C or
+    default as long as it takes), calling `events.waiting(holder)` when a wait begins. Ctrl-C or
     SIGTERM stops with the finished checkpoints written and the current one `interrupted`;
     `running` rows of `model` left by a killed process are marked `interrupted` first.
+    `config` defaults to `IngestConfig()`; `selection` to every checkpoint.
 
     Example:
-        summary = ingest("./my-run", probe="docs.txt", n=500, max_len=128, db="w.duckdb")
+        config = IngestConfig(probe="docs.txt", n=500, max_len=128)
+        summary = ingest("./my-run", config, Selection(checkpoints="log:8"), db="w.duckdb")
         summary.failed   # 0
     """
     from geowh.warehouse import Warehouse
 
-    config = IngestConfig(
-        probe=str(probe), n=n, max_len=max_len, min_len=min_len, seed=seed, layers=layers, pooling=pooling,
-        subsets=subsets, device=device, dtype=dtype, batch_size=batch_size, tokenizer=tokenizer,
-        save_features=str(save_features) if save_features else None, loss=loss,
-    )
-    plan = plan_ingest(model, config, checkpoints=checkpoints, revisions=revisions, name=name, measurements=measurements)
+    plan = plan_ingest(model, config or IngestConfig(), selection, measurements)
+    events = events or Events()
+    wh = Warehouse(db, lock_timeout=lock_timeout, on_wait=events.waiting)
+    return run(plan, wh, force=force, evict=evict, events=events, executor=executor)
+
+
+def run(
+    plan: Plan,
+    wh,
+    *,
+    force: bool = False,
+    evict: bool = False,
+    events: Events | None = None,
+    executor: Executor | None = None,
+) -> IngestSummary:
+    """The driver: every checkpoint of `plan` not yet done, processed by `executor`, written here.
+
+    Each checkpoint gets a `running` row before it is handed out and its rows in one
+    transaction when its result comes back. A failed checkpoint is recorded and the run goes
+    on. An exception (a bug, a full disk) or a signal stops the run: the checkpoints handed
+    out and not written are recorded `failed` (with the error) or `interrupted`, then it is
+    raised. A written checkpoint is never overwritten by that record.
+    """
+    events = events or Events()
+    executor = executor or Serial()
     _import_now(plan.series)
-    wh = Warehouse(db, lock_timeout=lock_timeout, on_wait=on_wait)
-    summary = IngestSummary(plan.series.model, plan.texts.name, plan.config_key, str(wh.path))
+    summary = IngestSummary(plan.series.model, plan.texts.name if plan.texts else None, plan.config_key, str(wh.path))
     wh.close_stale_runs(plan.series.model)
-    done = set() if force else wh.completed(KIND, plan.series.model, plan.config_key)
+    done = set() if force else wh.completed(plan.kind, plan.series.model, plan.config_key)
     todo = [r for r in plan.series.checkpoints if r.label not in done]
     for ref in plan.series.checkpoints:
         if ref.label in done:
             summary.checkpoints.append(_entry(ref, "skipped"))
+    jobs = [Job(ref, str(uuid.uuid4())) for ref in todo]
+    position = {job.run_id: i for i, job in enumerate(jobs)}
+    handed_out: dict[str, tuple[Job, Any]] = {}  # run_id → (job, started_at): running rows not yet finished
+    events.planned(todo)
 
-    with IngestProgress(len(todo), quiet=quiet) as progress, _Prefetcher(todo) as prefetch:
-        for i, ref in enumerate(todo):
-            prefetch.next_after(i)
-            run_id, started, result = str(uuid.uuid4()), _now(), None
-            progress.start(ref)
-            try:
-                wh.write({"runs": [plan.run_row(ref, run_id, "running", started_at=started)]})
-                result = process_checkpoint(ref, plan, run_id=run_id, on_batch=progress.batch)
+    with _Prefetcher(todo) as prefetch:
+        def started(job: Job) -> None:
+            prefetch.next_after(position[job.run_id])
+            events.started(job.ref)
+            at = _now()
+            handed_out[job.run_id] = (job, at)
+            wh.write({"runs": [plan.run_row(job.ref, job.run_id, "running", started_at=at)]})
+
+        writing = None
+        try:
+            for result in executor.map(_Work(plan, events.batch), jobs, started):
+                writing = result
                 write_result(wh, result)
-            except BaseException as e:  # config errors, a full disk, Ctrl-C: the attempt is recorded, then we stop
-                stop = interrupted_by(e)
-                if stop is not None and result is not None and stop.after_block:
-                    # the signal waited for write_result's commit: this checkpoint is stored
-                    summary.checkpoints.append(_entry(ref, result.status, result))
-                    stop.detail = f"{summary.count('ok')} checkpoint(s) of this run written; run the same command again to resume"
-                    raise stop from None
-                status, why = ("interrupted", f"stopped by {stop}") if stop else ("failed", str(e))
-                _record_end(wh, plan.run_row(ref, run_id, status, error=why, started_at=started, finished_at=_now()))
-                if stop is None:
-                    raise
-                stop.detail = (
-                    f"{summary.count('ok')} checkpoint(s) of this run written, {ref.label} recorded as interrupted; "
-                    "run the same command again to resume"
-                )
-                raise stop from None
-            if result.ok and evict:
-                from geowh.ingest.models import evict as evict_files
+                handed_out.pop(result.run_id, None)
+                writing = None
+                if result.ok and evict:
+                    from geowh.ingest.models import evict as evict_files
 
-                evict_files(ref)
-            entry = _entry(ref, result.status, result)
-            summary.checkpoints.append(entry)
-            progress.finish(entry)
+                    evict_files(result.ref)
+                entry = _entry(result.ref, result.status, result)
+                summary.checkpoints.append(entry)
+                events.finished(entry)
+        except BaseException as e:  # config errors, bugs, a full disk, Ctrl-C: the attempts are recorded, then we stop
+            stop = interrupted_by(e)
+            if stop is not None and writing is not None and stop.after_block:
+                # the signal waited for write_result's commit: this checkpoint is stored
+                handed_out.pop(writing.run_id, None)
+                summary.checkpoints.append(_entry(writing.ref, writing.status, writing))
+            status, why = ("interrupted", f"stopped by {stop}") if stop else ("failed", f"{type(e).__name__}: {e}")
+            for job, at in handed_out.values():
+                _record_end(wh, plan.run_row(job.ref, job.run_id, status, error=why, started_at=at, finished_at=_now()))
+            if stop is None:
+                raise
+            stopped = ", ".join(job.ref.label for job, _ in handed_out.values())
+            stop.detail = (
+                f"{summary.count('ok')} checkpoint(s) of this run written"
+                + (f", {stopped} recorded as interrupted" if stopped else "")
+                + "; run the same command again to resume"
+            )
+            raise stop from None
     order = {r.label: i for i, r in enumerate(plan.series.checkpoints)}
     summary.checkpoints.sort(key=lambda c: order[c["checkpoint"]])
     return summary
@@ -639,51 +688,3 @@ def _download(ref: CheckpointRef) -> None:
     from huggingface_hub import snapshot_download  # imported by _import_now in the main thread
 
     snapshot_download(ref.repo, revision=ref.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-
-
-class IngestProgress:
-    """Rich progress on stderr: checkpoints (with ETA) and the tokens of the current one."""
-
-    def __init__(self, total: int, quiet: bool = False):
-        self.total, self.quiet = total, quiet
-        self.progress = None
-
-    def __enter__(self):
-        if self.quiet:
-            return self
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
-        )
-        self.progress.__enter__()
-        self.checkpoints = self.progress.add_task("checkpoints", total=self.total)
-        self.tokens = self.progress.add_task("tokens", total=None, visible=False)
-        return self
-
-    def start(self, ref: CheckpointRef) -> None:
-        if self.progress:
-            self.progress.reset(self.tokens, total=None, visible=True, description=f"{ref.label} tokens")
-
-    def batch(self, done: int, total: int) -> None:
-        if self.progress:
-            self.progress.update(self.tokens, completed=done, total=total)
-
-    def finish(self, entry: dict) -> None:
-        if not self.progress:
-            return
-        self.progress.advance(self.checkpoints)
-        if entry["status"] == "ok":
-            self.progress.console.print(
-                f"[green]ok[/] {entry['checkpoint']}  {entry['seconds']} s  {entry['tokens_per_s']} tokens/s"
-            )
-        else:
-            self.progress.console.print(f"[red]failed[/] {entry['checkpoint']}: {entry['error']}", highlight=False)
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.__exit__(*exc)

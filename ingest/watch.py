@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from geowh.errors import InputError
 from geowh.warehouse import Warehouse, as_warehouse
@@ -113,6 +112,7 @@ def _shards_present(folder: Path) -> bool:
 
 def watch(
     folder: str | Path,
+    config=None,
     *,
     interval: float = 10.0,
     settle: float = 30.0,
@@ -122,19 +122,19 @@ def watch(
     stop: Callable[[], bool] | None = None,
     db: str | Path | Warehouse | None = None,
     name: str | None = None,
-    **options: Any,
+    measurements: Sequence = (),
 ) -> WatchSummary:
     """Ingest the complete checkpoints of `folder`, then each new one as it appears; recompute phases after each.
 
-    `options` are those of `ingest.run.ingest` (probe, n, max_len, layers, measurements, …).
+    `config` (an `IngestConfig`) and `measurements` are those of `ingest.run.ingest`.
     With `once`, what is complete now is ingested and the call returns; with `until_idle`, it
     returns after that many seconds without a new complete checkpoint; otherwise it runs until
     `stop()` returns true (checked between checkpoints and while waiting).
 
     Example:
-        watch("runs/my-run", probe="held_out.txt", n=1000, max_len=256, db="w.duckdb", until_idle=3600)
+        watch("runs/my-run", IngestConfig(probe="held_out.txt", n=1000, max_len=256), db="w.duckdb", until_idle=3600)
     """
-    from geowh.ingest.run import ingest
+    from geowh.ingest.run import IngestConfig, Selection, ingest
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -156,7 +156,8 @@ def watch(
                 summary.stopped = "stopped"
                 return summary
             try:
-                result = ingest(str(root), checkpoints=ref.label, name=name, db=wh.path, quiet=True, **options)
+                result = ingest(str(root), config or IngestConfig(), Selection(checkpoints=ref.label, name=name),
+                                measurements=measurements, db=wh.path)
             except InputError:
                 if ref.path.is_dir():
                     raise

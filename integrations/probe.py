@@ -58,7 +58,7 @@ class GeometryProbe:
         batch_size: int | None = None,
     ):
         from geowh.ingest.probes import load_texts
-        from geowh.ingest.run import IngestConfig, _probe_for
+        from geowh.ingest.run import IngestConfig, probe_for
         from geowh.warehouse import canonical_model
 
         if not name or not str(name).strip():
@@ -81,7 +81,7 @@ class GeometryProbe:
                 raise InputError("the tokenizer has neither a pad nor an EOS token to pad the probe with")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.probes: dict = {}
-        self.probe = _probe_for(self._plan("float32"), self.tokenizer)  # tokenized here, once
+        self.probe = probe_for(self._plan("float32"), self.tokenizer)  # tokenized here, once
 
     def _plan(self, dtype: str):
         from geowh.ingest.run import Plan

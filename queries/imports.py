@@ -14,10 +14,10 @@ from typing import Any
 
 import polars as pl
 
-from geowh import __version__
 from geowh.errors import InputError
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 from geowh.warehouse.names import STAGE_ORDER
+from geowh.warehouse.runs import run_row
 
 # Columns of a metrics file that describe the row rather than hold a metric.
 KEY_COLUMNS = ("model", "checkpoint", "step", "tokens", "stage", "probe", "layer", "pooling")
@@ -40,18 +40,8 @@ def import_key(digest: str, *parts: Any) -> str:
 def import_run(key: str, model: str, checkpoint: str | None, config: dict[str, Any]) -> dict[str, Any]:
     """A finished `runs` row of kind `import`; its id follows from the key, so a re-import reuses it."""
     now = utcnow()
-    return {
-        "run_id": str(uuid.uuid5(_RUN_NAMESPACE, key)),
-        "kind": "import",
-        "model": model,
-        "checkpoint": checkpoint,
-        "config_key": key,
-        "config": config,
-        "status": "ok",
-        "geowh_version": __version__,
-        "started_at": now,
-        "finished_at": now,
-    }
+    return run_row(str(uuid.uuid5(_RUN_NAMESPACE, key)), "import", model, "ok", packages=(), checkpoint=checkpoint,
+                   config_key=key, config=config, started_at=now, finished_at=now)
 
 
 def imported_keys(wh: Warehouse) -> set[str]:

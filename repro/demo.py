@@ -136,8 +136,9 @@ class DemoReport(TrainReport):
     """Where `demo` reports what it does: train-mini's reports, plus stage headers and the index
     build's progress. This base shows nothing; `geowh demo` draws it (cli/demo.py)."""
 
-    ingest_progress: bool = False
-    """Whether ingest draws its own progress bar (it does not report through callbacks yet)."""
+    def ingest_events(self):
+        """The ingest's `Events` (a context manager), or None for none."""
+        return None
 
     def stage(self, text: str) -> None:
         """A stage begins: `1/5 train-mini → checkpoints`."""
@@ -192,7 +193,7 @@ def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSum
     import torch
 
     from geowh.ingest.memorization import Memorization
-    from geowh.ingest.run import ingest
+    from geowh.ingest.run import IngestConfig, Selection, ingest
     from geowh.queries import phases, plot
     from geowh.repro.train import TrainConfig, train_mini
 
@@ -222,9 +223,11 @@ def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSum
 
     with stage("ingest", "ingest: geometry + memorization per checkpoint"):
         mem = Memorization(task["file"], index["directory"], wh=wh)
-        summary = ingest(str(out), probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len, name=cfg.name,
-                         device=cfg.device, quiet=not say.ingest_progress, db=wh.path,
-                         measurements=[mem.measurement()])
+        events = say.ingest_events()
+        with events or nullcontext():
+            summary = ingest(str(out), IngestConfig(probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len,
+                                                    device=cfg.device),
+                             Selection(name=cfg.name), db=wh.path, measurements=[mem.measurement()], events=events)
         ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),
                     "skipped": summary.count("skipped"), "failed": summary.failed,
                     "errors": [c for c in summary.checkpoints if c["status"] == "failed"]}

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from geowh import __version__
 from geowh.errors import InputError
 from geowh.warehouse import Warehouse, as_warehouse
+from geowh.warehouse.runs import run_row
 
 KIND = "toy"
 MODEL = "toy"
@@ -229,11 +229,10 @@ def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, li
         "probes": [{"probe": probe, "name": "toy-samples", "dataset": "geowh toy (synthetic)",
                     "sequences": config.samples, "seed": config.seed, "content_hash": traj.targets_hash}],
         "checkpoints": checkpoints,
-        "runs": [{"run_id": run_id, "kind": KIND, "model": model, "checkpoint": None, "probe": probe,
-                  "config_key": config.key, "config": asdict(config), "status": "ok",
-                  "geowh_version": __version__, "device": "cpu", "dtype": "float64",
-                  "started_at": started_at, "finished_at": utcnow(),
-                  "stage_seconds": {"train": round(traj.seconds, 3), "metrics": round(time.perf_counter() - t, 3)}}],
+        "runs": [run_row(run_id, KIND, model, "ok", packages=("numpy_version",), checkpoint=None,
+                         probe=probe, config_key=config.key, config=asdict(config), device="cpu", dtype="float64",
+                         started_at=started_at, finished_at=utcnow(),
+                         stage_seconds={"train": round(traj.seconds, 3), "metrics": round(time.perf_counter() - t, 3)})],
         "spectra": spectra,
         "metrics": metrics,
     }

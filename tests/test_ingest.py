@@ -123,21 +123,22 @@ def test_warehouse_metrics_equal_metrics_of_independently_extracted_features(ing
 
 def test_resume_does_no_forward_pass_for_a_completed_checkpoint(ingested, workdir, monkeypatch):
     import geowh.ingest.models as models
-    from geowh.ingest import ingest
+    from geowh.ingest import IngestConfig, Selection, ingest
     from geowh.warehouse import Warehouse
 
     loads = []
     real = models.load_checkpoint
     monkeypatch.setattr(models, "load_checkpoint", lambda ref, **kw: loads.append(ref.label) or real(ref, **kw))
     before = Warehouse(ingested).query("select count(*) as n from runs")["n"][0]
-    summary = ingest(workdir / "my-run", probe=workdir / "docs.txt", n=N, max_len=MAX_LEN, db=ingested, quiet=True)
+    summary = ingest(workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=N, max_len=MAX_LEN), db=ingested)
     assert loads == []
     assert [c["status"] for c in summary.checkpoints] == ["skipped"] * 4
     assert Warehouse(ingested).query("select count(*) as n from runs")["n"][0] == before
 
     # Another setting is another config: it does run (one checkpoint, to stay quick).
     summary = ingest(
-        workdir / "my-run", probe=workdir / "docs.txt", n=50, max_len=MAX_LEN, checkpoints="step4", db=ingested, quiet=True
+        workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=50, max_len=MAX_LEN), Selection("step4"),
+        db=ingested,
     )
     assert loads == ["step4"] and summary.count("ok") == 1
 
@@ -178,7 +179,7 @@ def test_a_corrupt_checkpoint_gets_a_failed_run_while_the_others_succeed(workdir
 def test_nan_features_fail_the_checkpoint_with_that_reason(tmp_path, workdir):
     import torch
 
-    from geowh.ingest import ingest
+    from geowh.ingest import IngestConfig, Selection, ingest
     from geowh.warehouse import Warehouse
 
     model = tiny_model()
@@ -186,14 +187,14 @@ def test_nan_features_fail_the_checkpoint_with_that_reason(tmp_path, workdir):
         model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight.fill_(float("inf"))
     model.save_pretrained(tmp_path / "broken" / "step1")
     tokenizer().save_pretrained(tmp_path / "broken" / "step1")
-    summary = ingest(tmp_path / "broken", probe=workdir / "docs.txt", n=20, max_len=16, db=tmp_path / "w.duckdb", quiet=True)
+    summary = ingest(tmp_path / "broken", IngestConfig(probe=str(workdir / "docs.txt"), n=20, max_len=16), db=tmp_path / "w.duckdb")
     assert summary.failed == 1
     error = Warehouse(tmp_path / "w.duckdb").query("select error from runs")["error"][0]
     assert "NaN or inf" in error
 
 
 def test_subsets_layers_poolings_saved_features_and_extra_measurements(workdir, tmp_path):
-    from geowh.ingest import Measurement, ingest
+    from geowh.ingest import IngestConfig, Measurement, Selection, ingest
     from geowh.warehouse import Warehouse
 
     seen = []
@@ -205,8 +206,9 @@ def test_subsets_layers_poolings_saved_features_and_extra_measurements(workdir, 
 
     db = tmp_path / "w.duckdb"
     summary = ingest(
-        workdir / "my-run", probe=workdir / "docs.txt", n=90, max_len=32, checkpoints="step0,step4", layers="all",
-        pooling="last,mean", subsets=3, save_features=tmp_path / "features", db=db, quiet=True,
+        workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=90, max_len=32, layers="all",
+                                         pooling="last,mean", subsets=3, save_features=str(tmp_path / "features")),
+        Selection("step0,step4"), db=db,
         measurements=[Measurement("count_layers", count_layers, {"version": 1})],
     )
     assert summary.count("ok") == 2 and seen == [("step0", 2, 3), ("step4", 2, 3)]
@@ -227,14 +229,14 @@ def test_subsets_layers_poolings_saved_features_and_extra_measurements(workdir, 
 
 
 def test_subset_means_and_standard_errors_equal_an_independent_computation(workdir, tmp_path):
-    from geowh.ingest import ingest
+    from geowh.ingest import IngestConfig, Selection, ingest
     from geowh.spectrum_math import compute_metrics
     from geowh.warehouse import Warehouse
 
     k, m, seed = 4, 120, 3
     db = tmp_path / "w.duckdb"
-    ingest(workdir / "my-run", probe=workdir / "docs.txt", n=m, max_len=32, seed=seed, checkpoints="step2",
-           subsets=k, save_features=tmp_path / "f", db=db, quiet=True)
+    ingest(workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=m, max_len=32, seed=seed, subsets=k,
+                                            save_features=str(tmp_path / "f")), Selection("step2"), db=db)
     features = np.load(tmp_path / "f" / "my-run" / "step2" / "layer2-last.npy").astype(np.float64)  # (m, d)
     # The parts are the probe's rows dealt out by a permutation from --seed (geowh's documented split).
     part_of = np.random.default_rng(seed).permutation(m) % k
@@ -257,43 +259,69 @@ def test_subset_means_and_standard_errors_equal_an_independent_computation(workd
     assert {"rankme", "alpha_req"} <= compared
 
 
-def test_a_failing_measurement_leaves_no_rows_of_its_checkpoint(workdir, tmp_path):
-    from geowh.ingest import ingest
+def test_a_checkpoint_error_in_a_measurement_fails_its_checkpoint_and_leaves_no_rows(workdir, tmp_path):
+    from geowh.errors import CheckpointError
+    from geowh.ingest import IngestConfig, Selection, ingest
     from geowh.warehouse import Warehouse
 
     def explode(loaded, ref, config):
-        raise RuntimeError("index missing")
+        if ref.label == "step1":
+            raise CheckpointError("index missing")
+        return {}
 
     db = tmp_path / "w.duckdb"
-    summary = ingest(workdir / "my-run", probe=workdir / "docs.txt", n=30, max_len=16, checkpoints="step1",
-                     db=db, quiet=True, measurements=[explode])
-    assert summary.failed == 1
+    summary = ingest(workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=30, max_len=16),
+                     Selection("step1,step2"), db=db, measurements=[explode])
+    assert [c["status"] for c in summary.checkpoints] == ["failed", "ok"]  # the run went on
     wh = Warehouse(db)
-    assert wh.query("select count(*) as n from metrics")["n"][0] == 0
-    assert wh.query("select error from runs")["error"][0] == "RuntimeError: index missing"
+    assert wh.query("select count(*) as n from metrics where checkpoint = 'step1'")["n"][0] == 0
+    assert wh.query("select error from runs where checkpoint = 'step1'")["error"][0] == "index missing"
+
+
+def test_a_bug_in_a_measurement_keeps_its_traceback_and_is_recorded(workdir, tmp_path):
+    from geowh.ingest import IngestConfig, Selection, ingest
+    from geowh.warehouse import Warehouse
+
+    def buggy(loaded, ref, config):
+        raise ValueError("a bug, not a bad checkpoint")
+
+    db = tmp_path / "w.duckdb"
+    with pytest.raises(ValueError, match="a bug") as raised:
+        ingest(workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=30, max_len=16),
+               Selection("step1,step2"), db=db, measurements=[buggy])
+    assert raised.traceback[-1].name == "buggy"  # the frame that raised, not a rewrapped error
+    runs = Warehouse(db).query("select checkpoint, status, error from runs")
+    assert runs.to_dicts() == [{"checkpoint": "step1", "status": "failed",
+                                "error": "ValueError: a bug, not a bad checkpoint"}]  # stopped at the first
+    assert Warehouse(db).query("select count(*) as n from metrics")["n"][0] == 0
 
 
 def test_the_hub_path_runs_offline_against_a_local_hub_cache(workdir, tmp_path):
     cache = save_hub_cache(tmp_path / "hub", "tiny-org/tiny-pythia", ["step0", "step1000"])
     script = f"""
 import json
-from geowh.ingest import ingest
+from geowh.ingest import IngestConfig, ingest
 from geowh.ingest.series import resolve_series
 series = resolve_series("hf:tiny-org/tiny-pythia")
-summary = ingest("hf:tiny-org/tiny-pythia", probe={str(workdir / 'docs.txt')!r}, n=40, max_len=32,
-                 db={str(tmp_path / 'w.duckdb')!r}, evict=True, quiet=True)
+summary = ingest("hf:tiny-org/tiny-pythia", IngestConfig(probe={str(workdir / 'docs.txt')!r}, n=40, max_len=32),
+                 db={str(tmp_path / 'w.duckdb')!r}, evict=True)
 print(json.dumps({{"listed": [r.label for r in series.checkpoints], "summary": summary.to_dict()}}))
 """
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    refs = cache / "models--tiny-org--tiny-pythia" / "refs"
+    commits = {f"step{s}": (refs / f"step{s}").read_text().strip() for s in (0, 1000)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(done.stdout.strip().splitlines()) == 1 and done.stderr == ""  # the library draws nothing
+    out = json.loads(done.stdout)
     assert out["listed"] == ["step0", "step1000"]
     assert [c["status"] for c in out["summary"]["checkpoints"]] == ["ok", "ok"]
     from geowh.warehouse import Warehouse
 
     rows = Warehouse(tmp_path / "w.duckdb").query("select step, source from checkpoints order by step").rows()
     assert rows == [(0, "hf://tiny-org/tiny-pythia@step0"), (1000, "hf://tiny-org/tiny-pythia@step1000")]
+    runs = Warehouse(tmp_path / "w.duckdb").query("select checkpoint, hub_commit from runs").rows()
+    assert dict(runs) == commits and all(len(c) == 40 for c in commits.values())  # the resolved commit of each revision
     snapshots = cache / "models--tiny-org--tiny-pythia" / "snapshots"
     assert not snapshots.exists() or not any(snapshots.iterdir())  # --evict emptied the cache
 
@@ -302,12 +330,12 @@ def test_loss_stores_the_probes_next_token_loss_from_the_same_forward(workdir, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    from geowh.ingest import ingest
+    from geowh.ingest import IngestConfig, Selection, ingest
     from geowh.warehouse import Warehouse
 
     db = tmp_path / "w.duckdb"
-    summary = ingest(workdir / "my-run", probe=workdir / "docs.txt", n=24, max_len=24, checkpoints="step1",
-                     loss=True, db=db, quiet=True)
+    summary = ingest(workdir / "my-run", IngestConfig(probe=str(workdir / "docs.txt"), n=24, max_len=24, loss=True),
+                     Selection("step1"), db=db)
     assert summary.count("ok") == 1
     got = Warehouse(db).query("select value, layer from metrics where metric = 'probe_loss'").row(0)
 

@@ -79,12 +79,12 @@ def test_training_with_the_callback_ends_in_the_same_weights_as_without(runs):
 
 
 def test_the_callbacks_rows_equal_an_ingest_of_the_saved_checkpoints(runs):
-    from geowh.ingest.run import ingest
+    from geowh.ingest.run import IngestConfig, Selection, ingest
     from geowh.warehouse import Warehouse
 
     root, probe_file, *_ = runs
-    summary = ingest(root / "with-callback", probe=probe_file, n=N, max_len=MAX_LEN, device="cpu", quiet=True,
-                     db=root / "ingested.duckdb", name="with-callback")
+    summary = ingest(root / "with-callback", IngestConfig(probe=str(probe_file), n=N, max_len=MAX_LEN, device="cpu"),
+                     Selection(name="with-callback"), db=root / "ingested.duckdb")
     assert summary.count("ok") == 3
     query = ("SELECT c.step, m.probe, m.layer, m.pooling, m.metric, m.value, r.config_key FROM metrics m "
              "JOIN checkpoints c USING (model, checkpoint) JOIN runs r USING (run_id) "
@@ -151,7 +151,7 @@ def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from geowh.ingest.run import ingest
+    from geowh.ingest.run import IngestConfig, Selection, ingest
     from geowh.integrations import GeometryProbe
     from geowh.warehouse import Warehouse
 
@@ -171,7 +171,7 @@ def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_p
     folder = tmp_path / "loop" / "step100"
     model.save_pretrained(folder)
     tokenizer().save_pretrained(folder)
-    ingest(tmp_path / "loop", probe=docs, n=32, max_len=48, layers="all", device="cpu", quiet=True,
+    ingest(tmp_path / "loop", IngestConfig(probe=str(docs), n=32, max_len=48, layers="all", device="cpu"),
            db=tmp_path / "ingested.duckdb")
     query = "SELECT checkpoint, probe, layer, metric, value FROM metrics ORDER BY layer, metric"
     live, ingested = Warehouse(tmp_path / "live.duckdb").query(query), Warehouse(tmp_path / "ingested.duckdb").query(query)

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+import scipy
 
 from conftest import PYTHIA_TOKENIZER
 from geowh.errors import InputError
@@ -197,9 +198,12 @@ def test_memorize_scores_a_local_series_resumes_and_records_failures(cli, tmp_pa
     assert first.exit_code == 0, first.output
     assert [s["status"] for s in json.loads(first.stdout)] == ["ok", "ok", "ok"]
     wh = Warehouse(db)
-    traj = wh.trajectories(model="run")
-    assert traj.height == 3 and traj[METRIC].is_not_null().all()
-    assert traj["probe"].unique().to_list() == [load_task(str(qa_file))[0]] and traj["layer"].is_null().all()
+    assert wh.trajectories(model="run").height == 0  # no geometry: memorization has its own view
+    scores = wh.query(f"SELECT task, index, step FROM memorization WHERE metric = '{METRIC}' ORDER BY step")
+    assert scores["step"].to_list() == [0, 1, 2] and scores["task"].unique().to_list() == [load_task(str(qa_file))[0]]
+    assert scores["index"].unique().to_list() == [str(qa_index.directory.resolve())]
+    runs = wh.query("SELECT DISTINCT kind, probe, numpy_version, scipy_version, hub_commit FROM runs")
+    assert runs.rows() == [("memorization", load_task(str(qa_file))[0], np.__version__, scipy.__version__, None)]
     metric = wh.query(f"SELECT value, params FROM metrics WHERE metric = '{METRIC}' AND checkpoint = 'step1'")
     params = json.loads(metric["params"][0])
     included = sum(1 for r in infgram_side(qa_index, params["task"], load_task(str(qa_file))[1]) if not r["excluded"])
@@ -281,7 +285,7 @@ def test_index_stats_runs_in_a_fresh_process_with_a_table_that_fits_80_columns(t
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
 
 
-def test_ingest_with_memorization_puts_both_measurements_in_trajectories(cli, tmp_path, qa_file, qa_index):
+def test_ingest_with_memorization_writes_geometry_to_trajectories_and_scores_to_memorization(cli, tmp_path, qa_file, qa_index):
     from tiny import save_series
 
     from geowh.warehouse import Warehouse
@@ -292,12 +296,88 @@ def test_ingest_with_memorization_puts_both_measurements_in_trajectories(cli, tm
     result = cli(["ingest", run, "--probe", probe, "--n", 40, "--min-len", 2, "--max-len", 32, "--db", db,
                   "--memorization", qa_file, "--index", qa_index.directory, "--json"])
     assert result.exit_code == 0, result.output
-    traj = Warehouse(db).trajectories(model="run")
-    geometry = traj.filter(traj["rankme"].is_not_null())
-    memorization = traj.filter(traj[METRIC].is_not_null())
-    assert geometry.height == 2 and memorization.height == 2
+    traj = Warehouse(db).query("SELECT step, rankme, alpha_req FROM trajectories WHERE model = 'run' ORDER BY step")
+    assert traj["step"].to_list() == [0, 4] and traj["rankme"].is_not_null().all()  # one row per checkpoint
+    memorization = Warehouse(db).query(f"SELECT checkpoint FROM memorization WHERE metric = '{METRIC}' ORDER BY step")
     assert memorization["checkpoint"].to_list() == ["step0", "step4"]
     items = Warehouse(db).query("SELECT count(*) AS n, count(run_id) AS with_run FROM memorization_items")
     assert items["n"][0] == items["with_run"][0] == 2 * 24
     lonely = cli(["ingest", run, "--probe", probe, "--db", db, "--memorization", qa_file])
     assert lonely.exit_code == 1 and "--index" in lonely.output
+
+
+def test_scores_of_one_task_against_two_indexes_both_stay(cli, tmp_path, qa_file, qa_index):
+    import shutil
+
+    from tiny import save_series
+
+    from geowh.warehouse import Warehouse
+
+    run, db = save_series(tmp_path / "run", steps=(0,)), tmp_path / "w.duckdb"
+    other = tmp_path / "copy-of-index"
+    shutil.copytree(qa_index.directory, other)
+    for index in (qa_index.directory, other):
+        done = cli(["memorize", run, "--task", qa_file, "--index", index, "--db", db, "--json", "--batch-size", 8])
+        assert done.exit_code == 0, done.output
+    wh = Warehouse(db)
+    assert wh.query(f"SELECT count(*) AS n FROM metrics WHERE metric = '{METRIC}'")["n"][0] == 2
+    indexes = wh.query(f"SELECT index FROM memorization WHERE metric = '{METRIC}' ORDER BY index")["index"]
+    assert indexes.to_list() == sorted([str(qa_index.directory.resolve()), str(other.resolve())])
+
+
+def test_memorize_through_the_engine_records_an_interrupt_and_resumes(tmp_path, qa_file, qa_index, monkeypatch):
+    from tiny import save_series
+
+    from geowh.ingest import memorization as mem_mod
+    from geowh.ingest.memorization import MemorizeConfig, memorize
+    from geowh.ingest.run import Selection
+    from geowh.signals import Interrupted
+    from geowh.warehouse import Warehouse
+
+    run, wh = save_series(tmp_path / "run", steps=(0, 1, 2)), Warehouse(tmp_path / "w.duckdb")
+    config = MemorizeConfig(str(qa_file), str(qa_index.directory), batch_size=8)
+    score = mem_mod.answer_logliks
+
+    def stop_at_step1(model, tokenizer, items, batch_size=32):
+        if model.name_or_path.endswith("step1"):
+            raise Interrupted()
+        return score(model, tokenizer, items, batch_size)
+
+    monkeypatch.setattr(mem_mod, "answer_logliks", stop_at_step1)
+    with pytest.raises(Interrupted) as stopped:
+        memorize(str(run), config, wh=wh)
+    assert "step1 recorded as interrupted" in stopped.value.detail
+    runs = wh.query("SELECT checkpoint, status FROM runs ORDER BY checkpoint").rows()
+    assert runs == [("step0", "ok"), ("step1", "interrupted")]  # step2 never started
+
+    monkeypatch.setattr(mem_mod, "answer_logliks", score)
+    again = memorize(str(run), config, Selection(), wh=wh)
+    assert [c["status"] for c in again] == ["skipped", "ok", "ok"]
+    assert all(-1 <= c["value"] <= 1 for c in again[1:]) and again[1]["n"] > 0
+    assert wh.query(f"SELECT count(*) AS n FROM memorization WHERE metric = '{METRIC}'")["n"][0] == 3
+
+
+def test_a_bug_while_memorizing_keeps_its_traceback(tmp_path, qa_file, qa_index, monkeypatch):
+    from tiny import save_series
+
+    from geowh.ingest import memorization as mem_mod
+    from geowh.ingest.memorization import MemorizeConfig, memorize
+    from geowh.warehouse import Warehouse
+
+    run, wh = save_series(tmp_path / "run", steps=(0,)), Warehouse(tmp_path / "w.duckdb")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(mem_mod, "answer_logliks", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        memorize(str(run), MemorizeConfig(str(qa_file), str(qa_index.directory)), wh=wh)
+    assert wh.query("SELECT status, error FROM runs").rows() == [("failed", "ValueError: a bug")]
+
+
+def test_memorize_config_refuses_a_bad_setting_before_anything_loads(tmp_path):
+    from geowh.ingest.memorization import MemorizeConfig
+
+    for bad in ({"batch_size": 0}, {"limit": -1}, {"dtype": "float8"}):
+        with pytest.raises(InputError):
+            MemorizeConfig("task.jsonl", "index", **bad)

@@ -167,15 +167,15 @@ def test_a_reduced_run_saves_loadable_checkpoints_with_their_tokenizer_on_the_sc
 
 
 def test_each_checkpoint_logs_the_rankme_and_alpha_req_that_an_ingest_of_it_finds(run, tmp_path):
-    from geowh.ingest.run import ingest
+    from geowh.ingest.run import IngestConfig, Selection, ingest
     from geowh.repro.train import LIVE_PROBE_N
     from geowh.warehouse import Warehouse
 
     out, _ = run
     log = {r["step"]: r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
     assert all(r["rankme"] >= 1 and r["alpha_req"] > 0 for r in log.values())
-    ingest(out, probe=out / "probe.txt", n=LIVE_PROBE_N, max_len=TINY["seq_len"], checkpoints=f"0,{STEPS}",
-           device="cpu", quiet=True, db=tmp_path / "w.duckdb")
+    ingest(out, IngestConfig(probe=str(out / "probe.txt"), n=LIVE_PROBE_N, max_len=TINY["seq_len"], device="cpu"),
+           Selection(f"0,{STEPS}"), db=tmp_path / "w.duckdb")
     found = Warehouse(tmp_path / "w.duckdb").query(
         "SELECT c.step, m.metric, m.value FROM metrics m JOIN checkpoints c USING (model, checkpoint) "
         "WHERE m.metric IN ('rankme', 'alpha_req')"

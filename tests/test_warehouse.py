@@ -141,6 +141,43 @@ def test_an_older_warehouse_is_migrated_once_by_a_writer_and_reopening_is_harmle
     assert wh.table("schema_migrations").height == latest_version()
 
 
+def v4_warehouse_with_memorization(path):
+    """A warehouse as geowh wrote it before migration 5: a memorization score in `metrics` whose
+    index only its params name, next to the geometry and an extra metric column in the view."""
+    con = duckdb.connect(str(path))
+    for migration in migrations()[:4]:
+        con.execute(migration.sql)
+        con.execute("INSERT INTO schema_migrations VALUES (?, ?, now())", [migration.version, migration.title])
+    con.execute("INSERT INTO models (model) VALUES ('m')")
+    con.execute("INSERT INTO checkpoints (model, checkpoint, step) VALUES ('m', 'step1', 1), ('m', 'step2', 2)")
+    con.execute("""INSERT INTO metrics VALUES
+        ('m', 'step1', 'p', 2, 'last', 'rankme', 5.0, NULL, NULL, 'r1'),
+        ('m', 'step1', 'p', 2, 'last', 'my_metric', 7.0, NULL, NULL, 'r1'),
+        ('m', 'step2', 'p', 2, 'last', 'rankme', 6.0, NULL, NULL, 'r2'),
+        ('m', 'step1', 'qa', NULL, NULL, 'memorization_spearman', 0.3, NULL, '{"index": "/idx/a", "n": 21}', 'r3'),
+        ('m', 'step1', 'qa', NULL, NULL, 'memorization_spearman_per_token', 0.2, NULL, '{"index": "/idx/a"}', 'r3')""")
+    con.close()
+    return path
+
+
+def test_migration_5_keeps_memorization_rows_and_keys_them_by_their_index(tmp_path):
+    path = v4_warehouse_with_memorization(tmp_path / "v4.duckdb")
+    wh = Warehouse(path)
+    # a second index for the same checkpoint and task, written through a writer (which migrates)
+    wh.write({"metrics": [{"model": "m", "checkpoint": "step1", "probe": "qa", "index_dir": "/idx/b",
+                           "metric": "memorization_spearman", "value": 0.5}]})
+    assert wh.schema_version() == latest_version()
+    assert wh.query("select count(*) as n from metrics")["n"][0] == 6  # none lost
+    scores = wh.query("select step, task, index, metric, value, n from memorization order by index, metric")
+    assert scores.rows() == [(1, "qa", "/idx/a", "memorization_spearman", 0.3, 21),
+                             (1, "qa", "/idx/a", "memorization_spearman_per_token", 0.2, None),
+                             (1, "qa", "/idx/b", "memorization_spearman", 0.5, None)]
+    assert wh.query("select count(*) as n from metrics where metric = 'memorization_spearman'")["n"][0] == 2
+    traj = wh.query("select step, rankme, my_metric from trajectories where model = 'm' order by step")
+    assert traj.rows() == [(1, 5.0, 7.0), (2, 6.0, None)]  # one row per checkpoint, later metrics kept
+    assert "memorization_spearman" not in traj.columns
+
+
 def test_reading_an_older_warehouse_is_refused_naming_migrate_and_changes_nothing(tmp_path):
     path = old_warehouse(tmp_path / "old.duckdb")
     before = path.read_bytes()

@@ -28,6 +28,8 @@ WRITER = """
 import shutil, sys, time
 from pathlib import Path
 
+from pathlib import Path
+
 staged, run, signals = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 for i, folder in enumerate(sorted(staged.iterdir(), key=lambda p: int(p.name[4:]))):
     step = int(folder.name[4:])

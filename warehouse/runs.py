@@ -12,10 +12,57 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timedelta, timezone
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 STALE_AFTER = timedelta(hours=6)
 """A running row of another host older than this is taken as lost."""
+
+
+PACKAGES = {
+    "torch_version": "torch",
+    "transformers_version": "transformers",
+    "numpy_version": "numpy",
+    "scipy_version": "scipy",
+    "infini_gram_version": "infini-gram",
+}
+"""The `runs` columns of package versions, and the distribution each one reads."""
+
+
+def package_versions(columns: tuple[str, ...] = tuple(PACKAGES)) -> dict[str, str | None]:
+    """The installed version of each package column's distribution (None when not installed).
+
+    Read from the installed metadata, not by importing: building a run row stays torch-free.
+    """
+    found = {}
+    for column in columns:
+        try:
+            found[column] = metadata.version(PACKAGES[column])
+        except metadata.PackageNotFoundError:
+            found[column] = None
+    return found
+
+
+def run_row(
+    run_id: str,
+    kind: str,
+    model: str,
+    status: str,
+    *,
+    packages: tuple[str, ...] = tuple(PACKAGES),
+    **fields: Any,
+) -> dict[str, Any]:
+    """A `runs` row: the given columns, geowh's version, the `packages` versions and, while
+    running, the host and pid that run it (so that a killed run's row is seen as stale).
+
+    The one place a run row is built: the ingest engine, toy runs and imports all call it.
+    """
+    from geowh import __version__
+
+    return {
+        "run_id": run_id, "kind": kind, "model": model, "status": status, "geowh_version": __version__,
+    } | package_versions(packages) | this_process() | fields
 
 
 def this_process() -> dict:

@@ -31,7 +31,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "probes": ("probe",),
     "runs": ("run_id",),
     "spectra": ("model", "checkpoint", "probe", "layer", "pooling"),
-    "metrics": ("model", "checkpoint", "probe", "layer", "pooling", "metric"),
+    "metrics": ("model", "checkpoint", "probe", "layer", "pooling", "index_dir", "metric"),
     "evals": ("model", "checkpoint", "task", "metric", "filter", "num_fewshot"),
     "phases": ("model", "probe", "layer", "pooling", "basis", "phase_index"),
     "indexes": ("index_dir",),
@@ -258,6 +258,8 @@ class Warehouse:
                         f"migration {migration.version} ({migration.title}) of {self.path} failed: {e}; "
                         "the file is unchanged by it"
                     ) from None
+            if applied and applied < latest_version():  # a migration that redefines the view drops its later metric columns
+                _refresh_trajectories(con)
         finally:
             con.close()
         self._migrated = True
@@ -471,7 +473,8 @@ class Warehouse:
                 try:
                     names = [r[0] for r in con.execute(
                         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal "
-                        "UNION ALL SELECT 'trajectories' ORDER BY 1"
+                        "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+                        "AND NOT internal ORDER BY 1"
                     ).fetchall()]
                 except duckdb.Error as e:
                     raise self._damaged(e) from None
@@ -646,7 +649,10 @@ def _upsert(con, table: str, frame: pl.DataFrame) -> None:
     keys = TABLE_KEYS[table]
     con.register("_new_rows", frame)
     try:
-        match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM n.{k}" for k in keys)
+        # a key column the rows leave out is NULL in them (metrics.index_dir of a geometry row)
+        match = " AND ".join(
+            f"t.{k} IS NOT DISTINCT FROM n.{k}" if k in frame.columns else f"t.{k} IS NULL" for k in keys
+        )
         if table in MERGED_TABLES:
             given = set(frame.columns)
             picks = ", ".join(
@@ -668,7 +674,9 @@ def _upsert(con, table: str, frame: pl.DataFrame) -> None:
 
 def _refresh_trajectories(con) -> None:
     """Rebuild `trajectories` when `metrics` holds a metric the view has no column for."""
-    names = [r[0] for r in con.execute("SELECT DISTINCT metric FROM metrics ORDER BY metric").fetchall()]
+    names = [r[0] for r in con.execute(
+        "SELECT DISTINCT metric FROM metrics WHERE index_dir IS NULL ORDER BY metric"
+    ).fetchall()]
     view = set(_columns(con, "trajectories"))
     metrics = [m for m in LEADING_METRICS] + [m for m in names if m not in LEADING_METRICS and m not in TRAJECTORY_KEYS]
     if all(m in view for m in metrics):
@@ -682,6 +690,7 @@ def _refresh_trajectories(con) -> None:
         SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe, m.layer, m.pooling,
                {pivots}
         FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+        WHERE m.index_dir IS NULL  -- memorization scores: the `memorization` view
         GROUP BY ALL
         """
     )
