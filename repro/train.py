@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.warehouse.names import local_step
 
 EOS = "<|endoftext|>"
 CONFIG_FILE = "train_config.json"
@@ -609,7 +610,7 @@ def _summary(out: Path, saved: dict, status: str, seconds: float, device: str) -
     rows = _read_log(out)
     last = rows[-1] if rows else {}
     config = saved["config"]
-    names = sorted((p.name for p in out.iterdir() if p.is_dir() and p.name.startswith("step")), key=lambda n: int(n[4:]))
+    names = sorted((p.name for p in out.iterdir() if p.is_dir() and local_step(p.name) is not None), key=local_step)
     return TrainSummary(
         out=str(out), status=status, steps=int(last.get("step", 0)), checkpoints=names, seconds=round(seconds, 2),
         tokens=int(last.get("tokens", 0)), train_loss=last.get("train_loss"), eval_loss=last.get("eval_loss"),
