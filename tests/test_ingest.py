@@ -411,3 +411,30 @@ def test_bf16_token_budget_extraction_on_a_gpu_matches_fp32_one_at_a_time():
         out[batch.indices] = f.float().cpu().numpy()
     assert cov.device.startswith("cuda")  # covariance accumulated on the device
     assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()  # bf16 rounding, nothing more
+
+
+def test_an_executor_plugs_into_the_engine_and_the_driver_alone_writes(workdir, tmp_path):
+    """A stand-in for a distributed executor: every job handed out first, results back in reverse."""
+    from geowh.ingest import IngestConfig, Selection
+    from geowh.ingest.run import Serial, plan_ingest, run
+    from geowh.warehouse import Warehouse
+
+    class AllAtOnceReversed:
+        def __init__(self):
+            self.running_when_handed_out = []
+
+        def map(self, work, jobs, started):
+            for job in jobs:
+                started(job)
+            self.running_when_handed_out = wh.query("select checkpoint, status from runs order by checkpoint").rows()
+            return (work(job) for job in reversed(jobs))
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    plan = plan_ingest(str(workdir / "my-run"), IngestConfig(probe=str(workdir / "docs.txt"), n=30, max_len=16),
+                       Selection("step1,step2"))
+    executor = AllAtOnceReversed()
+    summary = run(plan, wh, executor=executor)
+    assert executor.running_when_handed_out == [("step1", "running"), ("step2", "running")]
+    assert [(c["checkpoint"], c["status"]) for c in summary.checkpoints] == [("step1", "ok"), ("step2", "ok")]
+    assert wh.query("select checkpoint, status from runs order by checkpoint").rows() == [("step1", "ok"), ("step2", "ok")]
+    assert [c["status"] for c in run(plan, wh, executor=Serial()).checkpoints] == ["skipped", "skipped"]
