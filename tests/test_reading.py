@@ -74,9 +74,18 @@ def test_reading_commands_refuse_an_older_warehouse_naming_geowh_migrate_and_cha
     assert old.read_bytes() == after  # --no-store, correlate, plot, sql, info and export only read
 
 
-@pytest.mark.parametrize("writer", ["import-metrics", "phases"])
+@pytest.mark.parametrize("writer", ["import-metrics", "phases", "ingest"])
 def test_writing_commands_still_migrate_an_older_warehouse(cli, old, tmp_path, writer):
-    args = ["import-metrics", tmp_path / "t.csv"] if writer == "import-metrics" else ["phases", "--model", "toy"]
+    if writer == "import-metrics":
+        args = ["import-metrics", tmp_path / "t.csv"]
+    elif writer == "phases":
+        args = ["phases", "--model", "toy"]
+    else:  # its first act, closing stale runs of the model, must not be a read that refuses the file
+        from tiny import save_series, write_docs
+
+        save_series(tmp_path / "run", steps=(0,), layers=1, d=32, heads=2)
+        args = ["ingest", tmp_path / "run", "--probe", write_docs(tmp_path / "docs.txt", limit=20), "--n", "8",
+                "--max-len", "16"]
     result = cli([*args, "--db", old])
     assert result.exit_code == 0, result.output
     assert Warehouse(old).schema_version() == latest_version()

@@ -324,9 +324,14 @@ class Warehouse:
             raise WarehouseError(f"nothing was written to {self.path}: {str(e).splitlines()[0]}") from e
 
     def close_stale_runs(self, model: str) -> int:
-        """Mark `running` rows of `model` whose process is gone (kill -9, a lost machine) as interrupted."""
+        """Mark `running` rows of `model` whose process is gone (kill -9, a lost machine) as interrupted.
+
+        A writer's first act, so an older file is migrated here as a write would.
+        """
         if not self.path.exists():
             return 0
+        if not self._migrated:
+            self._migrate()
         with self.connect(read_only=True) as con:
             stale = [run_id for run_id, is_stale in running_rows(con, model) if is_stale]
         if stale:
