@@ -275,6 +275,7 @@ def write_shipped(wh: str | Path | Warehouse, model: str, directory: str | Path)
         "metrics": wh.query(
             "SELECT m.model, m.checkpoint, c.step, c.tokens, c.stage, m.probe, m.layer, m.pooling, m.metric, m.value, "
             "m.stderr FROM metrics m JOIN checkpoints c USING (model, checkpoint) WHERE m.model = ? "
+            "AND m.index_dir IS NULL "  # the geometry: memorization scores belong to their index
             "ORDER BY c.step, m.probe, m.layer, m.pooling, m.metric", [model]),
         "spectra": wh.query(
             "SELECT s.model, s.checkpoint, s.probe, s.layer, s.pooling, s.n_samples, s.d, s.eigenvalues "
