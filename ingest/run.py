@@ -395,17 +395,10 @@ def _tables_with_run_id(wh, tables: list[str]) -> list[str]:
 # -- the loop --------------------------------------------------------------------------------------
 
 
-@dataclass
-class IngestSummary:
-    """What an ingest did, checkpoint by checkpoint."""
+class CheckpointTally:
+    """Counts over the `checkpoints` entries of a summary dataclass (ingest's, watch's)."""
 
-    model: str
-    probe: str | None
-    """The probe set's name; None when geometry is off."""
-    config_key: str
-    db: str
-    checkpoints: list[dict] = field(default_factory=list)
-    """One entry per selected checkpoint: checkpoint, step, status (ok, failed, skipped), seconds, tokens_per_s, error."""
+    checkpoints: list[dict]
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.checkpoints if c["status"] == status)
@@ -416,6 +409,20 @@ class IngestSummary:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ok": self.count("ok"), "failed": self.failed, "skipped": self.count("skipped")}
+
+
+@dataclass
+class IngestSummary(CheckpointTally):
+    """What an ingest did, checkpoint by checkpoint."""
+
+    model: str
+    probe: str | None
+    """The probe set's name; None when geometry is off."""
+    config_key: str
+    db: str
+    checkpoints: list[dict] = field(default_factory=list)
+    """One entry per selected checkpoint: checkpoint, step, status (ok, failed, skipped), seconds, tokens_per_s, error."""
+
 
 
 class Events:

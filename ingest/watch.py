@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
+from geowh.ingest.run import CheckpointTally
 from geowh.warehouse import Warehouse, as_warehouse
 
 MARKERS = ("trainer_state.json",)
@@ -42,7 +43,7 @@ class WatchEvent:
 
 
 @dataclass
-class WatchSummary:
+class WatchSummary(CheckpointTally):
     model: str | None
     db: str
     checkpoints: list[dict] = field(default_factory=list)
@@ -51,16 +52,6 @@ class WatchSummary:
     """The phases after the last checkpoint (empty while too few)."""
     stopped: str = ""
     """once, idle or stopped."""
-
-    def count(self, status: str) -> int:
-        return sum(1 for c in self.checkpoints if c["status"] == status)
-
-    @property
-    def failed(self) -> int:
-        return self.count("failed")
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"ok": self.count("ok"), "failed": self.failed, "skipped": self.count("skipped")}
 
 
 def checkpoint_ready(folder: Path, settle: float, now: float | None = None) -> bool:

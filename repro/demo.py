@@ -53,7 +53,7 @@ PLOTS = {"geometry": ("rankme", "alpha_req"),
 # on 2 shared CPU cores; the whole demo's measured time is in README.md and docs/results.md.
 DEFAULT_STEPS = 1000
 # `geowh demo --long`: run L1 of docs/train-mini.md, a bottleneck of |V|/d = 250 trained for
-# 260 tokens per parameter; its measured trajectory ships in SHIPPED (`load_shipped`).
+# 61 tokens per parameter (32.8M tokens); its measured trajectory ships in SHIPPED (`load_shipped`).
 LONG_CONFIG = {"layers": 2, "d_model": 32, "vocab": 8000, "batch_size": 32, "seq_len": 128, "lr": 2e-3,
                "checkpoints": 32}
 LONG_STEPS = 8000
