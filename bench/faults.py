@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-GEOWH = shutil.which("geowh") or "geowh"
+# The console script of this interpreter's environment, whether or not that is on PATH.
+GEOWH = str(Path(sys.executable).with_name("geowh"))
 INGEST = ["--probe", "docs.txt", "--n", "64", "--max-len", "32"]
 ENV = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from tiny import save_series, write_docs
 
-GEOWH = [shutil.which("geowh") or "geowh"]
+# This environment's console script: `make test` runs the venv's python without putting the venv on PATH.
+GEOWH = [str(Path(sys.executable).with_name("geowh"))]
 ARGS = ["--probe", "docs.txt", "--n", "64", "--max-len", "32"]
 
 
