@@ -4,12 +4,14 @@ Each module below adds its commands to the one Typer app; the import order is th
 `geowh --help`, which follows the flow ingest → warehouse → queries.
 """
 
-from geowh.cli.common import app
+import sys
+
+from geowh.cli.common import app, bare_options
 from geowh.cli import ingest, watch, spectrum, memorization, toy, train, demo, warehouse, queries  # noqa: F401  (registers commands)
 
 
 def main() -> None:
-    app()
+    app(args=bare_options(sys.argv[1:]))
 
 
 __all__ = ["app", "main"]

@@ -92,6 +92,48 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 Force = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
 
 
+Ray = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray", metavar="[ADDRESS]",
+        help="Run the checkpoints as Ray tasks: local (a private Ray on this machine), auto (the cluster `ray start` "
+        "runs here), HOST:PORT or ray://HOST:PORT. Alone: $RAY_ADDRESS, else local. Needs geowh[ray].",
+    ),
+]
+Workers = Annotated[
+    Optional[int],
+    typer.Option("--workers", help="With --ray: checkpoints at once (default: the GPUs / --gpus-per-worker, or one per 4 CPUs)."),
+]
+GpusPerWorker = Annotated[
+    Optional[float],
+    typer.Option("--gpus-per-worker", help="With --ray: GPUs per checkpoint; 0.5 puts two on a GPU (default 1 with GPUs, else 0)."),
+]
+
+
+def executor_of(ray: str | None, workers: int | None, gpus_per_worker: float | None):
+    """The engine's executor for --ray (a context manager), or a null context giving None (serial)."""
+    from contextlib import nullcontext
+
+    from geowh.errors import InputError
+
+    if ray is None:
+        if workers is not None or gpus_per_worker is not None:
+            raise InputError("--workers and --gpus-per-worker go with --ray: add --ray (local, auto or an address)")
+        return nullcontext(None)
+    from geowh.ingest.cluster import RayExecutor
+
+    return RayExecutor(ray or None, workers, gpus_per_worker)
+
+
+def bare_options(argv: list[str], options: Sequence[str] = ("--ray",)) -> list[str]:
+    """`--ray` may stand alone; Typer's options all take a value, so a bare one is given an empty one."""
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        if arg in options and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out[i] = f"{arg}="
+    return out
+
+
 class Format(str, Enum):
     table = "table"
     csv = "csv"

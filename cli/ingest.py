@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+from geowh.cli.common import (
+    DEFAULT_DB, Db, GpusPerWorker, Json, Ray, Workers, app, err_console, executor_of, print_json, render_frame,
+)
 from geowh.ingest.config import IngestConfig, Selection
 
 Checkpoints = Annotated[
@@ -79,6 +81,9 @@ def ingest(
     ] = None,
     index: Annotated[Optional[Path], typer.Option("--index", help="infini-gram index folder for --memorization.")] = None,
     index_tokenizer: Annotated[Optional[str], typer.Option("--index-tokenizer", help="Tokenizer of an index built elsewhere.")] = None,
+    ray: Ray = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -88,16 +93,20 @@ def ingest(
     that fails is recorded (runs.status = failed) and the ingest goes on; the exit code is 1
     if any failed.
 
+    With --ray the checkpoints run as tasks on a Ray cluster's GPUs (or CPUs); this process
+    alone writes the warehouse (docs/scale.md).
+
     Example: geowh ingest pythia-410m --checkpoints log:30 --db w.duckdb
     """
     from geowh.ingest.memorization import measurements_for
     from geowh.ingest.run import ingest as run_ingest
 
     config = config_of(locals())  # every option checked before the memorization side loads anything
-    with Progress(quiet=quiet or json_, db=db) as progress:
+    measurements = measurements_for(memorization, index, index_tokenizer, db=db)
+    with executor_of(ray, workers, gpus_per_worker) as executor, Progress(quiet=quiet or json_, db=db) as progress:
         summary = run_ingest(
             model, config, selection_of(checkpoints, revisions, name), force=force, evict=evict, db=db,
-            events=progress, measurements=measurements_for(memorization, index, index_tokenizer, db=db),
+            events=progress, measurements=measurements, executor=executor,
         )
     if json_:
         print_json(summary.to_dict())
@@ -145,11 +154,12 @@ class Progress:
 
     def started(self, ref) -> None:
         if self.progress:
-            self.progress.reset(self.tokens, total=None, visible=True, description=f"{ref.label} tokens")
+            self.progress.reset(self.tokens, total=None, visible=False, description=f"{ref.label} tokens")
 
     def batch(self, done: int, total: int) -> None:
+        # shown once batches are reported: checkpoints on Ray workers report none
         if self.progress:
-            self.progress.update(self.tokens, completed=done, total=total)
+            self.progress.update(self.tokens, completed=done, total=total, visible=True)
 
     def finished(self, entry: dict) -> None:
         if not self.progress:

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, print_json, render_frame
+from geowh.cli.common import (
+    DEFAULT_DB, Db, GpusPerWorker, Json, Ray, Workers, app, console, err_console, executor_of, print_json, render_frame,
+)
 from geowh.ingest.config import MemorizeConfig, Selection
 
 index_app = typer.Typer(
@@ -128,13 +130,17 @@ def memorize(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use the task's first N items.")] = MemorizeConfig.limit,
     force: Annotated[bool, typer.Option("--force", help="Rescore checkpoints that already have an ok run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    ray: Ray = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
     """Distributional memorization per checkpoint: Spearman ρ of ∞-gram vs model answer log-likelihoods.
 
     Resumable: checkpoints already scored with the same task, index and dtype are skipped; a
-    failing checkpoint is recorded in `runs` and the next one goes on.
+    failing checkpoint is recorded in `runs` and the next one goes on. With --ray the models are
+    scored on a Ray cluster (the ∞-gram side stays here, where the index is).
 
     Example: geowh memorize pythia-160m --task triviaqa --index indexes/pile --checkpoints log:20
     """
@@ -146,10 +152,10 @@ def memorize(
 
     config = MemorizeConfig(task=task, index=str(index), index_tokenizer=index_tokenizer, batch_size=batch_size,
                             limit=limit, device=device, dtype=dtype, tokenizer=tokenizer)
-    with Progress(quiet=quiet or json_, db=db) as progress:
+    with executor_of(ray, workers, gpus_per_worker) as executor, Progress(quiet=quiet or json_, db=db) as progress:
         wh = Warehouse(db, lock_timeout=None, on_wait=progress.waiting)
         summary = run(canonical_model(model), config, selection_of(checkpoints, revisions, name), wh=wh, force=force,
-                      events=progress)
+                      events=progress, executor=executor)
     if json_:
         print_json(summary)
     else:

@@ -9,6 +9,7 @@ from importlib import import_module
 
 _WHERE = {
     "load_checkpoint": "geowh.ingest.models",
+    "RayExecutor": "geowh.ingest.cluster",
     **{name: "geowh.ingest.config" for name in ("IngestConfig", "MemorizeConfig", "Selection")},
     **{name: "geowh.ingest.run" for name in (
         "Events", "Executor", "IngestSummary", "Measurement", "ingest", "process_checkpoint", "write_result",

@@ -397,12 +397,8 @@ class Memorization:
         self.batch_size = batch_size
         self.limit = limit
         self.infgram = {r["item"]: r for r in infgram_side(self.index, self.task, self.items, wh)}
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """What decides the results: the config of a memorization run (and of its key)."""
         meta = self.index.meta
-        return {
+        self.config: dict[str, Any] = {
             "task": self.task,
             "items": len(self.items),
             "limit": self.limit,
@@ -412,6 +408,13 @@ class Memorization:
             "index_built_at": meta.built_at,
             "zero_rule": ZERO_RULE,
         }
+        """What decides the results: the config of a memorization run (and of its key)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a distributed run ships to its workers: they score the model side only. The ∞-gram
+        # side was computed here, so the index (its memory maps, the engine) stays behind and
+        # workers on other nodes need no copy of it.
+        return {k: v for k, v in self.__dict__.items() if k != "index"}
 
     def score(self, loaded, run_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Rows for one loaded checkpoint (a causal LM, `with_head=True`).

@@ -4,8 +4,8 @@
 alone) are this one engine. Its parts, kept apart so that a distributed or a live run plugs in:
 
 - `plan_ingest(model, config, selection, measurements)` resolves the series, loads the probe
-  texts and fixes the config and its key. Every option is checked here (`IngestConfig` checks
-  itself when built), before anything is loaded or written.
+  texts and fixes the config. Every option is checked here (`IngestConfig` checks itself when
+  built) or, for the device, by the executor's `prepare`, before anything is written.
 - `process_checkpoint(ref, plan)` loads the checkpoint once, runs the geometry (unless
   `config.geometry` is off) and every `Measurement`, and RETURNS a `CheckpointResult` with every
   row to write. An expected failure (a `CheckpointError`: download, corrupt weights, out of
@@ -13,8 +13,8 @@ alone) are this one engine. Its parts, kept apart so that a distributed or a liv
 - `write_result(wh, result)` writes a result's rows and its `runs` row in one transaction.
 - `run(plan, wh)` is the driver: skips what is done, writes each checkpoint's `running` row,
   hands the checkpoints to an `Executor` and writes each result as it comes back. Only the
-  driver writes. `Serial` (the default) processes them one after the other in this process; a
-  distributed executor runs `process_checkpoint` elsewhere and yields the results.
+  driver writes. `Serial` (the default) processes them one after the other in this process;
+  `ingest.cluster.RayExecutor` runs them on a Ray cluster's workers and yields the results.
 - `Events` is how the engine reports progress; it prints nothing itself (cli/ renders it).
 
 `ingest(model, config, selection)` is plan + run; `live`-measured checkpoints
@@ -83,8 +83,9 @@ class Plan:
     texts: ProbeTexts | None
     """The probe texts; None when geometry is off."""
     config: IngestConfig
-    dtype: str
-    """Resolved dtype name (auto → bfloat16 on a capable GPU, float32 otherwise)."""
+    dtype: str | None
+    """Resolved dtype name (auto → bfloat16 on a capable GPU, float32 otherwise); None until an
+    executor's `prepare` resolves it where the checkpoints will run (the config key needs it)."""
     measurements: tuple[Measurement, ...] = ()
     probes: dict[str, Probe] = field(default_factory=dict)
     """Tokenized probes by tokenizer fingerprint (checkpoints of a series share one)."""
@@ -149,8 +150,11 @@ def plan_ingest(
     selection: Selection = Selection(),
     measurements: Sequence[Measurement | Callable[..., Rows]] = (),
 ) -> Plan:
-    """Resolve the series and probe texts; fix the config and its key. Loads no weights."""
-    from geowh.ingest.models import resolve_device, resolve_dtype
+    """Resolve the series and probe texts; fix the config. Loads no weights.
+
+    The dtype stays unresolved: `auto` depends on the device of the process that computes,
+    which for a distributed run is not this one (`Executor.prepare`, `resolved_here`).
+    """
     from geowh.ingest.probes import load_texts
     from geowh.ingest.series import require_hub, resolve_series
 
@@ -162,8 +166,17 @@ def plan_ingest(
     if any(r.repo for r in series.checkpoints):
         require_hub(f"download checkpoints of {series.model}")
     texts = load_texts(config.probe, n=config.n) if config.geometry else None
-    dtype = str(resolve_dtype(config.dtype, resolve_device(config.device))).removeprefix("torch.")
-    return Plan(series, texts, config, dtype, measurements)
+    return Plan(series, texts, config, None, measurements)
+
+
+def resolved_here(plan: Plan) -> Plan:
+    """`plan` with its device checked and its dtype resolved for this process's device."""
+    from dataclasses import replace
+
+    from geowh.ingest.models import resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(plan.config.dtype, resolve_device(plan.config.device))
+    return replace(plan, dtype=str(dtype).removeprefix("torch."))
 
 
 # -- one checkpoint ------------------------------------------------------------------------------
@@ -458,38 +471,55 @@ class Job:
     run_id: str
 
 
-class Executor(Protocol):
-    """Where `process_checkpoint` runs. The driver alone writes: it calls nothing here that writes.
-
-    `map(work, jobs, started)` calls `started(job)` in the driver's process just before handing
-    `job` out (the driver writes its `running` row there), runs `work(job)` (which returns the
-    job's `CheckpointResult`) and yields the results, in any order, as they are done. A job whose
-    `work` raises stops the run: the exception is raised from the iterator.
-    """
-
-    def map(
-        self, work: Callable[[Job], CheckpointResult], jobs: Sequence[Job], started: Callable[[Job], None]
-    ) -> Iterator[CheckpointResult]: ...
-
-
-class Serial:
-    """The default executor: one checkpoint after the other, in this process."""
-
-    def map(self, work, jobs, started):
-        for job in jobs:
-            started(job)
-            yield work(job)
-
-
 @dataclass
-class _Work:
-    """`process_checkpoint` of one job under a plan (what an executor runs)."""
+class Work:
+    """`process_checkpoint` of one job under a plan: what an executor runs (picklable)."""
 
     plan: Plan
     on_batch: Callable[[int, int], None] | None = None
 
     def __call__(self, job: Job) -> CheckpointResult:
         return process_checkpoint(job.ref, self.plan, run_id=job.run_id, on_batch=self.on_batch)
+
+    def lost(self, job: Job, why: str) -> CheckpointResult:
+        """The failed result of a job whose process died before it could return one."""
+        from geowh.warehouse import utcnow
+
+        rows = {"models": [self.plan.series.models_row()], "checkpoints": [job.ref.row()]}
+        run = self.plan.run_row(job.ref, job.run_id, "failed", error=why, finished_at=utcnow())
+        return CheckpointResult(job.ref, job.run_id, "failed", rows, run, why)
+
+
+class Executor(Protocol):
+    """Where `process_checkpoint` runs. The driver alone writes: it calls nothing here that writes.
+
+    `prepare(plan)` readies the workers and returns the plan as they will run it: its device
+    checked and dtype resolved there (`resolved_here` in a worker), and possibly its probe
+    tokenized. `map(work, jobs, started)` calls `started(job)` in the driver's process just
+    before handing `job` out (the driver writes its `running` row there), runs `work(job)`
+    (which returns the job's `CheckpointResult`) and yields the results, in any order, as they
+    are done. A job whose `work` raises stops the run: the exception is raised from the iterator.
+    A job whose process died yields `work.lost(job, why)`.
+    """
+
+    def prepare(self, plan: Plan) -> Plan: ...
+
+    def map(self, work: Work, jobs: Sequence[Job], started: Callable[[Job], None]) -> Iterator[CheckpointResult]: ...
+
+
+class Serial:
+    """The default executor: one checkpoint after the other, in this process, the next hub
+    checkpoint downloading meanwhile."""
+
+    def prepare(self, plan: Plan) -> Plan:
+        return resolved_here(plan)
+
+    def map(self, work, jobs, started):
+        with _Prefetcher([job.ref for job in jobs]) as prefetch:
+            for i, job in enumerate(jobs):
+                started(job)
+                prefetch.next_after(i)
+                yield work(job)
 
 
 def ingest(
@@ -547,6 +577,7 @@ def run(
     """
     events = events or Events()
     executor = executor or Serial()
+    plan = executor.prepare(plan)
     _import_now(plan.series)
     summary = IngestSummary(plan.series.model, plan.texts.name if plan.texts else None, plan.config_key, str(wh.path))
     wh.close_stale_runs(plan.series.model)
@@ -556,50 +587,52 @@ def run(
         if ref.label in done:
             summary.checkpoints.append(_entry(ref, "skipped"))
     jobs = [Job(ref, str(uuid.uuid4())) for ref in todo]
-    position = {job.run_id: i for i, job in enumerate(jobs)}
     handed_out: dict[str, tuple[Job, Any]] = {}  # run_id → (job, started_at): running rows not yet finished
     events.planned(todo)
 
-    with _Prefetcher(todo) as prefetch:
-        def started(job: Job) -> None:
-            prefetch.next_after(position[job.run_id])
-            events.started(job.ref)
-            at = _now()
-            handed_out[job.run_id] = (job, at)
-            wh.write({"runs": [plan.run_row(job.ref, job.run_id, "running", started_at=at)]})
+    def started(job: Job) -> None:
+        events.started(job.ref)
+        at = _now()
+        handed_out[job.run_id] = (job, at)
+        wh.write({"runs": [plan.run_row(job.ref, job.run_id, "running", started_at=at)]})
 
-        writing = None
-        try:
-            for result in executor.map(_Work(plan, events.batch), jobs, started):
-                writing = result
-                write_result(wh, result)
-                handed_out.pop(result.run_id, None)
-                writing = None
-                if result.ok and evict:
-                    from geowh.ingest.models import evict as evict_files
+    writing = None
+    results = executor.map(Work(plan, events.batch), jobs, started)
+    try:
+        for result in results:
+            writing = result
+            if result.run.get("started_at") is None:  # a lost job: its process died before it could say
+                result.run["started_at"] = handed_out[result.run_id][1]
+            write_result(wh, result)
+            handed_out.pop(result.run_id, None)
+            writing = None
+            if result.ok and evict:
+                from geowh.ingest.models import evict as evict_files
 
-                    evict_files(result.ref)
-                entry = _entry(result.ref, result.status, result)
-                summary.checkpoints.append(entry)
-                events.finished(entry)
-        except BaseException as e:  # config errors, bugs, a full disk, Ctrl-C: the attempts are recorded, then we stop
-            stop = interrupted_by(e)
-            if stop is not None and writing is not None and stop.after_block:
-                # the signal waited for write_result's commit: this checkpoint is stored
-                handed_out.pop(writing.run_id, None)
-                summary.checkpoints.append(_entry(writing.ref, writing.status, writing))
-            status, why = ("interrupted", f"stopped by {stop}") if stop else ("failed", f"{type(e).__name__}: {e}")
-            for job, at in handed_out.values():
-                _record_end(wh, plan.run_row(job.ref, job.run_id, status, error=why, started_at=at, finished_at=_now()))
-            if stop is None:
-                raise
-            stopped = ", ".join(job.ref.label for job, _ in handed_out.values())
-            stop.detail = (
-                f"{summary.count('ok')} checkpoint(s) of this run written"
-                + (f", {stopped} recorded as interrupted" if stopped else "")
-                + "; run the same command again to resume"
-            )
-            raise stop from None
+                evict_files(result.ref)
+            entry = _entry(result.ref, result.status, result)
+            summary.checkpoints.append(entry)
+            events.finished(entry)
+    except BaseException as e:  # config errors, bugs, a full disk, Ctrl-C: the attempts are recorded, then we stop
+        stop = interrupted_by(e)
+        if stop is not None and writing is not None and stop.after_block:
+            # the signal waited for write_result's commit: this checkpoint is stored
+            handed_out.pop(writing.run_id, None)
+            summary.checkpoints.append(_entry(writing.ref, writing.status, writing))
+        status, why = ("interrupted", f"stopped by {stop}") if stop else ("failed", f"{type(e).__name__}: {e}")
+        for job, at in handed_out.values():
+            _record_end(wh, plan.run_row(job.ref, job.run_id, status, error=why, started_at=at, finished_at=_now()))
+        if stop is None:
+            raise
+        stopped = ", ".join(job.ref.label for job, _ in handed_out.values())
+        stop.detail = (
+            f"{summary.count('ok')} checkpoint(s) of this run written"
+            + (f", {stopped} recorded as interrupted" if stopped else "")
+            + "; run the same command again to resume"
+        )
+        raise stop from None
+    finally:  # now, not when collected: the executor's work still out is cancelled, its threads end
+        getattr(results, "close", lambda: None)()
     order = {r.label: i for i, r in enumerate(plan.series.checkpoints)}
     summary.checkpoints.sort(key=lambda c: order[c["checkpoint"]])
     return summary

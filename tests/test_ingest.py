@@ -419,7 +419,7 @@ def test_an_executor_plugs_into_the_engine_and_the_driver_alone_writes(workdir, 
     from geowh.ingest.run import Serial, plan_ingest, run
     from geowh.warehouse import Warehouse
 
-    class AllAtOnceReversed:
+    class AllAtOnceReversed(Serial):
         def __init__(self):
             self.running_when_handed_out = []
 

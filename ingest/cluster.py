@@ -1,0 +1,216 @@
+"""Ray: the checkpoints of one run spread over a cluster's GPUs (or CPUs).
+
+`RayExecutor` is an `Executor` of the run engine (`ingest.run`), nothing beside it: the driver
+plans, skips what is done, writes every `running` row and every result, one transaction per
+checkpoint as results arrive. Workers run `process_checkpoint` and return rows; they never open
+the warehouse, so workers on other nodes need no shared disk (only geowh installed, and the
+checkpoints reachable: the hub, or a path every node sees).
+
+- The plan (series, probe texts, config, measurements) is prepared once on a worker, where the
+  device and dtype are resolved and the probe is tokenized, and shipped to every task through
+  Ray's object store.
+- Each checkpoint is one Ray task with `gpus_per_worker` GPUs (fractional shares several small
+  checkpoints per GPU) or, on CPUs, an equal share of the cluster's CPUs; at most `workers` run
+  at once.
+- A worker that dies (killed, out of host memory, its node lost) costs only its checkpoint: Ray
+  runs the task once more, and a second death yields a failed row; the others go on.
+- Each `runs` row names the worker that computed it (host, pid, device), since the row is built
+  there.
+
+    with RayExecutor("auto", workers=8) as executor:
+        ingest("pythia-410m", config, selection, executor=executor)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from geowh.errors import CheckpointError, GeowhError, InputError
+from geowh.ingest.run import CheckpointResult, Job, Plan, Work
+
+CONNECT_TIMEOUT = 10.0  # seconds for the head node to answer
+INSTALL = "pip install 'geowh[ray]' (on every node of the cluster)"
+
+
+@dataclass
+class RayExecutor:
+    """Runs the checkpoints of an ingest as Ray tasks; use it as a context manager.
+
+    `address`: `local` (a private Ray instance on this machine, ended with the run), `auto` (the
+    cluster started on this machine with `ray start`), `HOST:PORT` or `ray://HOST:PORT` (Ray
+    Client); None reads RAY_ADDRESS, else means `local`. Inside a Ray session already started
+    (a notebook, a Ray job), that session is used and left running.
+    `workers`: checkpoints at once (default: the cluster's GPUs / `gpus_per_worker`, or one per
+    four CPUs). `gpus_per_worker`: GPUs per checkpoint (default 1 on a cluster with GPUs, else 0).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers {self.workers}: give at least 1")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise InputError(f"--gpus-per-worker {self.gpus_per_worker}: give 0 (CPU workers) or more")
+        self._started = False
+        self._resources: dict = {}
+
+    def __enter__(self) -> RayExecutor:
+        ray = _ray()
+        if not ray.is_initialized():
+            address = self.address or os.environ.get("RAY_ADDRESS") or "local"
+            _check_reachable(address)
+            # Ray's core installs its own SIGTERM handler, which aborts the process: ours must stay,
+            # so that Ctrl-C and SIGTERM record the run `interrupted` and end Ray cleanly.
+            handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            # A private instance uses a token of its own; saying so on every run is noise.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            try:
+                # Workers' output stays in Ray's logs: a terminal shows geowh's progress, and a
+                # checkpoint's error comes back with its result.
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise InputError(
+                    f"--ray {address}: cannot connect ({str(e).splitlines()[0][:200]}); start a cluster with "
+                    "`ray start --head` (then --ray auto), give its HOST:PORT, or use --ray local"
+                ) from None
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    for s, handler in handlers.items():
+                        signal.signal(s, handler)
+            self._started = True
+        self._resources = self._fit(ray.cluster_resources())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._started:
+            _ray().shutdown()
+            self._started = False
+
+    def _fit(self, cluster: dict) -> dict:
+        """Task resources and the number at once, from the cluster's GPUs and CPUs."""
+        gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+        per = self.gpus_per_worker if self.gpus_per_worker is not None else (1 if gpus else 0)
+        if per > gpus:
+            raise InputError(
+                f"--gpus-per-worker {per:g}: the Ray cluster has {gpus:g} GPU(s); "
+                "use --gpus-per-worker 0 for CPU workers or connect to a cluster with GPUs"
+            )
+        if per:
+            workers = self.workers or max(1, int(gpus // per))
+            return {"num_gpus": per, "num_cpus": 1, "workers": workers}
+        workers = self.workers or max(1, int(cpus // 4))
+        # torch in each task uses as many threads as CPUs it was given (Ray sets OMP_NUM_THREADS)
+        return {"num_gpus": 0, "num_cpus": max(1, int(cpus // workers)), "workers": workers}
+
+    @property
+    def workers_at_once(self) -> int:
+        return self._resources["workers"]
+
+    def _options(self) -> dict:
+        if not self._resources:
+            raise RuntimeError("use RayExecutor as a context manager: with RayExecutor(...) as executor")
+        return {"num_gpus": self._resources["num_gpus"], "num_cpus": self._resources["num_cpus"]}
+
+    def prepare(self, plan: Plan) -> Plan:
+        """The plan as the workers run it: resolved and tokenized once, on a worker."""
+        ray = _ray()
+        return _get(ray, _remote(ray, _prepare, self._options()).remote(plan))
+
+    def map(self, work: Work, jobs: Sequence[Job], started: Callable[[Job], None]) -> Iterator[CheckpointResult]:
+        ray = _ray()
+        # Progress callbacks live in the driver's terminal; the plan goes to the object store once.
+        shipped = ray.put(replace(work, on_batch=None))
+        task = _remote(ray, _process, self._options() | {"max_retries": 1})
+        waiting = list(jobs)
+        running: dict = {}  # ObjectRef → Job
+        try:
+            while waiting or running:
+                while waiting and len(running) < self.workers_at_once:
+                    job = waiting.pop(0)
+                    started(job)
+                    running[task.remote(shipped, job)] = job
+                ready, _ = ray.wait(list(running), num_returns=1)
+                job = running.pop(ready[0])
+                try:
+                    yield _get(ray, ready[0])
+                except _Lost as e:
+                    yield work.lost(job, f"the Ray worker computing it died twice: {e}")
+        finally:
+            for ref in running:  # the run stopped (an error, Ctrl-C): the others are not needed
+                ray.cancel(ref, force=True)
+
+
+class _Lost(Exception):
+    """A task's process or node died (Ray's retry included)."""
+
+
+def _get(ray, ref):
+    """ray.get, with the task's own exception raised as itself (a geowh error keeps its message)."""
+    from ray import exceptions
+
+    try:
+        return ray.get(ref)
+    except exceptions.RayTaskError as e:
+        cause = e.cause if isinstance(e.cause, BaseException) else None
+        if isinstance(cause, GeowhError):
+            raise cause from None
+        raise
+    except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ObjectLostError,
+            exceptions.OutOfMemoryError, exceptions.ActorDiedError) as e:
+        raise _Lost(str(e).splitlines()[0]) from None
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address where nothing listens: Ray itself retries a dead one for many minutes."""
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT).close()
+    except ValueError:
+        raise InputError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT") from None
+    except OSError as e:
+        raise InputError(
+            f"--ray {address}: nothing answers there ({e.strerror or e}); start the cluster's head with "
+            "`ray start --head` and give the address it prints, or use --ray local"
+        ) from None
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--ray needs Ray: {INSTALL}") from None
+    return ray
+
+
+def _remote(ray, fn, options: dict):
+    return ray.remote(fn).options(**options)
+
+
+def _prepare(plan: Plan) -> Plan:
+    """On a worker: the device and dtype resolved there, and the probe tokenized once."""
+    from geowh.ingest.models import load_tokenizer
+    from geowh.ingest.run import probe_for, resolved_here
+
+    plan = resolved_here(plan)
+    if plan.texts is not None and plan.series.checkpoints:
+        try:
+            tokenizer = load_tokenizer(plan.series.checkpoints[0], plan.config.tokenizer or plan.series.tokenizer)
+        except CheckpointError:
+            return plan  # each task then tokenizes itself, and a checkpoint without a tokenizer fails there
+        probe_for(plan, tokenizer)
+    return plan
+
+
+def _process(work: Work, job: Job) -> CheckpointResult:
+    return work(job)
