@@ -196,3 +196,18 @@ def test_a_ray_option_that_cannot_work_is_one_clear_line(workdir, tmp_path, args
     assert result.returncode == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert time.monotonic() - started < 60  # refused, not retried for minutes
     assert not (tmp_path / "w.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_geowh_memorize_takes_the_ray_options(tmp_path, qa_file, qa_index):  # noqa: F811
+    run = save_series(tmp_path / "run", steps=(0, 1))
+    args = [*GEOWH, "memorize", str(run), "--task", str(qa_file), "--index", str(qa_index.directory), "--batch-size", "8",
+            "--db", str(tmp_path / "w.duckdb"), "--json"]
+    refused = subprocess.run([*args, "--gpus-per-worker", "1"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "go with --ray" in refused.stderr
+    driver = subprocess.Popen([*args, "--ray", "local", "--workers", "2"], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err
+    assert [s["status"] for s in json.loads(out)] == ["ok", "ok"]
+    assert driver.pid not in {pid for (pid,) in _rows(tmp_path / "w.duckdb", "SELECT pid FROM runs")}  # scored on workers
