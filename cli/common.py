@@ -97,7 +97,7 @@ Ray = Annotated[
     typer.Option(
         "--ray", metavar="[ADDRESS]",
         help="Run the checkpoints as Ray tasks: local (a private Ray on this machine), auto (the cluster `ray start` "
-        "runs here), HOST:PORT or ray://HOST:PORT. Alone: $RAY_ADDRESS, else local. Needs geowh[ray].",
+        "runs here), HOST:PORT or ray://HOST:PORT. Alone: $RAY_ADDRESS, else local. Needs the ray extra: pip install 'geowh\\[ray]'.",
     ),
 ]
 Workers = Annotated[
