@@ -211,3 +211,14 @@ def test_geowh_memorize_takes_the_ray_options(tmp_path, qa_file, qa_index):  # n
     assert driver.returncode == 0, err
     assert [s["status"] for s in json.loads(out)] == ["ok", "ok"]
     assert driver.pid not in {pid for (pid,) in _rows(tmp_path / "w.duckdb", "SELECT pid FROM runs")}  # scored on workers
+
+
+def test_without_ray_installed_the_option_says_how_to_install_it(workdir, tmp_path):
+    hidden = tmp_path / "no-ray"
+    hidden.mkdir()
+    (hidden / "ray.py").write_text("raise ImportError('No module named ray')\n")  # as where it is not installed
+    env = _env() | {"PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([*GEOWH, "ingest", "./run", *ARGS, "--db", str(tmp_path / "w.duckdb"), "--ray"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "pip install 'geowh[ray]'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
