@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 from click.exceptions import Abort, ClickException, Exit
@@ -37,7 +38,7 @@ class _Group(TyperGroup):
             try:
                 return super().invoke(ctx)
             except GeowhError as e:
-                err_console().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                err_console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except (ClickException, Exit, Abort):
                 raise
@@ -47,7 +48,7 @@ class _Group(TyperGroup):
                 if e.errno not in _ENVIRONMENT_ERRNOS:
                     raise
                 where = f" ({e.filename})" if e.filename else ""
-                err_console().print(f"[bold red]error:[/] {e.strerror}{where}: free space or fix the path, then run this again",
+                err_console().print(f"[bold red]error:[/] {escape(e.strerror + where)}: free space or fix the path, then run this again",
                                     highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except (KeyboardInterrupt, Exception) as e:
@@ -56,7 +57,7 @@ class _Group(TyperGroup):
                     raise
                 # A library may have wrapped the KeyboardInterrupt (DuckDB does): the signal decides.
                 detail = getattr(e, "detail", None) or "what had finished is stored; run the command again to resume"
-                err_console().print(f"[bold red]stopped[/] by {stop}: {detail}", highlight=False, soft_wrap=True)
+                err_console().print(f"[bold red]stopped[/] by {stop}: {escape(detail)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(stop.exit_code) from None
 
     def list_commands(self, ctx: Any) -> list[str]:

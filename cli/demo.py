@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, print_json, render_frame
 from geowh.cli.train import RichTrainReport
@@ -101,7 +102,7 @@ def demo(
         )
     if summary.ingest["failed"]:
         for entry in summary.ingest["errors"]:
-            err_console().print(f"[red]failed[/] {entry['checkpoint']}: {entry['error']}", highlight=False)
+            err_console().print(f"[red]failed[/] {entry['checkpoint']}: {escape(entry['error'])}", highlight=False)
         raise typer.Exit(1)
 
 

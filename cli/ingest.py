@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from geowh.cli.common import (
     DEFAULT_DB, Db, GpusPerWorker, Json, Ray, Workers, app, err_console, executor_of, print_json, render_frame,
@@ -169,11 +170,11 @@ class Progress:
             rate = f"  {entry['tokens_per_s']} tokens/s" if entry["tokens_per_s"] else ""
             self.progress.console.print(f"[green]ok[/] {entry['checkpoint']}  {entry['seconds']} s{rate}")
         else:
-            self.progress.console.print(f"[red]failed[/] {entry['checkpoint']}: {entry['error']}", highlight=False)
+            self.progress.console.print(f"[red]failed[/] {entry['checkpoint']}: {escape(entry['error'])}", highlight=False)
 
     def waiting(self, holder: str) -> None:
         err_console().print(
-            f"[yellow]waiting[/] for {self.db}: held by {holder}. The computed checkpoint is kept and written as soon "
+            f"[yellow]waiting[/] for {escape(str(self.db))}: held by {escape(holder)}. The computed checkpoint is kept and written as soon "
             "as the file is free; Ctrl-C stops with the finished checkpoints written.",
             highlight=False,
         )

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
 
 
 def _note(message: str) -> None:
-    err_console().print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+    err_console().print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 Probe = Annotated[Optional[str], typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from geowh.cli.common import app, err_console
 from geowh.cli.ingest import ingest as ingest_command
@@ -84,7 +85,7 @@ def _show(event) -> None:
         what = "skipped (already done)" if entry["status"] == "skipped" else f"{entry['seconds']} s"
         console.print(f"[green]ok[/] {event.checkpoint}  {what}", highlight=False)
     elif event.kind == "failed":
-        console.print(f"[red]failed[/] {event.checkpoint}: {event.detail['error']}", highlight=False)
+        console.print(f"[red]failed[/] {event.checkpoint}: {escape(event.detail['error'])}", highlight=False)
     elif event.kind == "waiting":
         console.print(f"[dim]waiting for {', '.join(event.detail['checkpoints'])} to be complete[/]", highlight=False)
     elif event.kind == "phase":

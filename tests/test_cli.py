@@ -226,3 +226,11 @@ def test_command_defaults_are_the_config_defaults(name, config, expected):
     shared = set(options) & set(defaults)
     assert shared >= expected, f"geowh {name} lacks options for {expected - shared}"
     assert {k: options[k] for k in expected} == {k: defaults[k] for k in expected}
+
+
+@pytest.mark.parametrize("value", ["last[/]", "mean[bold]"])
+def test_an_error_that_quotes_brackets_is_printed_whole(cli, tmp_path, value):
+    """Error text is not rich markup: a user's `[/]` once crashed the error printer with a traceback."""
+    result = cli(["ingest", tmp_path, "--pooling", value, "--db", tmp_path / "w.duckdb"])
+    assert result.exit_code == 1
+    assert f"--pooling {value}: use last or mean" in result.output and "Traceback" not in result.output
