@@ -86,6 +86,19 @@ def test_ray_ingest_equals_a_serial_one_and_each_run_names_its_worker(cluster, w
     assert {pid for _, pid, _ in workers} <= set(alive)  # Ray's own worker processes, still serving
 
 
+def test_the_plan_is_prepared_on_a_worker_with_the_probe_tokenized_once(cluster, workdir):
+    from geowh.ingest.models import load_tokenizer
+    from geowh.ingest.run import plan_ingest, probe_for, resolved_here
+
+    plan = plan_ingest(str(workdir / "run"), _config(workdir))
+    with RayExecutor(workers=2) as executor:
+        prepared = executor.prepare(plan)
+    assert plan.dtype is None and prepared.dtype == "float32"  # resolved where the checkpoints run
+    [probe] = prepared.probes.values()  # what every task then reads instead of tokenizing
+    here = probe_for(resolved_here(plan), load_tokenizer(plan.series.checkpoints[0]))
+    assert probe.id == here.id and probe.ids == here.ids and len(probe) == 64
+
+
 def test_ray_ingest_resumes_forces_and_records_failed_checkpoints(cluster, workdir, tmp_path):
     from tiny import corrupt
 
