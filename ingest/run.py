@@ -13,8 +13,9 @@ alone) are this one engine. Its parts, kept apart so that a distributed or a liv
 - `write_result(wh, result)` writes a result's rows and its `runs` row in one transaction.
 - `run(plan, wh)` is the driver: skips what is done, writes each checkpoint's `running` row,
   hands the checkpoints to an `Executor` and writes each result as it comes back. Only the
-  driver writes. `Serial` (the default) processes them one after the other in this process;
-  `ingest.cluster.RayExecutor` runs them on a Ray cluster's workers and yields the results.
+  driver writes. `Serial` (the default) processes them one after the other in this process (on
+  a GPU the next one loading into host memory meanwhile); `ingest.cluster.RayExecutor` runs
+  them on a Ray cluster's workers and yields the results.
 - `Events` is how the engine reports progress; it prints nothing itself (cli/ renders it).
 
 `ingest(model, config, selection)` is plan + run; `live`-measured checkpoints
@@ -28,8 +29,8 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import Future
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -217,7 +218,8 @@ def process_checkpoint(
     probe = None
     try:
         t = time.perf_counter()
-        loaded = loaded or (load() if load else load_checkpoint(ref, device=plan.config.device, **_load_options(plan)))
+        if loaded is None:
+            loaded = load() if load else load_checkpoint(ref, device=plan.config.device, **_load_options(plan))
         seconds["load"] = time.perf_counter() - t
         rows: Rows = {}
         if plan.config.geometry:
@@ -778,16 +780,17 @@ class _Preloader:
         def load():
             from geowh.ingest.models import load_checkpoint, to_device
 
+            options = dict(device="cpu", **_load_options(self.plan))
             ahead, self.ahead = self.ahead, None
             try:
-                host = ahead.result() if ahead else load_checkpoint(self.refs[i], device="cpu", **_load_options(self.plan))
+                host = ahead.result() if ahead else load_checkpoint(self.refs[i], **options)
             except BaseException:
                 if ahead:  # a Ctrl-C while waiting: the thread's model is freed when it is done
                     ahead.add_done_callback(_release)
                 raise
             loaded = to_device(host, self.plan.config.device)
             if i + 1 < len(self.refs):
-                self.ahead = _in_thread(load_checkpoint, self.refs[i + 1], device="cpu", **_load_options(self.plan))
+                self.ahead = _in_thread(load_checkpoint, self.refs[i + 1], **options)
             return loaded
 
         return load
