@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from tiny import corrupt, save_series, write_docs
+from tiny import corrupt, save_hub_cache, save_series, write_docs
 
 RUN_COLUMNS = "checkpoint, status, error, device, dtype, hub_commit, config_key, kind, probe"
 
@@ -55,6 +55,38 @@ def test_a_preloaded_ingest_writes_exactly_the_rows_of_a_load_in_place(workdir, 
         assert expected and _rows(preloaded, sql) == expected, sql
 
 
+HUB = """
+import json, sys
+from geowh.ingest import IngestConfig, ingest
+from geowh.ingest.run import Serial
+from geowh.warehouse import Warehouse
+rows = {}
+for preload in (False, True):
+    db = f"{sys.argv[2]}/{preload}.duckdb"
+    ingest("hf:tiny-org/tiny-pythia", IngestConfig(probe=sys.argv[1], n=32, max_len=16), db=db,
+           executor=Serial(preload=preload))
+    rows[preload] = [Warehouse(db).query(sql).rows() for sql in sys.argv[3:]]
+print(json.dumps(rows))
+"""
+
+
+def test_a_preloaded_hub_checkpoint_records_the_commit_of_a_load_in_place(workdir, tmp_path):
+    import json
+    import os
+
+    cache = save_hub_cache(tmp_path / "hub", "tiny-org/tiny-pythia", ["step0", "step1000"])
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    queries = [f"select {RUN_COLUMNS} from runs order by checkpoint",
+               "select checkpoint, layer, metric, value from metrics order by all"]
+    done = subprocess.run([sys.executable, "-c", HUB, str(workdir / "docs.txt"), str(tmp_path), *queries],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    runs = rows["false"][0]
+    assert [(r[0], r[1]) for r in runs] == [("step0", "ok"), ("step1000", "ok")] and all(r[5] for r in runs)
+    assert rows["true"] == rows["false"]
+
+
 def _record_loads(monkeypatch, log, *, hold=None):
     """Log each load (checkpoint, device, thread) as it starts and ends; `hold(label)` may block it."""
     from geowh.ingest import models
@@ -84,7 +116,6 @@ def test_the_next_checkpoint_loads_in_a_thread_while_this_one_computes(workdir, 
 
     def computing(loaded, *args):
         this = loaded.ref.label
-        log.append(("compute", this))
         result = geometry(loaded, *args)
         deadline = time.monotonic() + 20  # a tiny checkpoint computes faster than a thread starts: wait for it
         while this in after and not any(e[:2] == ("load", after[this]) for e in log) and time.monotonic() < deadline:
