@@ -215,13 +215,22 @@ def load_checkpoint(
             f"{ref.source} is missing {len(names)} weight tensor(s) ({', '.join(names[:3])}, …): "
             "the checkpoint is incomplete; download or save it again"
         )
-    try:
-        model.to(torch_device)
-    except Exception as e:  # out of memory, most often
-        raise CheckpointError(f"cannot move {ref.label} to {torch_device}: {_short(e)}") from e
     model.eval()
     model.requires_grad_(False)
-    return Loaded(model, tok, torch_device, torch_dtype, ref)
+    return to_device(Loaded(model, tok, model.device, torch_dtype, ref), torch_device)
+
+
+def to_device(loaded: Loaded, device) -> Loaded:
+    """Move `loaded` (read into host memory) to `device`, in place: the last step of
+    `load_checkpoint`, apart so that a checkpoint read ahead of its turn (`ingest.run.Serial`)
+    has only this left."""
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    try:
+        loaded.model.to(torch_device)
+    except Exception as e:  # out of memory, most often
+        raise CheckpointError(f"cannot move {loaded.ref.label} to {torch_device}: {_short(e)}") from e
+    loaded.device = torch_device
+    return loaded
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")

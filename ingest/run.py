@@ -13,8 +13,9 @@ alone) are this one engine. Its parts, kept apart so that a distributed or a liv
 - `write_result(wh, result)` writes a result's rows and its `runs` row in one transaction.
 - `run(plan, wh)` is the driver: skips what is done, writes each checkpoint's `running` row,
   hands the checkpoints to an `Executor` and writes each result as it comes back. Only the
-  driver writes. `Serial` (the default) processes them one after the other in this process;
-  `ingest.cluster.RayExecutor` runs them on a Ray cluster's workers and yields the results.
+  driver writes. `Serial` (the default) processes them one after the other in this process (on
+  a GPU the next one loading into host memory meanwhile); `ingest.cluster.RayExecutor` runs
+  them on a Ray cluster's workers and yields the results.
 - `Events` is how the engine reports progress; it prints nothing itself (cli/ renders it).
 
 `ingest(model, config, selection)` is plan + run; `live`-measured checkpoints
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,6 +192,7 @@ def process_checkpoint(
     run_id: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     loaded=None,
+    load: Callable[[], Any] | None = None,
 ) -> CheckpointResult:
     """Load `ref` once, run the geometry (features → spectra → metrics) and the measurements.
 
@@ -200,6 +204,8 @@ def process_checkpoint(
     `loaded` measures a model already in memory instead of loading `ref` (a `Loaded` whose
     `ref` is `ref`; `geowh.integrations` passes the model in training): the rows are those
     an ingest of the same weights writes, and the model is left as it was, not released.
+    `load` replaces how `ref` is loaded otherwise (`Serial` passes one that takes the weights
+    a thread read ahead); its model is released after, its `CheckpointError` fails `ref`.
     """
     from geowh.ingest.models import device_name, load_checkpoint
     from geowh.warehouse import utcnow
@@ -212,13 +218,8 @@ def process_checkpoint(
     probe = None
     try:
         t = time.perf_counter()
-        loaded = loaded or load_checkpoint(
-            ref,
-            device=plan.config.device,
-            dtype=plan.dtype,
-            with_head=plan.config.loss or any(m.with_head for m in plan.measurements),
-            tokenizer=plan.config.tokenizer or plan.series.tokenizer,
-        )
+        if loaded is None:
+            loaded = load() if load else load_checkpoint(ref, device=plan.config.device, **_load_options(plan))
         seconds["load"] = time.perf_counter() - t
         rows: Rows = {}
         if plan.config.geometry:
@@ -267,6 +268,15 @@ def process_checkpoint(
         run["probe"] = probe.id
     tokens = probe.tokens if probe is not None and status == "ok" else 0
     return CheckpointResult(ref, run_id, status, rows, run, error, tokens, elapsed)
+
+
+def _load_options(plan: Plan) -> dict:
+    """`load_checkpoint`'s options under `plan`, but the device."""
+    return dict(
+        dtype=plan.dtype,
+        with_head=plan.config.loss or any(m.with_head for m in plan.measurements),
+        tokenizer=plan.config.tokenizer or plan.series.tokenizer,
+    )
 
 
 def probe_for(plan: Plan, tokenizer) -> Probe:
@@ -478,8 +488,8 @@ class Work:
     plan: Plan
     on_batch: Callable[[int, int], None] | None = None
 
-    def __call__(self, job: Job) -> CheckpointResult:
-        return process_checkpoint(job.ref, self.plan, run_id=job.run_id, on_batch=self.on_batch)
+    def __call__(self, job: Job, load: Callable[[], Any] | None = None) -> CheckpointResult:
+        return process_checkpoint(job.ref, self.plan, run_id=job.run_id, on_batch=self.on_batch, load=load)
 
     def lost(self, job: Job, why: str) -> CheckpointResult:
         """The failed result of a job whose process died before it could return one."""
@@ -508,18 +518,34 @@ class Executor(Protocol):
 
 
 class Serial:
-    """The default executor: one checkpoint after the other, in this process, the next hub
-    checkpoint downloading meanwhile."""
+    """The default executor: one checkpoint after the other, in this process, the next one made
+    ready meanwhile.
+
+    With `preload`, a thread reads the next checkpoint's weights into host memory while this one
+    computes, so that only the move to the device is left when its turn comes; without, the next
+    hub checkpoint downloads meanwhile. `None` (auto) preloads when the plan's device is a GPU:
+    on the CPU, reading the weights is the whole load, and a second model would only cost memory.
+    """
+
+    def __init__(self, preload: bool | None = None):
+        self.preload = preload
 
     def prepare(self, plan: Plan) -> Plan:
         return resolved_here(plan)
 
+    def preloading(self, plan: Plan) -> bool:
+        if self.preload is not None:
+            return self.preload
+        from geowh.ingest.models import resolve_device
+
+        return resolve_device(plan.config.device).type == "cuda"
+
     def map(self, work, jobs, started):
-        with _Prefetcher([job.ref for job in jobs]) as prefetch:
+        refs = [job.ref for job in jobs]
+        with _Preloader(refs, work.plan) if self.preloading(work.plan) else _Prefetcher(refs) as ahead:
             for i, job in enumerate(jobs):
                 started(job)
-                prefetch.next_after(i)
-                yield work(job)
+                yield work(job, ahead.load(i))
 
 
 def ingest(
@@ -712,7 +738,8 @@ class _Prefetcher:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geowh-prefetch")
         return self
 
-    def next_after(self, i: int) -> None:
+    def load(self, i: int) -> None:
+        """Start the download of checkpoint i + 1; checkpoint i loads as it would without."""
         if self.pool is None or i + 1 >= len(self.refs) or self.refs[i + 1].repo is None:
             return
         ref = self.refs[i + 1]
@@ -728,3 +755,66 @@ def _download(ref: CheckpointRef) -> None:
     from huggingface_hub import snapshot_download  # imported by _import_now in the main thread
 
     snapshot_download(ref.repo, revision=ref.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+
+
+class _Preloader:
+    """Reads the next checkpoint into host memory while this one computes (`Serial(preload=True)`).
+
+    Checkpoint i + 1 starts loading only once checkpoint i is on the device: at most one model
+    waits in host memory, and the thread is never the first to import a model's code (a load in
+    the main thread did). Its thread is a daemon: an interrupted run exits without waiting for
+    it, and the model it was reading is released when it is done.
+    """
+
+    def __init__(self, refs: Sequence[CheckpointRef], plan: Plan):
+        self.refs, self.plan = refs, plan
+        self.ahead: Future | None = None  # checkpoint i + 1 on its way to host memory
+
+    def __enter__(self):
+        return self
+
+    def load(self, i: int) -> Callable[[], Any]:
+        """How `process_checkpoint` gets checkpoint i: from the thread, or read here when none
+        read it (the first, or the one after a failure)."""
+
+        def load():
+            from geowh.ingest.models import load_checkpoint, to_device
+
+            options = dict(device="cpu", **_load_options(self.plan))
+            ahead, self.ahead = self.ahead, None
+            try:
+                host = ahead.result() if ahead else load_checkpoint(self.refs[i], **options)
+            except BaseException:
+                if ahead:  # a Ctrl-C while waiting: the thread's model is freed when it is done
+                    ahead.add_done_callback(_release)
+                raise
+            loaded = to_device(host, self.plan.config.device)
+            if i + 1 < len(self.refs):
+                self.ahead = _in_thread(load_checkpoint, self.refs[i + 1], **options)
+            return loaded
+
+        return load
+
+    def __exit__(self, *exc):
+        if self.ahead is not None:  # the run stopped before its turn
+            self.ahead.add_done_callback(_release)
+            self.ahead = None
+
+
+def _in_thread(fn: Callable, *args, **kwargs) -> Future:
+    """`fn(*args, **kwargs)` in a daemon thread: its result, or its exception, in the future."""
+    future: Future = Future()
+
+    def call():
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # a CheckpointError or a bug alike: raised where the result is taken
+            future.set_exception(e)
+
+    threading.Thread(target=call, name="geowh-preload", daemon=True).start()
+    return future
+
+
+def _release(future: Future) -> None:
+    if future.exception() is None:
+        future.result().release()
