@@ -140,21 +140,22 @@ def test_infgram_prob_and_suffix_length_equal_brute_force(index, brute):
     assert len({p.suffix_len for p in got}) > 3
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_batched_queries_equal_the_engine_query_by_query(index, brute, threads):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batched_queries_equal_the_engine_query_by_query(index, brute, workers, monkeypatch):
+    monkeypatch.setattr(infgram, "SHARE_MIN", 100)  # small batches still reach the worker process
+    batched_index = Index(index.directory, workers=workers)
     queries = random_queries(brute, 600, seed=5)
     pairs = [(q[:-1], q[-1]) for q in queries] + [([], queries[0][0]), ([0xFFFE], 5)]  # empty prompt, absent token
-    batched = Index(index.directory, threads=threads).probs(pairs)
+    batched = batched_index.probs(pairs)
     assert len(pairs) >= infgram.BATCH_MIN
+    assert (batched_index._pool is not None) == (workers > 1)
     assert batched == [index.prob(p, c) for p, c in pairs]  # counts, probabilities and suffix lengths
     assert [(p.prob, p.suffix_len) for p in batched[:-2]] == [brute.prob(q[:-1], q[-1]) for q in queries]
     # A suffix cut short by the end of a shard's file is less than a longer pattern it starts
     # (tokens 0 and 256 begin with a zero byte, what the missing bytes read as).
-    import numpy as np
-
     tail = np.fromfile(index.directory / "tokenized.0", dtype="<u2")[-3:].tolist()
     ends = [(tail[-k:], c) for k in (1, 2, 3) for c in [*tail, 0, 256]] * (infgram.BATCH_MIN // 15 + 1)
-    assert Index(index.directory, threads=threads).probs(ends) == [index.prob(p, c) for p, c in ends]
+    assert batched_index.probs(ends) == [index.prob(p, c) for p, c in ends]
 
 
 def test_continuation_probs_score_every_answer_token_on_threads(index, brute):
@@ -210,7 +211,7 @@ def test_the_tables_are_byte_identical_to_upstreams_rust_indexer(index, tmp_path
     assert table.read_bytes() == (index.directory / "table.0").read_bytes()
 
 
-def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(tmp_path):
+def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -230,7 +231,8 @@ def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(t
         assert index.count(q) == brute.count(q)
         got = index.prob(q[:-1], q[-1])
         assert (got.prob, got.suffix_len) == brute.prob(q[:-1], q[-1])
-    batched = index.probs([(q[:-1], q[-1]) for q in queries])
+    monkeypatch.setattr(infgram, "SHARE_MIN", 100)  # a share goes to a worker process too
+    batched = Index(tmp_path / "i", workers=2).probs([(q[:-1], q[-1]) for q in queries])
     assert [(p.prob, p.suffix_len) for p in batched] == [brute.prob(q[:-1], q[-1]) for q in queries]
 
 
