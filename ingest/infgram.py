@@ -499,8 +499,9 @@ class _Windows:
 
     `body[i]` holds bytes [i * step, i * step + 8) read in `order` ('>' = big-endian, so that u64
     order is byte order); the few windows that would run past the buffer come from `tail`, a
-    zero-padded copy: the engine reads a suffix cut short by the end of the file as less, and
-    the comparison below checks that, so what the zeros stand for never decides it.
+    zero-padded copy. The zeros matter: the engine sorts a suffix cut short by the end of the
+    file before any longer pattern it starts, and missing bytes read as zero can tie such a
+    pattern (which `_precedes` then settles) but never exceed it.
     """
 
     body: Any  # (count,) u64 view

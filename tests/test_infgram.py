@@ -158,6 +158,28 @@ def test_batched_queries_equal_the_engine_query_by_query(index, brute, workers, 
     assert batched_index.probs(ends) == [index.prob(p, c) for p, c in ends]
 
 
+def test_batched_queries_on_an_index_shorter_than_one_8_byte_read_equal_the_engine(tmp_path):
+    (tmp_path / "c.txt").write_text("alpha\n")  # one token: 4 bytes of text, a 2-byte suffix array
+    build_index([tmp_path / "c.txt"], str(PYTHIA_TOKENIZER), tmp_path / "i")
+    index = Index(tmp_path / "i", workers=1)
+    t = index.tokenize("alpha")
+    assert (tmp_path / "i" / "tokenized.0").stat().st_size < 8 and len(t) == 1
+    pairs = [(t, t[0]), ([], t[0]), (t * 3, 5), ([0xFFFE], t[0]), (t, 0xFFFE)] * (infgram.BATCH_MIN // 5 + 1)
+    assert index.probs(pairs) == [index.prob(p, c) for p, c in pairs]
+
+
+def test_a_suffix_cut_short_by_the_end_of_the_file_sorts_before_every_longer_pattern(tmp_path):
+    # " red" ends the file and starts five other suffixes: the batched search must read the
+    # missing bytes as less than any token that could follow, as the engine does.
+    (tmp_path / "c.txt").write_text("a red fox\na red cat\na red dog\na red hen\na red owl\na big red\n")
+    build_index([tmp_path / "c.txt"], str(PYTHIA_TOKENIZER), tmp_path / "i")
+    index = Index(tmp_path / "i", workers=1)
+    stream = np.fromfile(tmp_path / "i" / "tokenized.0", dtype="<u2").tolist()
+    vocab = sorted(set(stream) - {0xFFFF}) + [0, 256]
+    pairs = [(stream[-k:], c) for k in (1, 2, 3) for c in vocab] * (infgram.BATCH_MIN // 30 + 1)
+    assert index.probs(pairs) == [index.prob(p, c) for p, c in pairs]
+
+
 def test_continuation_probs_score_every_answer_token_on_threads(index, brute):
     prompt, target = brute.stream[1:9].tolist(), brute.stream[9:13].tolist()
     got = index.map(lambda _: index.continuation_probs(prompt, target), range(4))
