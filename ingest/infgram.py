@@ -27,12 +27,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from geowh.errors import InputError
+from geowh.errors import GeowhError, InputError
 from geowh.outputs import check_output, output_path
 from geowh.ingest.texts import SUFFIXES, iter_documents
 from geowh.warehouse import Warehouse, as_warehouse
@@ -346,6 +347,9 @@ class Index:
     >>> index = Index("indexes/pile-sample")
     >>> index.query("Question: What is the capital of France? Answer: Paris")
     {'tokens': [...], 'count': 3, 'prob': 0.75, 'suffix_len': 12}
+
+    `workers` (default: the CPU count) is how many cores queries use: threads for `map`'s
+    engine calls, processes for a big `probs` batch (docs/scale.md).
     """
 
     def __init__(self, directory: str | Path, tokenizer: str | None = None, workers: int | None = None):
@@ -434,7 +438,16 @@ class Index:
         starts = np.concatenate([[0], np.cumsum(lengths + 1)])
         share = [(ids[starts[a] : starts[b]], lengths[a:b]) for a, b in zip(cuts, cuts[1:])]
         sent = [self._workers().submit(_share_probs, *s) for s in share[1:]]
-        done = [_batch_probs(self._shards, self.meta.width, *share[0])] + [f.result() for f in sent]
+        done = [_batch_probs(self._shards, self.meta.width, *share[0])]
+        try:
+            done += [f.result() for f in sent]
+        except BrokenProcessPool:
+            self._pool = None  # the next batch starts fresh ones
+            raise GeowhError(
+                "an ∞-gram worker process stopped before answering: a script that runs batched queries "
+                "on worker processes must start them under `if __name__ == \"__main__\":` (Python's "
+                "multiprocessing re-imports it in each), or open the index with workers=1"
+            ) from None
         prompt_cnt, cont_cnt, suffix_len = (np.concatenate(x).tolist() for x in zip(*done))
         return [
             InfgramProb(float(c) / p if p else 0.0, p, c if p else 0, k)

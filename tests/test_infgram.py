@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -178,6 +179,21 @@ def test_a_suffix_cut_short_by_the_end_of_the_file_sorts_before_every_longer_pat
     vocab = sorted(set(stream) - {0xFFFF}) + [0, 256]
     pairs = [(stream[-k:], c) for k in (1, 2, 3) for c in vocab] * (infgram.BATCH_MIN // 30 + 1)
     assert index.probs(pairs) == [index.prob(p, c) for p, c in pairs]
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error_from_worker_processes(index, tmp_path):
+    # Spawned workers re-import the script, which here starts a batch again and dies doing so.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\nfrom geowh.errors import GeowhError\nfrom geowh.ingest import infgram\n"
+        "infgram.SHARE_MIN = 100\n"
+        f"index = infgram.Index({str(index.directory)!r}, workers=2)\n"
+        "try:\n    index.probs([([5, 6], 7)] * 300)\n"
+        "except GeowhError as e:\n    print('ERROR', e)\n    sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "ERROR" in done.stdout and '__name__ == "__main__"' in done.stdout and "workers=1" in done.stdout
 
 
 def test_continuation_probs_score_every_answer_token_on_threads(index, brute):
