@@ -70,7 +70,7 @@ class IndexMeta:
         return 2 if self.token_dtype == "u16" else 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a batch builds tens of thousands
 class InfgramProb:
     """P∞(cont | prompt): the longest suffix of the prompt found in the corpus decides."""
 
@@ -426,21 +426,21 @@ class Index:
         own memory maps of the files (threads would wait on each other: numpy's bookkeeping
         between the gathers holds the GIL).
         """
-        import numpy as np
-
         if len(queries) < BATCH_MIN:
             return [self.prob(p, c) for p, c in queries]
-        ids, lengths = self._flat(queries)
         if self._shards is None:
             self._shards = _open_shards(self.directory, self.meta.width)
-        shares = max(1, min(self.workers, len(queries) // SHARE_MIN))
-        cuts = [len(queries) * i // shares for i in range(shares + 1)]
-        starts = np.concatenate([[0], np.cumsum(lengths + 1)])
-        share = [(ids[starts[a] : starts[b]], lengths[a:b]) for a, b in zip(cuts, cuts[1:])]
-        sent = [self._workers().submit(_share_probs, *s) for s in share[1:]]
-        done = [_batch_probs(self._shards, self.meta.width, *share[0])]
+        n = len(queries)
+        shares = max(1, min(self.workers, n // SHARE_MIN))
+        # This process also builds every answer: it searches a share that much smaller.
+        own = round(n / ((shares - 1) * (1 + ANSWER_COST) + 1))
+        cuts = [0, own] + [own + (n - own) * i // (shares - 1) for i in range(1, shares)]
+        flat = [self._flat(queries[a:b]) for a, b in zip(cuts, cuts[1:])]
+        sent = [self._workers().submit(_share_probs, *share) for share in flat[1:]]
+        out = _answers(*_batch_probs(self._shards, self.meta.width, *flat[0]))
         try:
-            done += [f.result() for f in sent]
+            for f in sent:
+                out += _answers(*f.result())
         except BrokenProcessPool:
             self._pool = None  # the next batch starts fresh ones
             raise GeowhError(
@@ -448,11 +448,7 @@ class Index:
                 "on worker processes must start them under `if __name__ == \"__main__\":` (Python's "
                 "multiprocessing re-imports it in each), or open the index with workers=1"
             ) from None
-        prompt_cnt, cont_cnt, suffix_len = (np.concatenate(x).tolist() for x in zip(*done))
-        return [
-            InfgramProb(float(c) / p if p else 0.0, p, c if p else 0, k)
-            for p, c, k in zip(prompt_cnt, cont_cnt, suffix_len)
-        ]
+        return out
 
     def _flat(self, queries: Sequence[tuple[Sequence[int], int]]):
         """Every query's prompt then continuation in one array (the index's token dtype), and the
@@ -504,6 +500,7 @@ class Index:
 
 BATCH_MIN = 256  # below this the engine's per-query calls are quicker than numpy's per-step overhead
 SHARE_MIN = 1024  # queries per process below which sending a share costs more than it saves
+ANSWER_COST = 0.05  # building a query's InfgramProb, in searches of one query (measured)
 
 
 @dataclass(frozen=True)
@@ -728,6 +725,13 @@ def _batch_probs(shards: list[_Shard], width: int, ids, lengths):
     prompt_cnt, ranges = _count(shards, suffix(everyone, lo), masks)
     cont_cnt, _ = _count(shards, suffix(everyone, lo, cont=1), masks, within=ranges)
     return prompt_cnt, cont_cnt, lo
+
+
+def _answers(prompt_cnt, cont_cnt, suffix_len) -> list[InfgramProb]:
+    return [
+        InfgramProb(float(c) / p if p else 0.0, p, c if p else 0, k)
+        for p, c, k in zip(prompt_cnt.tolist(), cont_cnt.tolist(), suffix_len.tolist())
+    ]
 
 
 _WORKER: dict[str, Any] = {}  # in a worker process: its own memory maps of the index's files
