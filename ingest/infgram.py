@@ -498,7 +498,7 @@ class Index:
 
 # -- batched queries: the engine's search, vectorized over queries ---------------------------------
 
-BATCH_MIN = 256  # below this the engine's per-query calls are quicker than numpy's per-step overhead
+BATCH_MIN = 32  # below this the engine's per-query calls are quicker than numpy's per-step overhead (measured)
 SHARE_MIN = 1024  # queries per process below which sending a share costs more than it saves
 ANSWER_COST = 0.05  # building a query's InfgramProb, in searches of one query (measured)
 

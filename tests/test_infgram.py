@@ -143,7 +143,7 @@ def test_infgram_prob_and_suffix_length_equal_brute_force(index, brute):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_batched_queries_equal_the_engine_query_by_query(index, brute, workers, monkeypatch):
-    monkeypatch.setattr(infgram, "SHARE_MIN", 100)  # small batches still reach the worker process
+    monkeypatch.setattr(infgram, "SHARE_MIN", 20)  # small batches still reach the worker process
     batched_index = Index(index.directory, workers=workers)
     queries = random_queries(brute, 600, seed=5)
     pairs = [(q[:-1], q[-1]) for q in queries] + [([], queries[0][0]), ([0xFFFE], 5)]  # empty prompt, absent token
