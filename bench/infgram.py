@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20_000_000)
     parser.add_argument("--queries", type=int, default=5000, help="Queries for the engine's rows (one at a time).")
     parser.add_argument("--batch-queries", type=int, default=50_000, help="Queries per Index.probs batch.")
-    parser.add_argument("--repeats", type=int, default=3, help="Timed Index.probs batches per row (median).")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed Index.probs batches per row (median).")
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--compare-build", action="store_true", help="Also time upstream's Rust suffix-array build.")
@@ -201,28 +201,29 @@ def main() -> None:
     many_qps, _ = time_queries(ours_fn, queries, threads=cores)
     agree = all(b["prob"] == max(o.prob, 0.0) and b["suffix_len"] == o.suffix_len for b, o in zip(base_out, one_out))
     # Index.probs: whole batches at once, vectorized, in this process alone (1 worker) and shared
-    # with worker processes (one per core). A bigger batch than the engine's, timed several
-    # times (median): one batch takes well under a second.
+    # with worker processes (one per core). A bigger batch than the engine's, timed several times
+    # (median), the two settings taking turns so that a change in the machine's load hits both.
     batch = queries + random_queries(index_dir, max(args.batch_queries - len(queries), 0), seed=1)
-    batched_qps, first_s = {}, {}
-    for workers in sorted({1, cores}):
-        batch_index = Index(index_dir, workers=workers)
+    batch_indexes = {workers: Index(index_dir, workers=workers) for workers in sorted({1, cores})}
+    first_s, rates = {}, {workers: [] for workers in batch_indexes}
+    for workers, batch_index in batch_indexes.items():
         start = time.perf_counter()
         batched_out = batch_index.probs(batch)  # opens the memory maps, starts the worker processes
         first_s[workers] = time.perf_counter() - start
         agree = agree and batched_out[: len(queries)] == one_out
-        rates = []
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):
+        for workers, batch_index in batch_indexes.items():
             start = time.perf_counter()
             batch_index.probs(batch)
-            rates.append(len(batch) / (time.perf_counter() - start))
-        batched_qps[workers] = float(np.median(rates))
+            rates[workers].append(len(batch) / (time.perf_counter() - start))
+    batched_qps = {workers: float(np.median(r)) for workers, r in rates.items()}
     report["queries"] = {
         "n": len(queries), "baseline_default_prefetch_qps": round(base_qps), "geowh_1_thread_qps": round(one_qps),
         f"geowh_{cores}_threads_qps": round(many_qps), "ratio_1_thread": round(one_qps / base_qps, 2),
         "batch_n": len(batch), "batch_repeats": args.repeats,
         "geowh_batched_1_worker_qps": round(batched_qps[1]), f"geowh_batched_{cores}_workers_qps": round(batched_qps[cores]),
         "batched_first_call_s": {str(w): round(s, 2) for w, s in first_s.items()},
+        "batched_rates_qps": {str(w): [round(x) for x in r] for w, r in rates.items()},
         "batched_ratio_to_baseline": round(batched_qps[cores] / base_qps, 2),
         "batched_worker_scaling": round(batched_qps[cores] / batched_qps[1], 2),
         "results_agree": agree, "mean_suffix_len": round(float(np.mean([o.suffix_len for o in one_out])), 2),

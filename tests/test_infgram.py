@@ -196,6 +196,20 @@ def test_a_script_without_a_main_guard_gets_one_clear_error_from_worker_processe
     assert "ERROR" in done.stdout and '__name__ == "__main__"' in done.stdout and "workers=1" in done.stdout
 
 
+def test_a_batch_leaves_the_garbage_collector_as_it_found_it(index, brute):
+    import gc
+
+    pairs = [(q[:-1], q[-1]) for q in random_queries(brute, infgram.BATCH_MIN, seed=7)]
+    index.probs(pairs)  # the collector is paused while the answers are built
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        index.probs(pairs)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_continuation_probs_score_every_answer_token_on_threads(index, brute):
     prompt, target = brute.stream[1:9].tolist(), brute.stream[9:13].tolist()
     got = index.map(lambda _: index.continuation_probs(prompt, target), range(4))
