@@ -149,7 +149,8 @@ def test_batched_queries_equal_the_engine_query_by_query(index, brute, workers, 
     pairs = [(q[:-1], q[-1]) for q in queries] + [([], queries[0][0]), ([0xFFFE], 5)]  # empty prompt, absent token
     batched = batched_index.probs(pairs)
     assert len(pairs) >= infgram.BATCH_MIN
-    assert (batched_index._pool is not None) == (workers > 1)
+    pool = batched_index._pool
+    assert (pool is not None) == (workers > 1)
     assert batched == [index.prob(p, c) for p, c in pairs]  # counts, probabilities and suffix lengths
     assert [(p.prob, p.suffix_len) for p in batched[:-2]] == [brute.prob(q[:-1], q[-1]) for q in queries]
     # A suffix cut short by the end of a shard's file is less than a longer pattern it starts
@@ -157,6 +158,7 @@ def test_batched_queries_equal_the_engine_query_by_query(index, brute, workers, 
     tail = np.fromfile(index.directory / "tokenized.0", dtype="<u2")[-3:].tolist()
     ends = [(tail[-k:], c) for k in (1, 2, 3) for c in [*tail, 0, 256]] * (infgram.BATCH_MIN // 15 + 1)
     assert batched_index.probs(ends) == [index.prob(p, c) for p, c in ends]
+    assert batched_index._pool is pool  # the worker processes serve the index's every batch
 
 
 def test_batched_queries_on_an_index_shorter_than_one_8_byte_read_equal_the_engine(tmp_path):
@@ -306,6 +308,10 @@ def test_unusable_input_raises_an_input_error_not_a_crash(index, tmp_path, corpu
         build_index([corpus], str(PYTHIA_TOKENIZER), index.directory)
     with pytest.raises(InputError, match="outside"):
         index.count([0xFFFF])
+    with pytest.raises(InputError, match="outside"):  # a batch checks its ids as one query does
+        index.probs([([5], 6)] * infgram.BATCH_MIN + [([0xFFFF], 6)])
+    with pytest.raises(InputError, match="workers must be at least 1"):
+        Index(index.directory, workers=0)
     with pytest.raises(InputError, match="tokenizes to nothing"):
         index.query("")
     bad = tmp_path / "bad.jsonl"
