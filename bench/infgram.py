@@ -128,6 +128,32 @@ def time_queries(fn, queries, threads: int = 1) -> tuple[float, list]:
     return len(queries) / (time.perf_counter() - start), out
 
 
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(machine's busy, machine's total, this process tree's) CPU ticks, from /proc (None elsewhere):
+    on a shared machine, what other processes took while a row was timed says what the row means."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        ours, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            with open(f"/proc/{pid}/stat") as f:
+                ours += sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])  # utime, stime
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks[:8]) - idle, sum(ticks[:8]), ours
+
+
+def others_share(before, after) -> float | None:
+    """The share of all cores' time that other processes used between two `cpu_ticks`."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return max((after[0] - before[0]) - (after[2] - before[2]), 0) / (after[1] - before[1])
+
+
 def qa_items(index: Index, n: int, seed: int = 0):
     """Questions and answers cut from docstring-like lines of the corpus (real text)."""
     from geowh.ingest.memorization import QAItem
@@ -211,11 +237,13 @@ def main() -> None:
         batched_out = batch_index.probs(batch)  # opens the memory maps, starts the worker processes
         first_s[workers] = time.perf_counter() - start
         agree = agree and batched_out[: len(queries)] == one_out
+    ticks = cpu_ticks()
     for _ in range(args.repeats):
         for workers, batch_index in batch_indexes.items():
             start = time.perf_counter()
             batch_index.probs(batch)
             rates[workers].append(len(batch) / (time.perf_counter() - start))
+    others = others_share(ticks, cpu_ticks())
     batched_qps = {workers: float(np.median(r)) for workers, r in rates.items()}
     report["queries"] = {
         "n": len(queries), "baseline_default_prefetch_qps": round(base_qps), "geowh_1_thread_qps": round(one_qps),
@@ -224,6 +252,7 @@ def main() -> None:
         "geowh_batched_1_worker_qps": round(batched_qps[1]), f"geowh_batched_{cores}_workers_qps": round(batched_qps[cores]),
         "batched_first_call_s": {str(w): round(s, 2) for w, s in first_s.items()},
         "batched_rates_qps": {str(w): [round(x) for x in r] for w, r in rates.items()},
+        "batched_others_cpu_share": None if others is None else round(others, 3),
         "batched_ratio_to_baseline": round(batched_qps[cores] / base_qps, 2),
         "batched_worker_scaling": round(batched_qps[cores] / batched_qps[1], 2),
         "results_agree": agree, "mean_suffix_len": round(float(np.mean([o.suffix_len for o in one_out])), 2),
@@ -278,6 +307,8 @@ def main() -> None:
           f"1 worker {q['geowh_batched_1_worker_qps']:,}  {cores} workers {q[f'geowh_batched_{cores}_workers_qps']:,} "
           f"({q['batched_worker_scaling']}x on {cores} workers, {q['batched_ratio_to_baseline']}x the baseline; "
           f"first call {q['batched_first_call_s']} s)")
+    if q["batched_others_cpu_share"] is not None:
+        print(f"  other processes used {q['batched_others_cpu_share']:.0%} of the {cores} cores' time meanwhile")
     if "scoring" in report:
         s = report["scoring"]
         print(f"scoring {s['items']} items: batched {s['batched_s']} s, one forward per item {s['per_item_s']} s "
