@@ -1,7 +1,7 @@
 """∞-gram queries and QA scoring: geowh against the plain ways of doing the same.
 
     python bench/infgram.py [--work DIR] [--tokens 20000000] [--queries 5000] [--batch-queries 50000]
-                            [--repeats 3] [--items 2000] [--batch-size 32] [--compare-build] [--skip-scoring]
+                            [--repeats 5] [--items 2000] [--batch-size 32] [--compare-build] [--skip-scoring]
 
 1. Corpus: real local text — the Python sources (code and docstrings) of the standard library and
    of the installed packages, one document per file, in a fixed order, until about --tokens
@@ -12,7 +12,8 @@
    token or a random one). Baseline: the engine opened with infini-gram's default prefetch depths,
    one query at a time. geowh: prefetch depths 0, one thread (= per core), then one thread per core;
    then `Index.probs`, --batch-queries searched at once, by this process alone (1 worker) and
-   shared with worker processes (one worker per core); the ratio of the two is the scaling.
+   shared with worker processes (one worker per core), timed in turns; the ratio of the two is
+   the scaling, printed with the share of the cores that other processes used meanwhile.
 4. Scoring: log P(answer | prompt) of --items QA items (built from the corpus's docstrings) with a
    random-weight GPT-NeoX of Pythia-70M's shape: one forward per batch against one per item.
 
