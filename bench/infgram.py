@@ -1,7 +1,7 @@
 """∞-gram queries and QA scoring: geowh against the plain ways of doing the same.
 
-    python bench/infgram.py [--work DIR] [--tokens 20000000] [--queries 5000] [--items 2000]
-                            [--batch-size 32] [--compare-build]
+    python bench/infgram.py [--work DIR] [--tokens 20000000] [--queries 5000] [--batch-queries 50000]
+                            [--repeats 5] [--items 2000] [--batch-size 32] [--compare-build] [--skip-scoring]
 
 1. Corpus: real local text — the Python sources (code and docstrings) of the standard library and
    of the installed packages, one document per file, in a fixed order, until about --tokens
@@ -11,7 +11,9 @@
 3. Queries: P∞(next | prompt) for random spans of the corpus (prompt 1-30 tokens, the true next
    token or a random one). Baseline: the engine opened with infini-gram's default prefetch depths,
    one query at a time. geowh: prefetch depths 0, one thread (= per core), then one thread per core;
-   then `Index.probs`, the whole batch searched at once, on one thread and on one per core.
+   then `Index.probs`, --batch-queries searched at once, by this process alone (1 worker) and
+   shared with worker processes (one worker per core), timed in turns; the ratio of the two is
+   the scaling, printed with the share of the cores that other processes used meanwhile.
 4. Scoring: log P(answer | prompt) of --items QA items (built from the corpus's docstrings) with a
    random-weight GPT-NeoX of Pythia-70M's shape: one forward per batch against one per item.
 
@@ -127,6 +129,32 @@ def time_queries(fn, queries, threads: int = 1) -> tuple[float, list]:
     return len(queries) / (time.perf_counter() - start), out
 
 
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(machine's busy, machine's total, this process tree's) CPU ticks, from /proc (None elsewhere):
+    on a shared machine, what other processes took while a row was timed says what the row means."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        ours, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            with open(f"/proc/{pid}/stat") as f:
+                ours += sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])  # utime, stime
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks[:8]) - idle, sum(ticks[:8]), ours
+
+
+def others_share(before, after) -> float | None:
+    """The share of all cores' time that other processes used between two `cpu_ticks`."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return max((after[0] - before[0]) - (after[2] - before[2]), 0) / (after[1] - before[1])
+
+
 def qa_items(index: Index, n: int, seed: int = 0):
     """Questions and answers cut from docstring-like lines of the corpus (real text)."""
     from geowh.ingest.memorization import QAItem
@@ -154,7 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=settings().home / "bench-infgram")
     parser.add_argument("--tokens", type=int, default=20_000_000)
-    parser.add_argument("--queries", type=int, default=5000)
+    parser.add_argument("--queries", type=int, default=5000, help="Queries for the engine's rows (one at a time).")
+    parser.add_argument("--batch-queries", type=int, default=50_000, help="Queries per Index.probs batch.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed Index.probs batches per row (median).")
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--compare-build", action="store_true", help="Also time upstream's Rust suffix-array build.")
@@ -197,21 +227,35 @@ def main() -> None:
     one_qps, one_out = time_queries(ours_fn, queries)
     many_qps, _ = time_queries(ours_fn, queries, threads=cores)
     agree = all(b["prob"] == max(o.prob, 0.0) and b["suffix_len"] == o.suffix_len for b, o in zip(base_out, one_out))
-    # Index.probs: the whole batch at once, vectorized, on 1 thread and on one per core.
-    batched_qps = {}
-    for threads in (1, cores):
-        batch_index = Index(index_dir, threads=threads)
-        batch_index.probs(queries[:300])  # warm: opens the memory maps
+    # Index.probs: whole batches at once, vectorized, in this process alone (1 worker) and shared
+    # with worker processes (one per core). A bigger batch than the engine's, timed several times
+    # (median), the two settings taking turns so that a change in the machine's load hits both.
+    batch = queries + random_queries(index_dir, max(args.batch_queries - len(queries), 0), seed=1)
+    batch_indexes = {workers: Index(index_dir, workers=workers) for workers in sorted({1, cores})}
+    first_s, rates = {}, {workers: [] for workers in batch_indexes}
+    for workers, batch_index in batch_indexes.items():
         start = time.perf_counter()
-        batched_out = batch_index.probs(queries)
-        batched_qps[threads] = len(queries) / (time.perf_counter() - start)
-        agree = agree and batched_out == one_out
+        batched_out = batch_index.probs(batch)  # opens the memory maps, starts the worker processes
+        first_s[workers] = time.perf_counter() - start
+        agree = agree and batched_out[: len(queries)] == one_out
+    ticks = cpu_ticks()
+    for _ in range(args.repeats):
+        for workers, batch_index in batch_indexes.items():
+            start = time.perf_counter()
+            batch_index.probs(batch)
+            rates[workers].append(len(batch) / (time.perf_counter() - start))
+    others = others_share(ticks, cpu_ticks())
+    batched_qps = {workers: float(np.median(r)) for workers, r in rates.items()}
     report["queries"] = {
         "n": len(queries), "baseline_default_prefetch_qps": round(base_qps), "geowh_1_thread_qps": round(one_qps),
         f"geowh_{cores}_threads_qps": round(many_qps), "ratio_1_thread": round(one_qps / base_qps, 2),
-        "geowh_batched_1_thread_qps": round(batched_qps[1]), f"geowh_batched_{cores}_threads_qps": round(batched_qps[cores]),
+        "batch_n": len(batch), "batch_repeats": args.repeats,
+        "geowh_batched_1_worker_qps": round(batched_qps[1]), f"geowh_batched_{cores}_workers_qps": round(batched_qps[cores]),
+        "batched_first_call_s": {str(w): round(s, 2) for w, s in first_s.items()},
+        "batched_rates_qps": {str(w): [round(x) for x in r] for w, r in rates.items()},
+        "batched_others_cpu_share": None if others is None else round(others, 3),
         "batched_ratio_to_baseline": round(batched_qps[cores] / base_qps, 2),
-        "batched_thread_scaling": round(batched_qps[cores] / batched_qps[1], 2),
+        "batched_worker_scaling": round(batched_qps[cores] / batched_qps[1], 2),
         "results_agree": agree, "mean_suffix_len": round(float(np.mean([o.suffix_len for o in one_out])), 2),
     }
 
@@ -260,9 +304,12 @@ def main() -> None:
     print(f"∞-gram queries/s: baseline (default prefetch, 1 thread) {q['baseline_default_prefetch_qps']:,}  "
           f"geowh 1 thread {q['geowh_1_thread_qps']:,} ({q['ratio_1_thread']}x)  "
           f"geowh {cores} threads {q[f'geowh_{cores}_threads_qps']:,}  agree={q['results_agree']}")
-    print(f"batched (Index.probs): 1 thread {q['geowh_batched_1_thread_qps']:,}  {cores} threads "
-          f"{q[f'geowh_batched_{cores}_threads_qps']:,} ({q['batched_thread_scaling']}x on {cores} threads, "
-          f"{q['batched_ratio_to_baseline']}x the baseline)")
+    print(f"batched (Index.probs, {q['batch_n']:,} queries, median of {q['batch_repeats']}): "
+          f"1 worker {q['geowh_batched_1_worker_qps']:,}  {cores} workers {q[f'geowh_batched_{cores}_workers_qps']:,} "
+          f"({q['batched_worker_scaling']}x on {cores} workers, {q['batched_ratio_to_baseline']}x the baseline; "
+          f"first call {q['batched_first_call_s']} s)")
+    if q["batched_others_cpu_share"] is not None:
+        print(f"  other processes used {q['batched_others_cpu_share']:.0%} of the {cores} cores' time meanwhile")
     if "scoring" in report:
         s = report["scoring"]
         print(f"scoring {s['items']} items: batched {s['batched_s']} s, one forward per item {s['per_item_s']} s "

@@ -19,6 +19,7 @@ corpus statistics.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -27,11 +28,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from geowh.errors import InputError
+from geowh.errors import GeowhError, InputError
 from geowh.outputs import check_output, output_path
 from geowh.ingest.texts import SUFFIXES, iter_documents
 from geowh.warehouse import Warehouse, as_warehouse
@@ -68,7 +72,7 @@ class IndexMeta:
         return 2 if self.token_dtype == "u16" else 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a batch builds tens of thousands
 class InfgramProb:
     """P∞(cont | prompt): the longest suffix of the prompt found in the corpus decides."""
 
@@ -345,13 +349,19 @@ class Index:
     >>> index = Index("indexes/pile-sample")
     >>> index.query("Question: What is the capital of France? Answer: Paris")
     {'tokens': [...], 'count': 3, 'prob': 0.75, 'suffix_len': 12}
+
+    `workers` (default: the CPU count) is how many cores queries use: threads for `map`'s
+    engine calls, processes for a big `probs` batch (docs/scale.md).
     """
 
-    def __init__(self, directory: str | Path, tokenizer: str | None = None, threads: int | None = None):
+    def __init__(self, directory: str | Path, tokenizer: str | None = None, workers: int | None = None):
         self.directory = Path(directory)
         self.meta = read_meta(self.directory, tokenizer)
         _check_files(self.directory, self.meta)
-        self.threads = threads or os.cpu_count() or 1
+        if workers is not None and workers < 1:
+            raise InputError(f"workers must be at least 1, not {workers}")
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = None  # worker processes for `probs`, started by the first batch that needs them
         self._tokenizer = None
         from infini_gram.engine import InfiniGramEngine
 
@@ -412,34 +422,72 @@ class Index:
         A batch of BATCH_MIN or more is searched without the engine: the engine starts two
         threads per shard for each of the ~10 suffix-array searches of a query, and that
         thread churn, not the search, is most of its cost (docs/scale.md). Here all the
-        queries' searches advance together, one vectorized binary-search step at a time, on
-        `threads` threads that each take a share of the batch.
+        queries' searches advance together, one vectorized binary-search step at a time. A
+        batch big enough to share (SHARE_MIN queries a share) is split over `workers`
+        processes: this one and worker processes kept for the index's lifetime, each with its
+        own memory maps of the files (threads would wait on each other: numpy's bookkeeping
+        between the gathers holds the GIL).
         """
-        checked = [(self._ids(p), self._ids([c])[0]) for p, c in queries]
-        if len(checked) < BATCH_MIN:
-            return [self.prob(p, c) for p, c in checked]
+        if len(queries) < BATCH_MIN:
+            return [self.prob(p, c) for p, c in queries]
         if self._shards is None:
             self._shards = _open_shards(self.directory, self.meta.width)
-        parts = [checked[i :: self.threads] for i in range(min(self.threads, len(checked)))]
-        width = self.meta.width
-        if len(parts) == 1:
-            done = [_batch_probs(self._shards, width, parts[0])]
-        else:
-            with ThreadPoolExecutor(len(parts)) as pool:
-                done = list(pool.map(lambda part: _batch_probs(self._shards, width, part), parts))
-        out: list[InfgramProb] = [None] * len(checked)  # type: ignore[list-item]
-        for i, part in enumerate(done):
-            out[i :: len(parts)] = part
+        n = len(queries)
+        shares = max(1, min(self.workers, n // SHARE_MIN))
+        # This process also turns its share into arrays and builds every answer: it searches less.
+        own = round(n / ((shares - 1) * (1 + HOME_COST) + 1))
+        cuts = [own + (n - own) * i // (shares - 1) for i in range(shares)] if shares > 1 else [n]
+        sent = [self._workers().submit(_share_probs, *self._flat(queries[a:b])) for a, b in zip(cuts, cuts[1:])]
+        out = _answers(*_batch_probs(self._shards, self.meta.width, *self._flat(queries[:own])))
+        try:
+            for f in sent:
+                out += _answers(*f.result())
+        except BrokenProcessPool:
+            self._pool = None  # the next batch starts fresh ones
+            raise GeowhError(
+                "an ∞-gram worker process stopped before answering: a script that runs batched queries "
+                "on worker processes must start them under `if __name__ == \"__main__\":` (Python's "
+                "multiprocessing re-imports it in each), or open the index with workers=1"
+            ) from None
         return out
 
+    def _flat(self, queries: Sequence[tuple[Sequence[int], int]]):
+        """Every query's prompt then continuation in one array (the index's token dtype), and the
+        prompts' lengths; ids outside the index's range raise as `_ids` does."""
+        import numpy as np
+
+        lengths = np.fromiter((len(p) for p, _ in queries), dtype=np.int64, count=len(queries))
+        flat = chain.from_iterable((*p, c) for p, c in queries)
+        ids = np.fromiter(flat, dtype=np.int64, count=int(lengths.sum()) + len(queries))
+        if ids.min() < 0 or ids.max() > self._max_id:
+            for p, c in queries:
+                self._ids([*p, c])
+        return ids.astype(_numpy_dtype(self.meta.token_dtype)), lengths
+
+    def _workers(self):
+        """The worker processes (workers − 1 of them), started once: spawned, never forked, since
+        the caller may hold torch or the engine's threads."""
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                self.workers - 1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_open_worker, initargs=(str(self.directory), self.meta.width),
+            )
+            # Waits for the workers to exit: on 3.11 a pool left shutting down can make the
+            # interpreter's exit write to its closed wake-up pipe ("Bad file descriptor").
+            weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
+        return self._pool
+
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """`fn` over `items` on threads: the engine's calls release the GIL."""
-        if self.threads <= 1 or len(items) < 2:
+        """`fn` over `items` on `workers` threads: the engine's calls release the GIL."""
+        if self.workers <= 1 or len(items) < 2:
             return [fn(x) for x in items]
         # transformers' lazy modules are not safe to import first from a worker thread (in a fresh
         # process `geowh index stats` failed with "cannot import name AutoTokenizer"): load here.
         self.tokenizer  # noqa: B018
-        with ThreadPoolExecutor(self.threads) as pool:
+        with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(fn, items))
 
     def query(self, text: str) -> dict[str, Any]:
@@ -453,15 +501,56 @@ class Index:
 
 # -- batched queries: the engine's search, vectorized over queries ---------------------------------
 
-BATCH_MIN = 256  # below this the engine's per-query calls are quicker than numpy's per-step overhead
+BATCH_MIN = 32  # below this the engine's per-query calls are quicker than numpy's per-step overhead (measured)
+SHARE_MIN = 1024  # queries per process below which sending a share costs more than it saves
+HOME_COST = 0.06  # a query's arrays and InfgramProb, in searches of one (measured: ~1.2 µs of ~20)
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """The 8 bytes at each of many offsets of a byte buffer, gathered as one u64 each (a view: no copy).
+
+    `body[i]` holds bytes [i * step, i * step + 8) read in `order` ('>' = big-endian, so that u64
+    order is byte order); the few windows that would run past the buffer come from `tail`, a
+    zero-padded copy. The zeros matter: the engine sorts a suffix cut short by the end of the
+    file before any longer pattern it starts, and missing bytes read as zero can tie such a
+    pattern (which `_precedes` then settles) but never exceed it.
+    """
+
+    body: Any  # (count,) u64 view
+    tail: Any  # (k,) u64: windows count, count + 1, ... up to the buffer's end
+
+    @classmethod
+    def of(cls, data, step: int, order: str) -> "_Windows":
+        import numpy as np
+        from numpy.lib.stride_tricks import as_strided
+
+        count = max((data.size - 8) // step + 1, 0)
+        body = as_strided(data, shape=(count, 8), strides=(step, 1)).view(order + "u8")[:, 0]
+        padded = np.concatenate([data[count * step :], np.zeros(8 + step, dtype=np.uint8)])
+        last = data.size // step  # the window at the buffer's very end (read only when a pattern runs past it)
+        tail = as_strided(padded, shape=(last - count + 1, 8), strides=(step, 1)).view(order + "u8")[:, 0].copy()
+        return cls(body, tail)
+
+    def __getitem__(self, at):
+        import numpy as np
+
+        count = self.body.size
+        over = at >= count
+        if not over.any():
+            return self.body[at]
+        out = self.body[np.where(over, 0, at)] if count else np.zeros(at.size, dtype=np.uint64)
+        out[over] = self.tail[at[over] - count]
+        return out
 
 
 @dataclass(frozen=True)
 class _Shard:
-    ds: Any  # (bytes,) uint8: tokenized.s
-    sa: Any  # (tokens * ptr_size,) uint8: table.s
-    tokens: int
-    ptr_size: int
+    size: int  # bytes of tokenized.s
+    tokens: int  # suffix-array entries
+    text: _Windows  # tokenized.s from any byte on, big-endian
+    pointers: _Windows  # table.s entries, little-endian, to be masked to ptr_mask
+    ptr_mask: int
 
 
 def _open_shards(directory: Path, width: int) -> list[_Shard]:
@@ -473,7 +562,9 @@ def _open_shards(directory: Path, width: int) -> list[_Shard]:
         ds = np.memmap(ds_path, dtype=np.uint8, mode="r").view(np.ndarray)
         sa = np.memmap(directory / f"table{suffix}", dtype=np.uint8, mode="r").view(np.ndarray)
         tokens = ds.size // width
-        shards.append(_Shard(ds, sa, tokens, sa.size // tokens))
+        ptr_size = sa.size // tokens
+        shards.append(_Shard(ds.size, tokens, _Windows.of(ds, 1, ">"), _Windows.of(sa, ptr_size, "<"),
+                             (1 << (8 * ptr_size)) - 1))
     return shards
 
 
@@ -484,85 +575,138 @@ def _masks():
     return np.array([0] + [~((1 << (8 * (8 - m))) - 1) & (2**64 - 1) for m in range(1, 9)], dtype=np.uint64)
 
 
-def _compare(shard: _Shard, ptr, pat, rows, start, nb, mask):
-    """sign(ds[ptr : ptr + nb] − pattern) per search, bytes compared as the engine does (a window cut short
-    by the end of the file is less); search i's pattern is pat[rows[i], start[i] : start[i] + nb[i]]."""
+@dataclass(frozen=True)
+class _Patterns:
+    """Searches' patterns: search i's is `nb[i]` bytes from `offset[i]` of a padded byte buffer."""
+
+    words: _Windows  # the buffer, from any byte on, big-endian
+    offset: Any  # (searches,) int64
+    nb: Any  # (searches,) int64
+    head: Any  # (searches,) u64: the first 8 bytes, masked to the pattern's length
+    head_mask: Any  # (searches,) u64
+
+    @classmethod
+    def of(cls, words: _Windows, offset, nb, masks) -> "_Patterns":
+        import numpy as np
+
+        head_mask = masks[np.minimum(nb, 8)]
+        return cls(words, offset, nb, words[offset] & head_mask, head_mask)
+
+    def take(self, sel) -> "_Patterns":
+        return _Patterns(self.words, self.offset[sel], self.nb[sel], self.head[sel], self.head_mask[sel])
+
+
+def _precedes(shard: _Shard, ranks, pats: _Patterns, upper: bool, masks):
+    """Whether the suffix at each rank sorts before its search's pattern (upper: or starts with it),
+    bytes compared as the engine does: a suffix cut short by the end of the file is less."""
     import numpy as np
 
-    out = np.zeros(ptr.size, dtype=np.int8)
-    todo = np.arange(ptr.size)
-    j = 0
-    eight = np.arange(8)
-    while todo.size:
-        m = np.clip(nb[todo] - 8 * j, 0, 8)  # pattern bytes in this 8-byte chunk
-        todo, m = todo[m > 0], m[m > 0]
-        if not todo.size:
+    ptr = (shard.pointers[ranks] & np.uint64(shard.ptr_mask)).astype(np.int64)  # byte offsets in tokenized.s
+    w = shard.text[ptr] & pats.head_mask
+    right = w < pats.head
+    tie = np.flatnonzero(w == pats.head)
+    seen = 8  # pattern bytes compared
+    while tie.size:  # equal so far: the file's end, the pattern's end, or the next 8 bytes decide
+        at, nb = ptr[tie], pats.nb[tie]
+        short = at + np.minimum(nb, seen) > shard.size
+        last = nb <= seen
+        right[tie[short | (last & upper)]] = True
+        go = ~(short | last)
+        tie = tie[go]
+        if not tie.size:
             break
-        at = ptr[todo].astype(np.int64) + 8 * j
-        pos = at[:, None] + eight  # (rows, 8)
-        window = shard.ds[np.minimum(pos, shard.ds.size - 1)]
-        window[pos >= shard.ds.size] = 0
-        w = window.view(">u8").ravel() & mask[m]
-        p = pat[rows[todo, None], start[todo, None] + 8 * j + eight].view(">u8").ravel() & mask[m]
-        short = at + m > shard.ds.size
-        c = np.where(w < p, -1, np.where(w > p, 1, np.where(short, -1, 0))).astype(np.int8)
-        out[todo] = c
-        todo = todo[c == 0]
-        j += 1
+        mask = masks[np.minimum(nb[go] - seen, 8)]
+        w = shard.text[at[go] + seen] & mask
+        p = pats.words[pats.offset[tie] + seen] & mask
+        right[tie[w < p]] = True
+        tie = tie[w == p]
+        seen += 8
+    return right
+
+
+def _search(shard: _Shard, pats: _Patterns, base, n, upper: bool, masks):
+    """The first rank in [base, base + n) whose suffix is > (upper) or ≥ the pattern, else base + n:
+    the bound the engine's binary search finds, by a branchless bisection whose steps all searches
+    share (n may be one number for all)."""
+    import numpy as np
+
+    base = np.broadcast_to(np.asarray(base, dtype=np.int64), pats.nb.shape).copy()
+    n = np.broadcast_to(np.asarray(n, dtype=np.int64), pats.nb.shape)
+    out = base.copy()  # an empty range's answer
+    live = np.flatnonzero(n > 0)
+    b, m, sub = base[live], n[live], pats.take(live)
+    while live.size:
+        one = m == 1
+        if one.any():  # a single candidate left: it is the bound unless it precedes the pattern
+            k = np.flatnonzero(one)
+            out[live[k]] = b[k] + _precedes(shard, b[k], sub.take(k), upper, masks)
+            keep = np.flatnonzero(~one)
+            live, b, m, sub = live[keep], b[keep], m[keep], sub.take(keep)
+            if not live.size:
+                break
+        half = m >> 1
+        probe = b + half
+        b = np.where(_precedes(shard, probe, sub, upper, masks), probe, b)
+        m = m - half
     return out
 
 
-def _bound(shard: _Shard, pat, rows, start, nb, lo, hi, first: bool, mask):
-    """The engine's binary search: the leftmost rank whose suffix is ≥ (first) or > the pattern."""
+def _count(shards, pats: _Patterns, masks, within=None):
+    """Occurrences of each pattern summed over the shards, and its (first, end) ranks in each shard;
+    `within` narrows each shard's search to earlier ranges (a longer pattern's range lies in them)."""
     import numpy as np
 
-    lo, hi = lo.copy(), hi.copy()
-    todo = np.flatnonzero(hi - lo > 1)
-    places = np.arange(shard.ptr_size)
-    while todo.size:
-        mid = (lo[todo] + hi[todo]) >> 1
-        raw = np.zeros((todo.size, 8), dtype=np.uint8)
-        raw[:, : shard.ptr_size] = shard.sa[mid[:, None] * shard.ptr_size + places]
-        ptr = raw.view("<u8").ravel()
-        c = _compare(shard, ptr, pat, rows[todo], start[todo], nb[todo], mask)
-        right = c < 0 if first else c <= 0
-        lo[todo[right]] = mid[right]
-        hi[todo[~right]] = mid[~right]
-        todo = todo[hi[todo] - lo[todo] > 1]
-    return hi
-
-
-def _find(shards: list[_Shard], pat, rows, start, nb, mask, hints=None):
-    """Counts of many patterns and their (first, last) ranks per shard, as the engine's `find`/`_find`."""
-    import numpy as np
-
-    total = np.zeros(nb.size, dtype=np.int64)
-    segments = []
+    total = np.zeros(pats.nb.size, dtype=np.int64)
+    ranges = []
     for s, shard in enumerate(shards):
-        lo, hi = (hints[s][0] - 1, hints[s][1]) if hints else (np.full(nb.size, -1), np.full(nb.size, shard.tokens))
-        a = _bound(shard, pat, rows, start, nb, lo, hi, True, mask)
-        b = _bound(shard, pat, rows, start, nb, lo, hi, False, mask)
-        total += b - a
-        segments.append((a, b))
-    return total, segments
+        lo, hi = within[s] if within else (0, shard.tokens)
+        first = _search(shard, pats, lo, hi - lo, False, masks)
+        end = _search(shard, pats, first, hi - first, True, masks)
+        total += end - first
+        ranges.append((first, end))
+    return total, ranges
 
 
-def _batch_probs(shards: list[_Shard], width: int, queries: list[tuple[list[int], int]]) -> list[InfgramProb]:
-    """The engine's `infgram_prob` for each query: binary lifting over the prompt's suffix length,
-    a binary search within, then the prompt's and the continuation's counts."""
+def _occurs(shards, pats: _Patterns, masks):
+    """Whether each pattern occurs at all: one search per shard (its first rank), not two."""
     import numpy as np
 
-    mask = _masks()
-    dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
-    n = len(queries)
-    lengths = np.array([len(p) for p, _ in queries], dtype=np.int64)
-    pat = np.zeros((n, (int(lengths.max()) + 1) * width + 8), dtype=np.uint8)  # prompt ⊕ cont, little-endian
-    for i, (prompt, cont) in enumerate(queries):
-        pat[i, : (len(prompt) + 1) * width] = np.asarray([*prompt, cont], dtype=dtype).view(np.uint8)
+    found = np.zeros(pats.nb.size, dtype=bool)
+    todo = np.arange(pats.nb.size)
+    for shard in shards:
+        sub = pats.take(todo)
+        first = _search(shard, sub, 0, shard.tokens, False, masks)
+        inside = first < shard.tokens
+        hit = np.zeros(todo.size, dtype=bool)
+        hit[inside] = _precedes(shard, first[inside], sub.take(inside), True, masks)  # starts with it
+        found[todo[hit]] = True
+        todo = todo[~hit]
+        if not todo.size:
+            break
+    return found
 
-    def count(rows, suffix):  # occurrences of the last `suffix` prompt tokens of each row
-        total, _ = _find(shards, pat, rows, (lengths[rows] - suffix) * width, suffix * width, mask)
-        return total
+
+def _batch_probs(shards: list[_Shard], width: int, ids, lengths):
+    """The engine's `infgram_prob` for each query: the longest suffix of the prompt that occurs
+    (binary lifting over its length, then bisection), then its and the continuation's counts.
+
+    `ids` holds each query's prompt and continuation one after another, `lengths` the prompts'
+    lengths. Returns (prompt_cnt, cont_cnt, suffix_len) arrays.
+    """
+    import numpy as np
+
+    masks = _masks()
+    n = lengths.size
+    row = (int(lengths.max()) + 1) + 8 // width  # tokens per padded row: the last pattern byte + 8 read
+    pat = np.zeros((n, row), dtype=np.dtype("<u2") if width == 2 else np.dtype("<u4"))
+    first = np.cumsum(lengths + 1) - (lengths + 1)
+    rows = np.repeat(np.arange(n), lengths + 1)
+    pat[rows, np.arange(ids.size) - first[rows]] = ids
+    words = _Windows.of(pat.reshape(-1).view(np.uint8), 1, ">")
+    base = np.arange(n, dtype=np.int64) * row * width
+
+    def suffix(sel, k, cont=0):  # the last k prompt tokens of each selected query (⊕ its continuation)
+        return _Patterns.of(words, base[sel] + (lengths[sel] - k) * width, (k + cont) * width, masks)
 
     lo, hi = np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)
     todo = np.arange(n)
@@ -572,23 +716,53 @@ def _batch_probs(shards: list[_Shard], width: int, queries: list[tuple[list[int]
         todo = todo[~over]
         if not todo.size:
             break
-        found = count(todo, hi[todo]) > 0
-        todo = todo[found]
+        todo = todo[_occurs(shards, suffix(todo, hi[todo]), masks)]
         lo[todo], hi[todo] = hi[todo], hi[todo] * 2
     todo = np.flatnonzero(hi - lo > 1)
-    while todo.size:  # binary search within [lo, hi)
+    while todo.size:  # bisection within [lo, hi)
         mid = (lo[todo] + hi[todo]) >> 1
-        found = count(todo, mid) > 0
+        found = _occurs(shards, suffix(todo, mid), masks)
         lo[todo[found]], hi[todo[~found]] = mid[found], mid[~found]
         todo = todo[hi[todo] - lo[todo] > 1]
-    start = (lengths - lo) * width
     everyone = np.arange(n)
-    prompt_cnt, segments = _find(shards, pat, everyone, start, lo * width, mask)
-    cont_cnt, _ = _find(shards, pat, everyone, start, (lo + 1) * width, mask, hints=segments)
-    return [
-        InfgramProb(float(c) / p if p else 0.0, int(p), int(c) if p else 0, int(k))
-        for p, c, k in zip(prompt_cnt.tolist(), cont_cnt.tolist(), lo.tolist())
-    ]
+    prompt_cnt, ranges = _count(shards, suffix(everyone, lo), masks)
+    cont_cnt, _ = _count(shards, suffix(everyone, lo, cont=1), masks, within=ranges)
+    return prompt_cnt, cont_cnt, lo
+
+
+def _answers(prompt_cnt, cont_cnt, suffix_len) -> list[InfgramProb]:
+    import numpy as np
+
+    found = prompt_cnt > 0
+    prob = np.divide(cont_cnt, prompt_cnt, out=np.zeros(found.size), where=found)  # as the engine's double division
+    cont_cnt = np.where(found, cont_cnt, 0)
+    with _collector_paused():
+        return list(map(InfgramProb, prob.tolist(), prompt_cnt.tolist(), cont_cnt.tolist(), suffix_len.tolist()))
+
+
+@contextmanager
+def _collector_paused():
+    """Tens of thousands of new objects start collections that scan every live object: half of
+    building a batch's answers here. The collector runs again (if it ran before) right after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+_WORKER: dict[str, Any] = {}  # in a worker process: its own memory maps of the index's files
+
+
+def _open_worker(directory: str, width: int) -> None:
+    _WORKER.update(shards=_open_shards(Path(directory), width), width=width)
+
+
+def _share_probs(ids, lengths):
+    """`_batch_probs` of one share of a batch, in a worker process."""
+    return _batch_probs(_WORKER["shards"], _WORKER["width"], ids, lengths)
 
 
 def _checked(result: Any) -> dict:

@@ -388,12 +388,12 @@ class Memorization:
         batch_size: int = 32,
         limit: int | None = None,
         wh=None,
-        index_threads: int | None = None,
+        index_workers: int | None = None,
     ):
         from geowh.ingest.infgram import Index
 
         self.task, self.items = load_task(task, limit)
-        self.index = Index(index, tokenizer=index_tokenizer, threads=index_threads)
+        self.index = Index(index, tokenizer=index_tokenizer, workers=index_workers)
         self.batch_size = batch_size
         self.limit = limit
         self.infgram = {r["item"]: r for r in infgram_side(self.index, self.task, self.items, wh)}

@@ -371,7 +371,7 @@ def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = No
         return {"file": str(path), "items": count, "status": "reused"}
     files = [Path(f) for f in sources] if sources else stdlib_files()
     with say.status(f"deriving up to {items} QA items from {len(files):,} Python files"):
-        derived = derive_task(files, Index(out / INDEX_DIR, threads=1), items)
+        derived = derive_task(files, Index(out / INDEX_DIR, workers=1), items)
     if len(derived) < 3:
         raise InputError(
             f"only {len(derived)} QA item(s) found in the training split: give Python sources whose docstrings "

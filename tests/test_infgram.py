@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -140,21 +141,75 @@ def test_infgram_prob_and_suffix_length_equal_brute_force(index, brute):
     assert len({p.suffix_len for p in got}) > 3
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_batched_queries_equal_the_engine_query_by_query(index, brute, threads):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batched_queries_equal_the_engine_query_by_query(index, brute, workers, monkeypatch):
+    monkeypatch.setattr(infgram, "SHARE_MIN", 20)  # small batches still reach the worker process
+    batched_index = Index(index.directory, workers=workers)
     queries = random_queries(brute, 600, seed=5)
     pairs = [(q[:-1], q[-1]) for q in queries] + [([], queries[0][0]), ([0xFFFE], 5)]  # empty prompt, absent token
-    batched = Index(index.directory, threads=threads).probs(pairs)
+    batched = batched_index.probs(pairs)
     assert len(pairs) >= infgram.BATCH_MIN
+    pool = batched_index._pool
+    assert (pool is not None) == (workers > 1)
     assert batched == [index.prob(p, c) for p, c in pairs]  # counts, probabilities and suffix lengths
     assert [(p.prob, p.suffix_len) for p in batched[:-2]] == [brute.prob(q[:-1], q[-1]) for q in queries]
     # A suffix cut short by the end of a shard's file is less than a longer pattern it starts
     # (tokens 0 and 256 begin with a zero byte, what the missing bytes read as).
-    import numpy as np
-
     tail = np.fromfile(index.directory / "tokenized.0", dtype="<u2")[-3:].tolist()
     ends = [(tail[-k:], c) for k in (1, 2, 3) for c in [*tail, 0, 256]] * (infgram.BATCH_MIN // 15 + 1)
-    assert Index(index.directory, threads=threads).probs(ends) == [index.prob(p, c) for p, c in ends]
+    assert batched_index.probs(ends) == [index.prob(p, c) for p, c in ends]
+    assert batched_index._pool is pool  # the worker processes serve the index's every batch
+
+
+def test_batched_queries_on_an_index_shorter_than_one_8_byte_read_equal_the_engine(tmp_path):
+    (tmp_path / "c.txt").write_text("alpha\n")  # one token: 4 bytes of text, a 2-byte suffix array
+    build_index([tmp_path / "c.txt"], str(PYTHIA_TOKENIZER), tmp_path / "i")
+    index = Index(tmp_path / "i", workers=1)
+    t = index.tokenize("alpha")
+    assert (tmp_path / "i" / "tokenized.0").stat().st_size < 8 and len(t) == 1
+    pairs = [(t, t[0]), ([], t[0]), (t * 3, 5), ([0xFFFE], t[0]), (t, 0xFFFE)] * (infgram.BATCH_MIN // 5 + 1)
+    assert index.probs(pairs) == [index.prob(p, c) for p, c in pairs]
+
+
+def test_a_suffix_cut_short_by_the_end_of_the_file_sorts_before_every_longer_pattern(tmp_path):
+    # " red" ends the file and starts five other suffixes: the batched search must read the
+    # missing bytes as less than any token that could follow, as the engine does.
+    (tmp_path / "c.txt").write_text("a red fox\na red cat\na red dog\na red hen\na red owl\na big red\n")
+    build_index([tmp_path / "c.txt"], str(PYTHIA_TOKENIZER), tmp_path / "i")
+    index = Index(tmp_path / "i", workers=1)
+    stream = np.fromfile(tmp_path / "i" / "tokenized.0", dtype="<u2").tolist()
+    vocab = sorted(set(stream) - {0xFFFF}) + [0, 256]
+    pairs = [(stream[-k:], c) for k in (1, 2, 3) for c in vocab] * (infgram.BATCH_MIN // 30 + 1)
+    assert index.probs(pairs) == [index.prob(p, c) for p, c in pairs]
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error_from_worker_processes(index, tmp_path):
+    # Spawned workers re-import the script, which here starts a batch again and dies doing so.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\nfrom geowh.errors import GeowhError\nfrom geowh.ingest import infgram\n"
+        "infgram.SHARE_MIN = 100\n"
+        f"index = infgram.Index({str(index.directory)!r}, workers=2)\n"
+        "try:\n    index.probs([([5, 6], 7)] * 300)\n"
+        "except GeowhError as e:\n    print('ERROR', e)\n    sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "ERROR" in done.stdout and '__name__ == "__main__"' in done.stdout and "workers=1" in done.stdout
+
+
+def test_a_batch_leaves_the_garbage_collector_as_it_found_it(index, brute):
+    import gc
+
+    pairs = [(q[:-1], q[-1]) for q in random_queries(brute, infgram.BATCH_MIN, seed=7)]
+    index.probs(pairs)  # the collector is paused while the answers are built
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        index.probs(pairs)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_continuation_probs_score_every_answer_token_on_threads(index, brute):
@@ -210,7 +265,7 @@ def test_the_tables_are_byte_identical_to_upstreams_rust_indexer(index, tmp_path
     assert table.read_bytes() == (index.directory / "table.0").read_bytes()
 
 
-def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(tmp_path):
+def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -230,7 +285,8 @@ def test_a_vocabulary_over_65535_ids_gives_a_u32_index_that_still_counts_right(t
         assert index.count(q) == brute.count(q)
         got = index.prob(q[:-1], q[-1])
         assert (got.prob, got.suffix_len) == brute.prob(q[:-1], q[-1])
-    batched = index.probs([(q[:-1], q[-1]) for q in queries])
+    monkeypatch.setattr(infgram, "SHARE_MIN", 100)  # a share goes to a worker process too
+    batched = Index(tmp_path / "i", workers=2).probs([(q[:-1], q[-1]) for q in queries])
     assert [(p.prob, p.suffix_len) for p in batched] == [brute.prob(q[:-1], q[-1]) for q in queries]
 
 
@@ -252,6 +308,10 @@ def test_unusable_input_raises_an_input_error_not_a_crash(index, tmp_path, corpu
         build_index([corpus], str(PYTHIA_TOKENIZER), index.directory)
     with pytest.raises(InputError, match="outside"):
         index.count([0xFFFF])
+    with pytest.raises(InputError, match="outside"):  # a batch checks its ids as one query does
+        index.probs([([5], 6)] * infgram.BATCH_MIN + [([0xFFFF], 6)])
+    with pytest.raises(InputError, match="workers must be at least 1"):
+        Index(index.directory, workers=0)
     with pytest.raises(InputError, match="tokenizes to nothing"):
         index.query("")
     bad = tmp_path / "bad.jsonl"
