@@ -132,21 +132,21 @@ class RayExecutor:
         task = _remote(ray, _process, self._options() | {"max_retries": 1})
         waiting = list(jobs)
         running: dict = {}  # ObjectRef → Job
-        try:
-            while waiting or running:
-                while waiting and len(running) < self.workers_at_once:
-                    job = waiting.pop(0)
-                    started(job)
-                    running[task.remote(shipped, job)] = job
-                ready, _ = ray.wait(list(running), num_returns=1)
-                job = running.pop(ready[0])
-                try:
-                    yield _get(ray, ready[0])
-                except _Lost as e:
-                    yield work.lost(job, f"the Ray worker computing it died twice: {e}")
-        finally:
-            for ref in running:  # the run stopped (an error, Ctrl-C): the others are not needed
-                ray.cancel(ref, force=True)
+        # When the run stops (an error, Ctrl-C), the tasks still out are not cancelled here: Ray
+        # ends a driver's tasks when it disconnects, and cancelling one that is finishing aborts
+        # this process inside Ray (2.60: "Tried to complete task that was not pending"), before
+        # the run is recorded as interrupted.
+        while waiting or running:
+            while waiting and len(running) < self.workers_at_once:
+                job = waiting.pop(0)
+                started(job)
+                running[task.remote(shipped, job)] = job
+            ready, _ = ray.wait(list(running), num_returns=1)
+            job = running.pop(ready[0])
+            try:
+                yield _get(ray, ready[0])
+            except _Lost as e:
+                yield work.lost(job, f"the Ray worker computing it died twice: {e}")
 
 
 class _Lost(Exception):
