@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_ingest_faults import GEOWH, _runs, _wait_for_line
+from test_ingest_faults import GEOWH, _runs, _wait_for_line, workdir  # noqa: F401  (workdir: ./run, docs.txt)
 from test_memorization import qa_file, qa_index  # noqa: F401  (fixtures)
-from tiny import save_series, write_docs
+from tiny import save_series
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'geowh[ray]'")
 
@@ -32,14 +32,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster")
-    save_series(root / "run")
-    write_docs(root / "docs.txt", limit=200)
-    return root
 
 
 def _config(workdir, **extra) -> IngestConfig:
