@@ -21,16 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-
-
-def metric_values(db: Path) -> list[tuple]:
-    import duckdb
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute("SELECT checkpoint, layer, pooling, metric, value FROM metrics ORDER BY ALL").fetchall()
-    finally:
-        con.close()
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
+    from faults import metrics
     from tiny import save_series, write_docs
 
     from geowh.ingest import IngestConfig, ingest
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
             distributed = ingest(str(run), config, db=work / "ray.duckdb", executor=executor)
             ray_s = time.perf_counter() - clock
 
-        a, b = metric_values(work / "serial.duckdb"), metric_values(work / "ray.duckdb")
+        a, b = metrics(work / "serial.duckdb"), metrics(work / "ray.duckdb")
         same_keys = [r[:-1] for r in a] == [r[:-1] for r in b]
         worst = max(abs(x[-1] - y[-1]) / max(abs(x[-1]), 1e-12) for x, y in zip(a, b))
     result = {

@@ -123,13 +123,13 @@ class RayExecutor:
     def prepare(self, plan: Plan) -> Plan:
         """The plan as the workers run it: resolved and tokenized once, on a worker."""
         ray = _ray()
-        return _get(ray, _remote(ray, _prepare, self._options()).remote(plan))
+        return _get(ray, ray.remote(_prepare).options(**self._options()).remote(plan))
 
     def map(self, work: Work, jobs: Sequence[Job], started: Callable[[Job], None]) -> Iterator[CheckpointResult]:
         ray = _ray()
         # Progress callbacks live in the driver's terminal; the plan goes to the object store once.
         shipped = ray.put(replace(work, on_batch=None))
-        task = _remote(ray, _process, self._options() | {"max_retries": 1})
+        task = ray.remote(_process).options(**self._options(), max_retries=1)
         waiting = list(jobs)
         running: dict = {}  # ObjectRef → Job
         # When the run stops (an error, Ctrl-C), the tasks still out are not cancelled here: Ray
@@ -165,7 +165,7 @@ def _get(ray, ref):
             raise cause from None
         raise
     except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ObjectLostError,
-            exceptions.OutOfMemoryError, exceptions.ActorDiedError) as e:
+            exceptions.OutOfMemoryError) as e:
         raise _Lost(str(e).splitlines()[0]) from None
 
 
@@ -191,10 +191,6 @@ def _ray():
     except ImportError:
         raise InputError(f"--ray needs Ray: {INSTALL}") from None
     return ray
-
-
-def _remote(ray, fn, options: dict):
-    return ray.remote(fn).options(**options)
 
 
 def _prepare(plan: Plan) -> Plan:
