@@ -228,3 +228,32 @@ SELECT m.model, m.checkpoint, c.stage, c.step, c.tokens, m.probe AS task, m.inde
        m.value, (m.params ->> '$.n')::INTEGER AS n, m.params, m.run_id
 FROM metrics m JOIN checkpoints c USING (model, checkpoint)
 WHERE m.index_dir IS NOT NULL;
+
+-- migration 6: results keyed by their definitions; where a series comes from; table keys
+-- A geometry run records the fingerprint of the metric definitions it measured with (the
+-- registry's names, outputs, defaults and versions), which is also part of its config key: a
+-- re-ingest after a definition changed measures again instead of skipping. The git commit of
+-- the code is recorded but not keyed (a commit that changes no definition changes no number).
+-- A series records its source, and each local checkpoint the fingerprint of its weights, so that
+-- another run cannot be mistaken for one already stored under the same model name.
+--
+-- `-- key TABLE (COLUMNS)` declares how a row of TABLE is identified when it is written again
+-- (`merged`: a dimension table, where a column the new row leaves NULL keeps its old value;
+-- otherwise the new row replaces the old one). A new table declares its key in its migration.
+
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS definitions TEXT;  -- fingerprint of the metric definitions (names, outputs, defaults, versions) a geometry or recompute run used; NULL for other kinds and for runs before migration 6
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS code_commit TEXT;  -- git commit of the geowh checkout that ran it, with -dirty when it had uncommitted changes; NULL when geowh was installed from a package
+ALTER TABLE models ADD COLUMN IF NOT EXISTS source TEXT;  -- where the series comes from: hf://repo or file:///folder (resolved); another source under the same model name is refused
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS fingerprint TEXT;  -- content of the weights: sha256 over the safetensors headers (local folders) or the hub commit; NULL when not known
+
+-- key models (model) merged
+-- key checkpoints (model, checkpoint) merged
+-- key probes (probe) merged
+-- key runs (run_id)
+-- key spectra (model, checkpoint, probe, layer, pooling)
+-- key metrics (model, checkpoint, probe, layer, pooling, index_dir, metric)
+-- key evals (model, checkpoint, task, metric, filter, num_fewshot)
+-- key phases (model, probe, layer, pooling, basis, phase_index)
+-- key indexes (index_dir)
+-- key infgram_items (index_dir, task, item)
+-- key memorization_items (model, checkpoint, task, item)

@@ -21,24 +21,13 @@ from geowh.outputs import check_output, output_path
 from geowh.settings import settings
 from geowh.signals import deferred
 from geowh.warehouse.runs import running_rows
-from geowh.warehouse.schema import latest_version, migrations
+from geowh.warehouse.schema import latest_version, migrations, table_keys
 
-# How a row is identified when it is written again. Dimension tables are merged (a column the
-# new row leaves NULL keeps its old value); result tables are replaced row for row.
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "models": ("model",),
-    "checkpoints": ("model", "checkpoint"),
-    "probes": ("probe",),
-    "runs": ("run_id",),
-    "spectra": ("model", "checkpoint", "probe", "layer", "pooling"),
-    "metrics": ("model", "checkpoint", "probe", "layer", "pooling", "index_dir", "metric"),
-    "evals": ("model", "checkpoint", "task", "metric", "filter", "num_fewshot"),
-    "phases": ("model", "probe", "layer", "pooling", "basis", "phase_index"),
-    "indexes": ("index_dir",),
-    "infgram_items": ("index_dir", "task", "item"),
-    "memorization_items": ("model", "checkpoint", "task", "item"),
-}
-MERGED_TABLES = {"models", "checkpoints", "probes"}
+# How a row is identified when it is written again: declared in schema.sql with the table
+# (`-- key TABLE (COLUMNS) [merged]`). Dimension tables are merged (a column the new row leaves
+# NULL keeps its old value); result tables are replaced row for row.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {table: key.columns for table, key in table_keys().items()}
+MERGED_TABLES = {table for table, key in table_keys().items() if key.merged}
 
 # Columns of `trajectories` that are not metrics; a metric with one of these names is skipped.
 TRAJECTORY_KEYS = ("model", "checkpoint", "stage", "stage_order", "step", "tokens", "probe", "layer", "pooling")
@@ -651,6 +640,8 @@ def _json_value(value: Any) -> str | None:
 
 
 def _upsert(con, table: str, frame: pl.DataFrame) -> None:
+    if table not in TABLE_KEYS:
+        raise WarehouseError(f"table {table} declares no key in schema.sql (`-- key {table} (COLUMNS)`): geowh cannot write it")
     keys = TABLE_KEYS[table]
     con.register("_new_rows", frame)
     try:
