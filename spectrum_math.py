@@ -57,6 +57,18 @@ class Metric:
     fn: Callable[..., tuple[Any, dict[str, Any]]]
     defaults: dict[str, Any]
     outputs: tuple[str, ...]
+    version: int = 1
+    """Bumped when the function computes something else for the same parameters (a formula
+    fixed): with the name, outputs and defaults it makes the metric's fingerprint, and a
+    changed fingerprint makes `geowh ingest` measure finished checkpoints again."""
+
+    def definition(self) -> dict[str, Any]:
+        """What decides this metric's numbers: the part of the registry stored with every run."""
+        return {"outputs": list(self.outputs), "defaults": self.defaults, "version": self.version}
+
+    @property
+    def fingerprint(self) -> str:
+        return _hash(self.definition())
 
 
 @dataclass
@@ -71,11 +83,13 @@ class MetricValue:
 REGISTRY: dict[str, Metric] = {}
 
 
-def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None):
+def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None, version: int = 1):
     """Register `fn` under its name. Its keyword-only parameters (with defaults) are the
     metric's params; it gets the cleaned spectrum (descending, ≥ 0, numerical zeros set to
     0) and returns (value, extra) or ({output: value}, extra) for several outputs, where
     `extra` holds what was derived (components used, ranges clipped, a `reason` for NaN).
+    Change what `fn` computes and you bump `version` (its defaults are tracked by themselves):
+    the runs measured before are then shown stale (`geowh info`) and measured again.
     """
 
     def register(fn: Callable) -> Callable:
@@ -90,10 +104,39 @@ def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None):
             fn=fn,
             defaults=defaults,
             outputs=tuple(outputs or (name,)),
+            version=version,
         )
         return fn
 
     return register(fn) if fn is not None else register
+
+
+def _hash(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def definitions(names: Iterable[str] | None = None) -> dict[str, str]:
+    """{metric: fingerprint} of the registered metrics (all, or `names`): what a run stores in
+    its config, so that `geowh info` can name the metrics whose definition changed since."""
+    return {name: REGISTRY[name].fingerprint for name in (sorted(REGISTRY) if names is None else sorted(names))}
+
+
+def definitions_fingerprint(names: Iterable[str] | None = None) -> str:
+    """One fingerprint of the registered metrics' definitions (all, or `names`): part of an
+    ingest's config key and its `runs.definitions`. It changes when a metric is added, removed,
+    renamed, or changes its outputs, a default or its version; nothing else changes it (not a
+    commit that leaves the definitions alone)."""
+    return _hash(definitions(names))
+
+
+def registered(output: str) -> str | None:
+    """The registered metric that writes `output` (`alpha_req_r2` → alpha_req; a recomputed
+    variant `rankme@max_components=all` → rankme), or None for a name the registry does not make."""
+    base = output.split("@", 1)[0]
+    return next((m.name for m in REGISTRY.values() if base in m.outputs), None)
 
 
 def _degenerate(lam: np.ndarray) -> str | None:

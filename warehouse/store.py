@@ -432,6 +432,7 @@ class Warehouse:
                 interrupted = con.execute("SELECT count(*) FROM runs WHERE status = 'interrupted'").fetchall()[0][0]
                 running = running_rows(con)
                 version = _schema_version(con)
+                stale = _stale_metrics(con)
             except duckdb.Error as e:
                 raise self._damaged(e) from None
         return {
@@ -445,6 +446,9 @@ class Warehouse:
             "running_runs": sum(not stale for _, stale in running),
             "models": models.to_dicts(),
             "probes": probes.to_dicts(),
+            # metric rows measured by another definition than the registry's now (docs/metrics.md)
+            "stale_metric_rows": sum(s["rows"] for s in stale),
+            "stale_metrics": stale,
         }
 
     def export(self, directory: str | Path, force: bool = False) -> list[Path]:
@@ -493,6 +497,46 @@ class Warehouse:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _stale_metrics(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Per model and metric, the rows measured by another definition of the metric than the
+    registry's now (its fingerprint in the run's config differs), or by a run that recorded
+    none (written before geowh kept them). Imported values are not geowh's definitions: left out.
+    """
+    from geowh.spectrum_math import definitions, registered  # numpy only, and only here
+
+    if "definitions" not in _columns(con, "runs"):  # an older schema: read-only commands refuse it anyway
+        return []
+    groups = con.execute(
+        """
+        SELECT m.model, m.metric, r.kind, json_extract(r.config, '$.definitions')::VARCHAR AS defs,
+               count(*) AS n, count(DISTINCT m.checkpoint) AS checkpoints
+        FROM metrics m JOIN runs r USING (run_id)
+        WHERE m.index_dir IS NULL AND r.kind <> 'import'
+        GROUP BY ALL ORDER BY m.model, m.metric
+        """
+    ).fetchall()
+    current = definitions()
+    stale: dict[tuple[str, str], dict[str, Any]] = {}
+    for model, name, kind, defs, n, checkpoints in groups:
+        base = registered(name)
+        stored = json.loads(defs) if defs and defs != "null" else None
+        if base is None:
+            # a metric the registry no longer makes, written by a run that measured with the registry
+            if stored is None or name == "probe_loss":
+                continue
+            why = "no longer registered"
+        elif stored is None:
+            why = "measured before geowh recorded metric definitions"
+        elif stored.get(base) != current[base]:
+            why = "its definition changed since" if base in stored else "measured before the metric was registered"
+        else:
+            continue
+        entry = stale.setdefault((model, name), {"model": model, "metric": name, "rows": 0, "checkpoints": 0, "why": why})
+        entry["rows"] += n
+        entry["checkpoints"] += checkpoints
+    return list(stale.values())
 
 
 def lock_holder(error: BaseException) -> str:
