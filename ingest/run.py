@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from geowh.errors import CheckpointError, InputError
 from geowh.ingest.config import IngestConfig, Selection
 from geowh.ingest.probes import Probe, ProbeTexts
-from geowh.ingest.series import CheckpointRef, Series
+from geowh.ingest.series import CheckpointRef, Series, check_source
 from geowh.signals import interrupted_by
 from geowh.warehouse.runs import run_row
 
@@ -265,7 +265,8 @@ def process_checkpoint(
                 loaded.release()
         else:
             device, dtype, commit, models_row = None, None, None, plan.series.models_row()
-    rows = {"models": [models_row], "checkpoints": [ref.row()], **rows}
+    checkpoint = ref.row() | ({"fingerprint": commit} if commit else {})  # a hub checkpoint is its commit
+    rows = {"models": [models_row], "checkpoints": [checkpoint], **rows}
     if probe is not None and status == "ok":
         rows["probes"] = [probe.row]
     elapsed = time.perf_counter() - clock
@@ -623,6 +624,7 @@ def run(
     plan = executor.prepare(plan)
     _import_now(plan.series)
     summary = IngestSummary(plan.series.model, plan.texts.name if plan.texts else None, plan.config_key, str(wh.path))
+    check_source(plan.series, *wh.stored_series(plan.series.model), force=force)  # never another run's name
     wh.close_stale_runs(plan.series.model)
     done = set() if force else wh.completed(plan.kind, plan.series.model, plan.config_key)
     todo = [r for r in plan.series.checkpoints if r.label not in done]

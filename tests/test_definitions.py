@@ -16,6 +16,8 @@ from geowh.ingest import IngestConfig, ingest
 from geowh.queries.recompute import recompute
 from geowh.spectrum_math import REGISTRY, compute_metrics, definitions_fingerprint
 
+pytestmark = pytest.mark.slow  # tiny ingests: 7-27 s each on the loaded 2-core machine
+
 CONFIG = IngestConfig(probe="docs.txt", n=40, max_len=32)
 
 

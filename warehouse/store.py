@@ -408,6 +408,21 @@ class Warehouse:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def stored_series(self, model: str) -> tuple[str | None, dict[str, tuple[str | None, str | None]]]:
+        """(models.source, {checkpoint: (checkpoints.source, fingerprint)}) of `model` as stored;
+        (None, {}) when the warehouse holds none of it. Asked by writers before they write, so an
+        older file is migrated here as a write would."""
+        if not self.path.exists():
+            return None, {}
+        if not self._migrated:
+            self._migrate()
+        with self.connect(read_only=True) as con:
+            source = con.execute("SELECT source FROM models WHERE model = ?", [model]).fetchall()
+            checkpoints = con.execute(
+                "SELECT checkpoint, source, fingerprint FROM checkpoints WHERE model = ?", [model]
+            ).fetchall()
+        return (source[0][0] if source else None), {c: (where, fp) for c, where, fp in checkpoints}
+
     def info(self) -> dict[str, Any]:
         """What the warehouse holds: schema version, row counts, models and probes."""
         with self.connect(read_only=True) as con:
