@@ -266,6 +266,8 @@ def process_checkpoint(
         else:
             device, dtype, commit, models_row = None, None, None, plan.series.models_row()
     checkpoint = ref.row() | ({"fingerprint": commit} if commit else {})  # a hub checkpoint is its commit
+    if status != "ok":  # weights that could not be measured (corrupt, half-copied) are no reference
+        checkpoint["fingerprint"] = None
     rows = {"models": [models_row], "checkpoints": [checkpoint], **rows}
     if probe is not None and status == "ok":
         rows["probes"] = [probe.row]

@@ -409,7 +409,7 @@ class Warehouse:
         return {r[0] for r in rows}
 
     def stored_series(self, model: str) -> tuple[str | None, dict[str, tuple[str | None, str | None]]]:
-        """(models.source, {checkpoint: (checkpoints.source, fingerprint)}) of `model` as stored;
+        """(models.source, {checkpoint: (checkpoints.source, fingerprint of a measured one)}) of `model` as stored;
         (None, {}) when the warehouse holds none of it. Asked by writers before they write, so an
         older file is migrated here as a write would."""
         if not self.path.exists():
@@ -418,8 +418,12 @@ class Warehouse:
             self._migrate()
         with self.connect(read_only=True) as con:
             source = con.execute("SELECT source FROM models WHERE model = ?", [model]).fetchall()
+            # a fingerprint counts once something was measured from those weights: a checkpoint that
+            # only failed (corrupt, half-copied) may be repaired and ingested again
             checkpoints = con.execute(
-                "SELECT checkpoint, source, fingerprint FROM checkpoints WHERE model = ?", [model]
+                "SELECT checkpoint, source, CASE WHEN EXISTS (SELECT 1 FROM runs r WHERE r.model = c.model "
+                "AND r.checkpoint = c.checkpoint AND r.status = 'ok') THEN fingerprint END "
+                "FROM checkpoints c WHERE model = ?", [model]
             ).fetchall()
         return (source[0][0] if source else None), {c: (where, fp) for c, where, fp in checkpoints}
 
