@@ -62,9 +62,10 @@ def recompute(
     json_: Json = False,
 ) -> None:
     """Recompute metrics from the stored spectra with other parameters (no model, no forward pass);
-    stored as new rows named after the parameters, `alpha_req@fit_end=200,fit_start=10`. With
-    --metric and no parameter, backfills those metrics with their current definition under their
-    own name (a metric added since the ingest, or one `geowh info` lists as stale).
+    stored as new rows named after the parameters, `alpha_req@fit_end=200,fit_start=10`.
+
+    With --metric and no parameter, backfills those metrics with their current definition under
+    their own name: a metric added since the ingest, or one `geowh info` lists as stale.
 
     Example: geowh recompute --model pythia-160m --fit-start 10 --fit-end 200
 

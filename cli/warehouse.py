@@ -39,7 +39,7 @@ def sql(
 
 @app.command()
 def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
-    """What the warehouse holds: models, checkpoints, probes and row counts.
+    """What the warehouse holds: models, checkpoints, probes, row counts, and metric rows made by older definitions.
 
     Example: geowh info --json
     """
