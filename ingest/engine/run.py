@@ -377,9 +377,10 @@ def _import_now(series: Series) -> None:
     first to import either.
     """
     import huggingface_hub  # noqa: F401
-    from geowh.ingest.sources.models import quiet_transformers
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    from geowh.ingest.sources.models import quiet_transformers
 
     folder = next((r.path for r in series.checkpoints if r.path is not None and (r.path / "config.json").is_file()), None)
     if folder is None:

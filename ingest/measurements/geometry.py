@@ -31,6 +31,7 @@ def geometry_rows(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tu
     """Features of every (layer, pooling) streamed into covariances → spectra and metrics rows."""
     import numpy as np
     import torch
+
     from geowh.ingest.features.extract import extract_features, parse_layers, parse_poolings
     from geowh.ingest.features.spectrum import Covariance
 
@@ -104,6 +105,7 @@ def metric_rows(lam, subset_spectra: list) -> list[dict]:
     import math
 
     import numpy as np
+
     from geowh.spectrum_math import compute_metrics
 
     values = compute_metrics(lam)

@@ -148,6 +148,7 @@ def answer_logliks(model, tokenizer, items: Sequence[QAItem], batch_size: int = 
 def _scored(loaded, items: Sequence[QAItem], batch_size: int) -> list[tuple[float, int]]:
     """`answer_logliks` of a loaded checkpoint; running out of memory fails the checkpoint, not the run."""
     import torch
+
     from geowh.errors import CheckpointError
 
     try:
