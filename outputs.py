@@ -27,6 +27,9 @@ def check_output(path: str | Path, force: bool = False, protect: Iterable[str | 
     for kept in protect:
         if _same(path, Path(kept)):
             raise OutputError(f"{path} is the warehouse itself: write the output to another {what}")
+        # DuckDB's write-ahead log holds the warehouse's last commits until the next checkpoint
+        if _same(path, Path(f"{kept}.wal")):
+            raise OutputError(f"{path} is the warehouse's write-ahead log, part of it: write the output to another {what}")
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(f"{parent} is not an existing folder: create it first, or write {path.name} elsewhere")
