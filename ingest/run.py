@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.config import IngestConfig, Selection
+from geowh.ingest.config import MIN_SUBSET_ROWS, IngestConfig, Selection
 from geowh.ingest.probes import Probe, ProbeTexts
 from geowh.ingest.series import CheckpointRef, Series
 from geowh.signals import interrupted_by
@@ -308,6 +308,9 @@ def _geometry(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tuple[
     d, m = loaded.d_model, len(probe)
     full = {k: Covariance(d) for k in keys}
     k_parts = config.subsets
+    if k_parts and m // k_parts < MIN_SUBSET_ROWS:  # the probe had fewer usable documents than --n
+        raise InputError(f"--subsets {k_parts}: the probe has {m} usable sequences, {m // k_parts} per part; a part "
+                         f"needs at least {MIN_SUBSET_ROWS}: use fewer parts, or a probe with more documents")
     part_of = np.random.default_rng(config.seed).permutation(m) % k_parts if k_parts else None
     parts = {k: [Covariance(d) for _ in range(k_parts)] for k in keys} if k_parts else {}
     saved = {k: np.zeros((m, d), dtype=np.float32) for k in keys} if config.save_features else {}
