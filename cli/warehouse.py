@@ -83,7 +83,8 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
 
 @app.command()
 def export(
-    directory: Annotated[Path, typer.Argument(help="Folder to write one Parquet file per table into.")],
+    # a str, not a Path: Path('') is '.', and an empty name must not mean the current folder
+    directory: Annotated[str, typer.Argument(help="Folder to write one Parquet file per table into.")],
     db: Db = DEFAULT_DB,
     force: Force = False,
     json_: Json = False,

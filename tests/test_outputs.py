@@ -201,3 +201,13 @@ def test_a_temporary_left_by_a_killed_process_is_removed_by_the_next_write_and_a
         (tmp / "table.0").write_bytes(b"whole")
     assert not orphans[0].exists() and running.exists()
     assert (out / "table.0").read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_export_to_an_empty_folder_name_is_refused_not_written_into_the_current_folder(cli, db, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    one_line_error(cli(["export", name, "--db", db]), "empty")
+    with pytest.raises(Exception, match="empty"):
+        Warehouse(db).export(name)
+    assert sorted(tmp_path.iterdir()) == before

@@ -475,6 +475,8 @@ class Warehouse:
         written, so a failure (a full disk, Ctrl-C) leaves no partial file. Files already in
         `directory` are kept unless `force`.
         """
+        if not str(directory).strip():  # Path("") is the current folder: never a folder the user named
+            raise OutputError("export needs a folder name (got an empty one): e.g. geowh export ./parquet")
         out = Path(directory)
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out} exists and is not a folder: give a folder to export into")
