@@ -3,7 +3,7 @@
 The probe texts are tokenized once, when the probe is built; each `measure(model, step)` runs
 them through the model (eval mode, no gradients), and returns RankMe, αReQ and the other
 metrics of the last selected layer. With a warehouse, it writes the rows an ingest of the
-same weights would write (`ingest.run.process_checkpoint` makes them, from the model given
+same weights would write (`ingest.engine.run.process_checkpoint` makes them, from the model given
 instead of loaded): model = `name`, checkpoint `step{N}`, same probe id and config key, so
 `geowh sql`, `phases` and `plot` treat live measurements and ingested checkpoints alike.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import CheckpointError, InputError
+from geowh.ingest.sources.probes import DEFAULT_MIN_LEN, DEFAULT_SEED
 from geowh.signals import interrupted_by
-from geowh.ingest.probes import DEFAULT_MIN_LEN, DEFAULT_SEED
 from geowh.warehouse import Warehouse, as_warehouse
 
 DEFAULT_N = 1000
@@ -59,8 +59,9 @@ class GeometryProbe:
         batch_size: int | None = None,
         model=None,
     ):
-        from geowh.ingest.probes import load_texts
-        from geowh.ingest.run import IngestConfig, probe_for
+        from geowh.ingest.sources.probes import load_texts
+        from geowh.ingest.config import IngestConfig
+        from geowh.ingest.measurements.geometry import probe_for
         from geowh.warehouse import canonical_model
 
         if not name or not str(name).strip():
@@ -124,8 +125,8 @@ class GeometryProbe:
         self.checked.add(id(model))
 
     def _plan(self, dtype: str):
-        from geowh.ingest.run import Plan
-        from geowh.ingest.series import Series
+        from geowh.ingest.engine.plan import Plan
+        from geowh.ingest.sources.series import Series
 
         # A local series: what `geowh ingest` of the run's saved checkpoints would call it.
         return Plan(Series(self.name, "local", ()), self.texts, self.config, dtype, probes=self.probes)
@@ -143,9 +144,9 @@ class GeometryProbe:
         """
         import math
 
-        from geowh.ingest.models import Loaded
-        from geowh.ingest.run import process_checkpoint, write_result
-        from geowh.ingest.series import CheckpointRef
+        from geowh.ingest.engine.run import process_checkpoint, write_result
+        from geowh.ingest.sources.models import Loaded
+        from geowh.ingest.sources.series import CheckpointRef
 
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) \
                 or step < 0 or step != int(step):
@@ -180,7 +181,7 @@ def _failed(plan, ref, error: str):
     """A failed result of `ref` (its `runs` row holds `error`), as an ingest records a checkpoint that failed."""
     import uuid
 
-    from geowh.ingest.run import CheckpointResult
+    from geowh.ingest.engine.plan import CheckpointResult
     from geowh.warehouse import utcnow
 
     run_id, now = str(uuid.uuid4()), utcnow()

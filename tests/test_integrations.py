@@ -79,7 +79,8 @@ def test_training_with_the_callback_ends_in_the_same_weights_as_without(runs):
 
 
 def test_the_callbacks_rows_equal_an_ingest_of_the_saved_checkpoints(runs):
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
     from geowh.warehouse import Warehouse
 
     root, probe_file, *_ = runs
@@ -151,7 +152,8 @@ def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
     from geowh.integrations import GeometryProbe
     from geowh.warehouse import Warehouse
 
@@ -270,13 +272,13 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_train_begin_before_any_
 def test_a_measurement_that_fails_later_is_recorded_and_logged_and_the_training_goes_on(tmp_path, monkeypatch, caplog):
     import logging
 
-    import geowh.ingest.run as engine
+    import geowh.ingest.measurements.geometry as engine
     from tiny import tiny_model
 
     from geowh.integrations import GeometryCallback
     from geowh.warehouse import Warehouse
 
-    geometry, calls = engine._geometry, []
+    geometry, calls = engine.geometry_rows, []
 
     def second_fails(*args, **kwargs):  # a bug inside the measurement, of a type geowh does not expect
         calls.append(1)
@@ -284,7 +286,7 @@ def test_a_measurement_that_fails_later_is_recorded_and_logged_and_the_training_
             raise IndexError("index out of range in self")
         return geometry(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_geometry", second_fails)
+    monkeypatch.setattr(engine, "geometry_rows", second_fails)
     model = tiny_model(layers=1, d=32, heads=2).train()
     callback = GeometryCallback(write_docs(tmp_path / "docs.txt", limit=60), db=tmp_path / "w.duckdb", every=2,
                                 n=16, max_len=32)
