@@ -166,11 +166,16 @@ OUT_SUFFIXES = {".parquet": "Parquet", ".csv": "CSV", ".json": "JSON", "": "--fo
 """What `--out` writes, by the file's suffix; any other suffix is refused rather than written as CSV."""
 
 
-def check_sql_out(out: Path) -> None:
-    """Refuse an --out whose suffix names a format geowh does not write (`x.xlsx` would get CSV)."""
-    if out.suffix.lower() not in OUT_SUFFIXES:
+def check_sql_out(out: Path, fmt: Format | None = None) -> None:
+    """Refuse an --out whose suffix names a format geowh does not write (`x.xlsx` would get CSV),
+    or one that an explicit --format contradicts (`--format json --out x.csv` wrote JSON)."""
+    suffix = out.suffix.lower()
+    if suffix not in OUT_SUFFIXES:
         raise OutputError(f"--out {out}: geowh writes .parquet, .csv or .json, not {out.suffix}: "
                           "choose one of those suffixes")
+    if fmt is not None and fmt is not Format.table and suffix and suffix != f".{fmt.value}":
+        raise OutputError(f"--format {fmt.value} and --out {out} disagree: the suffix decides what is written, "
+                          "so leave out --format or give the file a matching suffix")
 
 
 def screenful() -> int:

@@ -49,7 +49,7 @@ def sql(
     wh = Warehouse(db or DEFAULT_DB)
     if out is not None:  # a bad --out is refused before the query runs, not after
         check_output(out, force=force, protect=[wh.path])
-        check_sql_out(out)
+        check_sql_out(out, format)
     if timeout is None:  # an interactive query gets a limit; a query written to a file is a job
         timeout = 0 if out is not None else SQL_TIMEOUT
     frame = wh.sql(statement, read=read or (), missing_ok=db is None, timeout=timeout)

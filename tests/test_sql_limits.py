@@ -130,3 +130,10 @@ def test_the_warehouses_write_ahead_log_is_never_an_output(cli, db):
     result = cli(["sql", "--db", db, "select 1", "--out", wal, "--force"])
     assert result.exit_code == 1 and "write-ahead log" in result.output
     assert wal.read_bytes() == b"last commits"
+
+
+def test_a_format_that_contradicts_the_out_suffix_is_refused(cli, db, tmp_path):
+    result = cli(["sql", "--db", db, "select 1 as a", "--format", "json", "--out", tmp_path / "x.csv"])
+    assert result.exit_code == 1 and "disagree" in result.output and not (tmp_path / "x.csv").exists()
+    assert cli(["sql", "--db", db, "select 1 as a", "--format", "csv", "--out", tmp_path / "x.csv"]).exit_code == 0
+    assert (tmp_path / "x.csv").read_text() == "a\n1\n"
