@@ -50,6 +50,8 @@ def test_a_changed_metric_default_measures_finished_checkpoints_again(workdir, t
     _changed(monkeypatch, "rankme", defaults=REGISTRY["rankme"].defaults | {"eps": 1e-6})
     again = _ingest(workdir, db)
     assert _statuses(again) == ["ok", "ok"], "a definition changed: the old rows must not count as done"
+    assert again.remeasured == ["step0", "step1"]  # and it says why they are measured again
+    assert _ingest(workdir, db).remeasured == []
     from geowh.warehouse import Warehouse
 
     runs = Warehouse(db).query("SELECT definitions, config FROM runs WHERE status = 'ok' ORDER BY started_at")
@@ -97,8 +99,11 @@ def test_info_names_rows_of_older_definitions_and_recompute_metric_refreshes_the
     # a parameterless metric added after the ingest
     monkeypatch.setitem(REGISTRY, "log_trace", spectrum_math.Metric(
         "log_trace", "log Σλ", lambda lam: (float(np.log(lam.sum())), {}), {}, ("log_trace",)))
+    shown = cli(["ingest", workdir / "run", "--probe", workdir / "docs.txt", "--n", "40", "--max-len", "32", "--db", db,
+                 "--checkpoints", "step0"])
+    assert shown.exit_code == 0 and "measured again: step0" in shown.output, shown.output
     stale = Warehouse(db).info()["stale_metrics"]
-    assert [(s["metric"], s["rows"], s["why"]) for s in stale] == [("rankme", 2, "its definition changed since")]
+    assert [(s["metric"], s["rows"], s["why"]) for s in stale] == [("rankme", 1, "its definition changed since")]  # step1
     shown = cli(["info", "--db", db])
     assert shown.exit_code == 0 and "older definitions" in shown.output and "--metric" in shown.output
 

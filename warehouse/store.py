@@ -418,6 +418,22 @@ class Warehouse:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def measured_before(self, kind: str, model: str, settings_key: str, config_key: str) -> set[str]:
+        """Checkpoints of `model` with an ok run of this kind and settings but another config key:
+        measured by older metric definitions (`Plan.settings_key`; runs written before definitions
+        were recorded have the settings key as their config key)."""
+        if not self.path.exists():
+            return set()
+        if not self._migrated:
+            self._migrate()
+        with self.connect(read_only=True) as con:
+            rows = con.execute(
+                "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND status = 'ok' AND config_key <> ? "
+                "AND (config_key = ? OR json_extract_string(config, '$.settings_key') = ?)",
+                [kind, model, config_key, settings_key, settings_key],
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def stored_series(self, model: str) -> tuple[str | None, dict[str, tuple[str | None, str | None]]]:
         """(models.source, {checkpoint: (checkpoints.source, fingerprint of a measured one)}) of `model` as stored;
         (None, {}) when the warehouse holds none of it. Asked by writers before they write, so an

@@ -93,6 +93,17 @@ class Plan:
 
     @property
     def config_key(self) -> str:
+        """The hash that decides "already done": the settings that change the numbers and, for
+        geometry, the metric definitions (`settings_key` is the same without them)."""
+        return self._key(with_definitions=True)
+
+    @property
+    def settings_key(self) -> str:
+        """The config key without the metric definitions: the key of runs written before geowh
+        recorded definitions, and how a re-ingest finds checkpoints measured by older ones."""
+        return self._key(with_definitions=False)
+
+    def _key(self, with_definitions: bool) -> str:
         d = self.config_dict
         if self.config.geometry:
             keyed = {k: d[k] for k in IngestConfig.key_fields} | {
@@ -102,7 +113,7 @@ class Plan:
         else:
             keyed = {"tokenizer": self.config.tokenizer}
         keyed |= {"kind": self.kind, "dtype": self.dtype, "measurements": d["measurements"]}
-        if self.config.geometry:  # another metric definition is another result (not another commit: runs.code_commit)
+        if self.config.geometry and with_definitions:  # another definition is another result (a commit is not: runs.code_commit)
             keyed["definitions"] = self.definitions_key
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -116,7 +127,8 @@ class Plan:
     def run_row(self, ref: CheckpointRef, run_id: str, status: str, **fields: Any) -> dict:
         probe = next((m.probe for m in self.measurements if m.probe), None) if not self.config.geometry else None
         return run_row(run_id, self.kind, ref.model, status, checkpoint=ref.label, probe=probe,
-                       config_key=self.config_key, config=self.config_dict, definitions=self.definitions_key) | fields
+                       config_key=self.config_key, config=self.config_dict | {"settings_key": self.settings_key},
+                       definitions=self.definitions_key) | fields
 
 
 @dataclass

@@ -182,6 +182,8 @@ class IngestSummary(CheckpointTally):
     db: str
     checkpoints: list[dict] = field(default_factory=list)
     """One entry per selected checkpoint: checkpoint, step, status (ok, failed, skipped), seconds, tokens_per_s, error."""
+    remeasured: list[str] = field(default_factory=list)
+    """Checkpoints done before with the same settings but older metric definitions, measured again."""
 
 
 class Events:
@@ -298,6 +300,9 @@ def run(
     wh.close_stale_runs(plan.series.model)
     done = set() if force else wh.completed(plan.kind, plan.series.model, plan.config_key)
     todo = [r for r in plan.series.checkpoints if r.label not in done]
+    if not force and plan.config.geometry:  # said, not silent: a definition changed since they were measured
+        before = wh.measured_before(plan.kind, plan.series.model, plan.settings_key, plan.config_key)
+        summary.remeasured = [r.label for r in todo if r.label in before]
     for ref in plan.series.checkpoints:
         if ref.label in done:
             summary.checkpoints.append(_entry(ref, "skipped"))
