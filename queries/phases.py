@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from geowh.errors import InputError
-from geowh.queries.series import Note, Pick, check_axis, load_series, log_axis, pick_series
+from geowh.queries.series import Note, Pick, check_axis, load_series, log_axis, pick_series, require_axis
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 
 METHOD = "pwlinear-bic-v1"
@@ -41,7 +41,7 @@ COLUMNS = {
     "model": pl.String, "probe": pl.String, "layer": pl.Int32, "pooling": pl.String, "basis": pl.String,
     "phase_index": pl.Int32, "phase": pl.String, "stage": pl.String, "matches_paper": pl.Boolean,
     "start_step": pl.Int64, "end_step": pl.Int64, "start_tokens": pl.Float64, "end_tokens": pl.Float64,
-    "delta_rankme": pl.Float64, "delta_alpha_req": pl.Float64, "evidence": pl.String,
+    "start_flops": pl.Float64, "end_flops": pl.Float64, "delta_rankme": pl.Float64, "delta_alpha_req": pl.Float64, "evidence": pl.String,
 }
 
 
@@ -167,7 +167,7 @@ def phases(
     """The phases of a model's RankMe/αReQ trajectory, one row per phase (stored in `phases`).
 
     `metric` picks the signal the change points are found on (rankme, alpha_req or both);
-    `x` the training-time axis (step or tokens, logarithmic). Without probe/layer, the model's
+    `x` the training-time axis (step, tokens or training FLOPs = 6 · parameters · tokens, logarithmic). Without probe/layer, the model's
     probe with the most checkpoints and its last layer are used (`note` is told when there was a
     choice). Raises InputError when the trajectory has too few checkpoints.
     """
@@ -179,6 +179,7 @@ def phases(
         wh.migrate()  # it will write: upgrade an older file as every writer does (readers never do)
     needed = ["rankme", "alpha_req"] if metric == "both" else [metric]
     pick = pick_series(wh, model, needed, probe, layer, pooling, note)
+    require_axis(wh, model, x)
     series = load_series(wh, pick, ["rankme", "alpha_req"])
     series = series.filter(pl.all_horizontal(pl.col(m).is_not_null() & pl.col(m).is_not_nan() for m in needed))
     rows = phase_rows(series, pick, metric, x, params)
@@ -280,10 +281,15 @@ def _row(frame: pl.DataFrame, s: int, e: int, label: str, stage: str | None, mat
         "phase": label, "stage": stage if stage is not None else (stages[e] or "pretrain"), "matches_paper": matches,
         "start_step": frame["step"][s], "end_step": frame["step"][e],
         "start_tokens": frame["tokens"][s], "end_tokens": frame["tokens"][e],
+        "start_flops": _at(frame, "flops", s), "end_flops": _at(frame, "flops", e),
         "delta_rankme": _round(d_rankme), "delta_alpha_req": _round(d_alpha),
         "evidence": json.dumps({"start_checkpoint": frame["checkpoint"][s], "end_checkpoint": frame["checkpoint"][e],
                                 **evidence}),
     }
+
+
+def _at(frame: pl.DataFrame, column: str, i: int):
+    return frame[column][i] if column in frame.columns else None
 
 
 def _store(wh: Warehouse, pick: Pick, basis: str, x: str, params: PhaseParams, rows: pl.DataFrame) -> None:
