@@ -28,7 +28,9 @@ import numpy as np
 import polars as pl
 
 from geowh.errors import InputError
-from geowh.queries.series import Note, Pick, check_axis, load_series, log_axis, pick_series, require_axis
+from geowh.queries.series import (
+    Note, Pick, check_axis, fit_flags, load_series, log_axis, pick_series, require_axis,
+)
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 
 METHOD = "pwlinear-bic-v1"
@@ -181,6 +183,7 @@ def phases(
     pick = pick_series(wh, model, needed, probe, layer, pooling, note)
     require_axis(wh, model, x)
     series = load_series(wh, pick, ["rankme", "alpha_req"])
+    series = series.join(fit_flags(wh, pick), on="checkpoint", how="left")
     series = series.filter(pl.all_horizontal(pl.col(m).is_not_null() & pl.col(m).is_not_nan() for m in needed))
     rows = phase_rows(series, pick, metric, x, params)
     if store:
@@ -284,8 +287,19 @@ def _row(frame: pl.DataFrame, s: int, e: int, label: str, stage: str | None, mat
         "start_flops": _at(frame, "flops", s), "end_flops": _at(frame, "flops", e),
         "delta_rankme": _round(d_rankme), "delta_alpha_req": _round(d_alpha),
         "evidence": json.dumps({"start_checkpoint": frame["checkpoint"][s], "end_checkpoint": frame["checkpoint"][e],
-                                **evidence}),
+                                **evidence, **_fit_evidence(frame, s, e)}),
     }
+
+
+def _fit_evidence(frame: pl.DataFrame, s: int, e: int) -> dict:
+    """How many of the phase's αReQ values come from a flagged fit (short or poor: schema.sql migration 7)."""
+    if "alpha_req_fit" not in frame.columns:
+        return {}
+    flags = [f for f in frame["alpha_req_fit"][s : e + 1].to_list() if f not in (None, "ok")]
+    found = {"alpha_req_fits_flagged": len(flags)}
+    if flags:
+        found["alpha_req_fit_flags"] = {f: flags.count(f) for f in sorted(set(flags))}
+    return found
 
 
 def _at(frame: pl.DataFrame, column: str, i: int):

@@ -112,6 +112,15 @@ def load_series(wh: Warehouse, pick: Pick, metrics: Sequence[str]) -> pl.DataFra
     )
 
 
+def fit_flags(wh: Warehouse, pick: Pick) -> pl.DataFrame:
+    """checkpoint, alpha_req_fit: the flag of each αReQ fit of the trajectory (view alpha_req_fits)."""
+    return wh.query(
+        "SELECT checkpoint, flag AS alpha_req_fit FROM alpha_req_fits WHERE model = ? AND metric = 'alpha_req' "
+        "AND probe IS NOT DISTINCT FROM ? AND layer IS NOT DISTINCT FROM ? AND pooling IS NOT DISTINCT FROM ?",
+        [pick.model, pick.probe, pick.layer, pick.pooling],
+    )
+
+
 def log_axis(values: np.ndarray, axis: str) -> np.ndarray:
     """The log training-time axis: log10(step + 1); for tokens, log10(tokens + tokens of the
     first checkpoint after 0), so that step 0 / 0 tokens sit one grid unit left of the first."""
