@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from geowh.errors import InputError
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
 
 
@@ -74,20 +75,30 @@ def phases(
     pooling: Annotated[Optional[str], typer.Option(help="Pooling: last or mean (default: last).")] = None,
     metric: Annotated[str, typer.Option(help="Signal to segment: rankme, alpha_req or both.")] = "both",
     x: XAxis = "step",
+    layers: Annotated[Optional[str], typer.Option(help="Phase map: segment every layer (all) or these (0,6,12); one row per layer.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Store the phases in the warehouse (--no-store only reads).")] = True,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
     """Segment a trajectory into warmup, entropy-seeking and compression-seeking phases (stored in `phases`).
 
-    Example: geowh phases --model olmo-7b --metric both --json
+    Example: geowh phases --model olmo-7b --metric both --json;  geowh phases --model olmo-7b --layers all
     """
-    from geowh.queries import phases as run
+    from geowh.queries import phase_map, phases as run
     from geowh.warehouse import Warehouse
 
-    found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store, note=_note)
+    if layers is not None:
+        if layer is not None:
+            raise InputError("pass --layer L (one trajectory) or --layers all (a phase map), not both")
+        found = phase_map(Warehouse(db), model, probe=probe, pooling=pooling, layers=layers, metric=metric, x=x,
+                          store=store, note=_note)
+    else:
+        found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store,
+                    note=_note)
     if json_:
         print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
+    elif layers is not None:
+        render_frame(_phase_map_rows(found, x), title=f"{found['model'][0]}  phase map  basis={metric}  x={x}")
     else:
         import polars as pl
 
@@ -101,6 +112,21 @@ def phases(
         render_frame(found.select(pl.col(k).alias(v) for k, v in shown.items()),
                      title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
                      optional=["stage", "#"])
+
+
+def _phase_map_rows(found, x: str):
+    """One row per layer: its phases in order and the boundaries between them on the x axis."""
+    import polars as pl
+
+    from geowh.cli.common import number
+
+    rows = []
+    for (layer,), part in found.group_by(["layer"], maintain_order=True):
+        ends = part[f"end_{x}"].to_list()[:-1]
+        flagged = sum(json.loads(e).get("alpha_req_fits_flagged", 0) for e in part["evidence"].to_list())
+        rows.append({"layer": layer, "phases": " → ".join(part["phase"].to_list()),
+                     f"boundaries ({x})": ", ".join(number(v) for v in ends if v is not None) or "–", "flagged fits": flagged})
+    return pl.DataFrame(rows)
 
 
 @app.command()
@@ -158,3 +184,27 @@ def plot(
         print_json({"out": None if terminal else str(out), "points": points.height})
     elif out is not None and not terminal:
         err_console().print(f"wrote {out} ({points.height} points)")
+
+
+@app.command()
+def report(
+    model: Annotated[Optional[str], typer.Option(help="Model(s), comma-separated (default: every model with metrics or evals).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained: opens offline).")] = Path("report.html"),
+    metric: Annotated[str, typer.Option(help="Trajectory panels, comma-separated metric names.")] = "rankme,alpha_req",
+    force: Force = False,
+    db: Db = DEFAULT_DB,
+    json_: Json = False,
+) -> None:
+    """Write one interactive HTML report: trajectories, spectra, per-layer heatmaps, evals, phases, provenance.
+
+    Example: geowh report --model pythia-410m,pythia-1b --out report.html
+    """
+    from geowh.queries import report as run
+    from geowh.warehouse import Warehouse
+
+    summary = run(Warehouse(db), out, models=model, metrics=metric, force=force, note=_note)
+    if json_:
+        print_json(summary.to_dict())
+    else:
+        err_console().print(f"wrote {out} ({summary.bytes / 1e6:.1f} MB: {len(summary.models)} model(s), "
+                            f"{summary.checkpoints} checkpoints, {len(summary.charts)} charts)")

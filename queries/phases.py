@@ -22,6 +22,7 @@ The method (docs/phases.md has the full write-up):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -189,6 +190,48 @@ def phases(
     if store:
         _store(wh, pick, metric, x, params, rows)
     return rows
+
+
+def phase_map(
+    wh: Warehouse,
+    model: str,
+    probe: str | None = None,
+    pooling: str | None = None,
+    layers: str | Sequence[int] = "all",
+    metric: str = "both",
+    x: str = "step",
+    params: PhaseParams = PhaseParams(),
+    store: bool = True,
+    note: Note = None,
+) -> pl.DataFrame:
+    """The phases of every ingested layer (`layers="all"`, or a list): `phases` per layer, one
+    row per (layer, phase), each layer's rows stored as `phases` stores them. A layer whose
+    trajectory cannot be segmented (too few checkpoints) is left out and `note` is told why.
+    Answers: does the warmup collapse, or the compression, reach the top layers first?
+    """
+    check_axis(x)
+    needed = ["rankme", "alpha_req"] if metric == "both" else [metric]
+    pick = pick_series(wh, model, needed, probe, None, pooling)  # every layer: no "using layer" note
+    found = wh.query(
+        f"SELECT DISTINCT layer FROM metrics WHERE model = ? AND probe IS NOT DISTINCT FROM ? "
+        f"AND pooling IS NOT DISTINCT FROM ? AND layer IS NOT NULL AND metric IN ({', '.join('?' * len(needed))}) "
+        "ORDER BY layer",
+        [pick.model, pick.probe, pick.pooling, *needed],
+    )["layer"].to_list()
+    wanted = found if layers == "all" else [int(v) for v in (layers.split(",") if isinstance(layers, str) else layers)]
+    if missing := [v for v in wanted if v not in found]:
+        raise InputError(f"{pick.model} has no layer {', '.join(map(str, missing))} for probe {pick.probe} "
+                         f"(its layers: {', '.join(map(str, found)) or 'none'})")
+    frames = []
+    for layer in wanted:
+        try:
+            frames.append(phases(wh, pick.model, pick.probe, layer, pick.pooling, metric, x, params, store))
+        except InputError as e:
+            if note is not None:
+                note(f"layer {layer} left out: {e}")
+    if not frames:
+        raise InputError(f"no layer of {pick.model} could be segmented: ingest more checkpoints")
+    return pl.concat(frames)
 
 
 def phase_rows(series: pl.DataFrame, pick: Pick, basis: str, x: str, params: PhaseParams) -> pl.DataFrame:
