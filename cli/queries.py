@@ -19,7 +19,7 @@ def _note(message: str) -> None:
 
 Probe = Annotated[Optional[str], typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]
 Layer = Annotated[Optional[int], typer.Option(help="Layer, hidden_states index (default: the last).")]
-XAxis = Annotated[str, typer.Option("--x", help="Training-time axis, logarithmic: step or tokens.")]
+XAxis = Annotated[str, typer.Option("--x", help="Training-time axis, logarithmic: step, tokens or flops (6 · parameters · tokens).")]
 
 
 @app.command("import-evals")
@@ -167,6 +167,8 @@ def plot(
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw in the terminal (plotext) instead.")] = False,
     probe: Probe = None,
     layer: Layer = None,
+    layers: Annotated[Optional[str], typer.Option(help="Draw the layer × checkpoint heatmap of every layer (all) or these (0,6,12), phase boundaries marked.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also draw isotropic random features of the same n and d (dashed).")] = False,
     force: Force = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
@@ -179,7 +181,7 @@ def plot(
     from geowh.warehouse import Warehouse
 
     points = run(Warehouse(db), model, metric, eval_ or (), x=x, out=None if terminal else out, terminal=terminal,
-                 probe=probe, layer=layer, note=_note, force=force)
+                 probe=probe, layer=layer, note=_note, force=force, layers=layers, baseline=baseline)
     if json_:
         print_json({"out": None if terminal else str(out), "points": points.height})
     elif out is not None and not terminal:

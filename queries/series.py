@@ -121,6 +121,23 @@ def fit_flags(wh: Warehouse, pick: Pick) -> pl.DataFrame:
     )
 
 
+def baseline_of(wh: Warehouse, pick: Pick, metrics: Sequence[str]) -> dict | None:
+    """The metrics of isotropic random features of the trajectory's n and d (its most common
+    spectrum shape): {"n", "d", metric: value}; None when no spectrum is stored (an import)."""
+    from geowh.spectrum_math import REGISTRY, isotropic_baseline
+
+    shape = wh.query(
+        "SELECT n_samples, d, count(*) AS k FROM spectra WHERE model = ? AND probe IS NOT DISTINCT FROM ? "
+        "AND layer IS NOT DISTINCT FROM ? AND pooling IS NOT DISTINCT FROM ? GROUP BY ALL ORDER BY k DESC, d DESC LIMIT 1",
+        [pick.model, pick.probe, pick.layer, pick.pooling],
+    )
+    if shape.height == 0:
+        return None
+    n, d = int(shape["n_samples"][0]), int(shape["d"][0])
+    names = [m for m in REGISTRY if any(m == x or any(o == x for o in REGISTRY[m].outputs) for x in metrics)]
+    return {"n": n, "d": d, **isotropic_baseline(n, d, names)}
+
+
 def log_axis(values: np.ndarray, axis: str) -> np.ndarray:
     """The log training-time axis: log10(step + 1); for tokens, log10(tokens + tokens of the
     first checkpoint after 0), so that step 0 / 0 tokens sit one grid unit left of the first."""
