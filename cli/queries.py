@@ -135,7 +135,8 @@ def correlate(
     x: Annotated[str, typer.Option("--x", help="Series: a metric name (alpha_req) or eval:TASK/METRIC.")],
     y: Annotated[str, typer.Option("--y", help="Series: a metric name or eval:TASK/METRIC (eval:sciq/acc).")],
     method: Annotated[str, typer.Option(help="spearman, pearson or kendall.")] = "spearman",
-    join: Annotated[str, typer.Option(help="exact (same step) or nearest (nearest log step).")] = "exact",
+    join: Annotated[str, typer.Option(help="exact (same step) or nearest (nearest on the log --axis).")] = "exact",
+    axis: Annotated[str, typer.Option(help="Axis --join nearest pairs on: step, tokens or flops (--x names a series here).")] = "step",
     probe: Probe = None,
     layer: Layer = None,
     fewshot: Annotated[Optional[int], typer.Option(help="Few-shot count of eval series (default: 0, or the only one).")] = None,
@@ -150,7 +151,7 @@ def correlate(
     from geowh.warehouse import Warehouse
 
     found = run(Warehouse(db), model, x, y, method=method, join=join, probe=probe, layer=layer, fewshot=fewshot,
-                note=_note)
+                note=_note, axis=axis)
     if json_:
         print_json(found.drop("join").to_dicts())
     else:

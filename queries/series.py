@@ -154,7 +154,7 @@ def check_axis(x: str) -> None:
         raise InputError(f"--x must be step, tokens or flops, not {x!r}")
 
 
-def require_axis(wh: Warehouse, model: str, x: str) -> None:
+def require_axis(wh: Warehouse, model: str, x: str, option: str = "--x") -> None:
     """Refuse `--x flops` for a model whose parameter count or tokens are unknown, naming it."""
     check_axis(x)
     if x != "flops":
@@ -162,8 +162,8 @@ def require_axis(wh: Warehouse, model: str, x: str) -> None:
     known = wh.query("SELECT parameters FROM models WHERE model = ?", [model])
     if known.height == 0 or known["parameters"][0] is None:
         raise InputError(
-            f"--x flops needs the parameter count of {model} (FLOPs = 6 · parameters · tokens) and models.parameters "
-            "is unknown for it (an import names none; an ingest records it): use --x step or tokens"
+            f"{option} flops needs the parameter count of {model} (FLOPs = 6 · parameters · tokens) and models.parameters "
+            f"is unknown for it (an import names none; an ingest records it): use {option} step or tokens"
         )
     missing = wh.query(
         "SELECT count(*) AS n FROM checkpoints WHERE model = ? AND tokens IS NULL AND checkpoint IN "
@@ -172,8 +172,8 @@ def require_axis(wh: Warehouse, model: str, x: str) -> None:
     )["n"][0]
     if missing:
         raise InputError(
-            f"--x flops needs the tokens seen at each checkpoint of {model} (FLOPs = 6 · parameters · tokens) and "
-            f"{missing} of its checkpoints have none recorded (checkpoints.tokens): use --x step"
+            f"{option} flops needs the tokens seen at each checkpoint of {model} (FLOPs = 6 · parameters · tokens) and "
+            f"{missing} of its checkpoints have none recorded (checkpoints.tokens): use {option} step"
         )
 
 
