@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
-from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe
+from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe, log_spectrum
 
 try:
     from lightning.pytorch import Callback
@@ -73,6 +73,7 @@ class GeometryLightningCallback(Callback):
         values = self.probe.measure(self._model_of(pl_module), step, tokens=tokens)
         self.measured.append(values)
         pl_module.log_dict({k: values[k] for k in LOGGED if k in values}, rank_zero_only=True)
+        log_spectrum(trainer.loggers, values.get("eigenvalues", []), step)
 
     def _model_of(self, pl_module):
         if callable(self.model):
