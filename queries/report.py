@@ -98,7 +98,7 @@ def report_data(
         raise InputError(
             f"no metrics or evals for {', '.join(unknown)} in {wh.path} (models: {', '.join(sorted(known)) or 'none'})"
         )
-    found = [_model_data(wh, model, metrics, note) for model in names]
+    found = [_model_data(wh, model, metrics, note) | {"index": i} for i, model in enumerate(names)]
     charts = [f"trajectory-{m}" for m in metrics if any(d["trajectory"].get(m) for d in found)]
     if any(d["spectra"]["checkpoint"] for d in found):
         charts.append("spectrum")
@@ -130,7 +130,7 @@ def _model_data(wh: Warehouse, model: str, metrics: list[str], note: Note) -> di
     }
     wanted = [m for m in metrics if _has_metric(wh, model, m)]
     if wanted:
-        pick = pick_series(wh, model, wanted, note=note)
+        pick = pick_series(wh, model, wanted)  # the page names the probe, layer and pooling it shows
         data["pick"] = {"probe": pick.probe, "layer": pick.layer, "pooling": pick.pooling}
         series = load_series(wh, pick, wanted)
         if "alpha_req" in wanted:
