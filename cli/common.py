@@ -286,7 +286,7 @@ def number(value: float) -> str:
         return str(int(value))
     if size < 9999.5:  # what .4g prints without an exponent
         return f"{value:.4g}"
-    for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if size >= scale * 0.9995:  # 999.6k reads 1M
             break
     text = f"{value / scale:.3g}"
