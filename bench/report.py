@@ -44,7 +44,11 @@ def add_spectra(wh: Warehouse, models: int, layer: int, d: int) -> None:
             metrics += [{**key, "metric": v.metric, "value": v.value, "params": v.params, "run_id": "bench"}
                         for v in compute_metrics(lam, ["alpha_req"])]
         wh.write({"spectra": spectra, "metrics": metrics})
-    wh.execute("UPDATE models SET parameters = 410000000 * (1 + CAST(regexp_extract(model, '\\d+$') AS INTEGER))")
+
+
+def add_parameters(wh: Warehouse) -> None:
+    """bench-0 410M parameters, bench-1 820M, …: so that the FLOPs axis of every model is known."""
+    wh.execute("UPDATE models SET parameters = 410000000::BIGINT * (1 + CAST(regexp_extract(model, '\\d+$') AS INTEGER))")
 
 
 def main() -> None:
@@ -62,11 +66,14 @@ def main() -> None:
     start = time.perf_counter()
     if not (args.reuse and args.db.exists()):
         build(args.db, args.models, args.layers, args.metrics)
-        wh = Warehouse(args.db)
+    wh = Warehouse(args.db)
+    # Each step is skipped when done, so --reuse finishes an interrupted build.
+    if wh.query("SELECT count(*) AS n FROM spectra")["n"][0] == 0:
         add_spectra(wh, args.models, args.layers - 1, args.d)
+    add_parameters(wh)
+    if wh.query("SELECT count(*) AS n FROM phases")["n"][0] == 0:
         for m in range(args.models):
             phase_map(wh, f"bench-{m}")
-    wh = Warehouse(args.db)
     built = time.perf_counter() - start
     rows = wh.query("SELECT count(*) AS n FROM metrics")["n"][0]
     times = []
