@@ -109,9 +109,12 @@ def phases(
                  f"end_{x}": f"end {x}", "delta_rankme": "Δ rankme", "delta_alpha_req": "Δ αReQ"}
         if found["matches_paper"].is_not_null().any():
             shown["matches_paper"] = "as paper"
-        render_frame(found.select(pl.col(k).alias(v) for k, v in shown.items()),
-                     title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
-                     optional=["stage", "#"])
+        flagged = [json.loads(e).get("alpha_req_fits_flagged", 0) for e in found["evidence"]]
+        table = found.select(pl.col(k).alias(v) for k, v in shown.items())
+        if any(flagged):  # αReQ values from short or poor fits (docs/metrics.md#fit-diagnostics)
+            table = table.with_columns(pl.Series("flagged fits", flagged))
+        render_frame(table, title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
+                     optional=["stage", "#", "flagged fits"])
 
 
 def _phase_map_rows(found, x: str):
