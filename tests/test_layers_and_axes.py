@@ -49,15 +49,19 @@ def test_every_alpha_req_carries_its_fit_quality_in_sql_and_poor_or_short_fits_a
     assert shown.rows() == [("bent", "poor"), ("narrow", "short"), ("power-law", "ok")]
 
 
-def test_flagged_fits_are_counted_in_the_phase_evidence(wh):
+def test_flagged_fits_are_counted_in_the_phase_evidence(wh, cli):
     from geowh.queries import phases
 
-    wh.execute("UPDATE metrics SET value = 0.5 WHERE model = 'small' AND layer = 2 AND metric = 'alpha_req_r2' "
+    wh.execute("UPDATE metrics SET value = 0.5 WHERE model = 'large' AND layer = 2 AND metric = 'alpha_req_r2' "
                "AND checkpoint IN ('step0', 'step1', 'step2')")
-    found = phases(wh, "small", layer=2, store=False)
+    found = phases(wh, "large", layer=2, store=False)
+    assert found.height == 3
     evidence = [json.loads(e) for e in found["evidence"]]
     assert evidence[0]["alpha_req_fits_flagged"] == 3 and evidence[0]["alpha_req_fit_flags"] == {"poor": 3}
     assert all(e["alpha_req_fits_flagged"] == 0 for e in evidence[1:])
+    shown = cli(["phases", "--db", wh.path, "--model", "large", "--layer", "2", "--no-store"])
+    assert shown.exit_code == 0 and "flagged" in shown.stdout
+    assert [line.split("│")[-2].strip() for line in shown.stdout.splitlines() if "seeking" in line or "warmup" in line] == ["3", "0", "0"]
 
 
 # -- the isotropic baseline -----------------------------------------------------------------------
