@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import math
 import re
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from report_data import MODELS, build
 
-from geowh.queries.report import _fit_line, report, report_data
+from geowh.queries.report import _fit_line, plotly_js, report, report_data
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,15 @@ def test_the_report_is_one_file_that_fetches_nothing(page):
     assert summary.bytes == out.stat().st_size < 10_000_000
     # Every script is inline; nothing is linked, imported or fetched at view time.
     assert not re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)=", text)
-    assert "Plotly" in text and len(re.findall(r"<script", text)) == 3  # plotly.js, the data, the page's code
-    assert not re.search(r"https?://[^\s\"'<>]*\.(js|css)\b", text.split("<script type=\"application/json\"")[0]
-                         .split("</style>", 1)[1].split("<script>", 1)[0])
+    # plotly.js and the data, gzipped; the page's code, which unpacks them
+    assert len(re.findall(r"<script", text)) == 3
+    packed = dict(re.findall(r'<script type="application/gzip;base64" id="([^"]+)">([^<]+)</script>', text))
+    plotly = gzip.decompress(base64.b64decode(packed["plotly-js"])).decode()
+    assert plotly == plotly_js() and "Plotly" in plotly
+    data = json.loads(gzip.decompress(base64.b64decode(packed["geowh-data"])))
+    assert [m["model"] for m in data["models"]] == ["large", "small"]
+    code = text.split("<script>", 1)[1]
+    assert not re.search(r"\b(fetch|XMLHttpRequest|import\(|https?://)", code)
 
 
 def test_the_report_holds_every_chart_its_data_calls_for(page):
@@ -57,7 +65,7 @@ def test_the_report_carries_flops_fit_flags_baseline_and_provenance(warehouse):
     (model,) = data["models"]
     t = model["trajectory"]
     params, per_step = MODELS["small"]
-    assert t["flops"] == [6.0 * params * step * per_step for step in t["step"]]
+    assert t["flops"] == pytest.approx([6.0 * params * step * per_step for step in t["step"]], rel=1e-5)  # 6 digits kept
     assert set(t["alpha_req_fit"]) == {"ok"}
     assert model["baseline"]["n"] == 400 and model["baseline"]["d"] == 64
     assert 55 < model["baseline"]["rankme"] < 64  # near d: random features fill every direction
@@ -109,7 +117,7 @@ const __consoleError = console.error; console.error = (...a) => { __errors.push(
 # Run after load: what every chart drew, then the checkpoint slider and the axis selector are used
 # as a reader uses them (value set, input/change event dispatched) and the result is written into
 # the page, which --dump-dom prints.
-PROBE = """<script>addEventListener("load", () => setTimeout(() => {
+PROBE = """<script>addEventListener("load", () => window.geowhReady.finally(() => {
   const out = {errors: __errors, charts: {}};
   for (const id of D.charts) {
     const gd = document.getElementById(id);
@@ -125,7 +133,7 @@ PROBE = """<script>addEventListener("load", () => setTimeout(() => {
   out.flops = document.getElementById("trajectory-rankme").data.filter(t => t.mode === "lines+markers").map(t => [t.name, t.x.slice(0, 3)]);
   const pre = document.createElement("pre"); pre.id = "geowh-test"; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
-}, 0));</script>"""
+}));</script>"""
 
 
 def _browser() -> str:
