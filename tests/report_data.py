@@ -3,7 +3,7 @@
 Two models of different sizes (parameters known, so the FLOPs axis works), 14 checkpoints each,
 three layers, spectra whose power-law exponent follows the warmup → entropy → compression shape,
 metrics computed from them by the registry (so αReQ carries its real fit parameters), stored
-phases (last layer and per layer), an imported eval and a memorization score, and run rows.
+phases (last layer and per layer), two imported evals and a memorization score, and run rows.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def build(path) -> Warehouse:
             rows["metrics"].append({"model": m, "checkpoint": ck, "probe": "qa-task", "metric": "memorization_spearman",
                                     "value": 0.1 + 0.02 * np.log1p(step), "params": {"n": 50}, "index_dir": "/idx",
                                     "run_id": run})
-            rows["evals"].append({"model": m, "checkpoint": ck, "step": step, "task": "sciq", "metric": "acc",
-                                  "filter": "none", "num_fewshot": 0, "value": 0.2 + 0.1 * np.log1p(step) / 8})
+            for task in ("sciq", "lambada_openai"):  # two: the page draws one at a time
+                rows["evals"].append({"model": m, "checkpoint": ck, "step": step, "task": task, "metric": "acc",
+                                      "filter": "none", "num_fewshot": 0, "value": 0.2 + 0.1 * np.log1p(step) / 8})
     wh.write(rows)
     return wh
