@@ -178,3 +178,14 @@ def test_in_chromium_every_chart_renders_without_errors_and_the_slider_moves_the
     params, per_step = MODELS["large"]
     first = 6.0 * MODELS["small"][0] * per_step  # the offset: the smallest positive FLOPs shown
     assert steps["large"][1] == pytest.approx(6.0 * params * per_step + first)
+
+
+def test_geowh_report_runs_as_a_user_runs_it(warehouse, tmp_path):
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "r.html"
+    run = subprocess.run([str(Path(sys.executable).with_name("geowh")), "report", "--db", str(warehouse.path), "--out", str(out),
+                          "--model", "large", "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["bytes"] == out.stat().st_size
