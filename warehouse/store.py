@@ -41,9 +41,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 MERGED_TABLES = {"models", "checkpoints", "probes"}
 
 # Columns of `trajectories` that are not metrics; a metric with one of these names is skipped.
-TRAJECTORY_KEYS = (
-    "model", "checkpoint", "stage", "stage_order", "step", "tokens", "probe", "layer", "pooling", "alpha_req_fit",
-)
+TRAJECTORY_KEYS = ("model", "checkpoint", "stage", "stage_order", "step", "tokens", "probe", "layer", "pooling")
 LEADING_METRICS = ("rankme", "alpha_req")
 
 # Statement types `geowh sql` runs; everything else could change a file and is refused. MULTI is
