@@ -251,6 +251,7 @@ def _histograms(logdir) -> dict[int, int]:
     return found
 
 
+@pytest.mark.slow
 def test_the_callback_logs_the_eigenspectrum_to_tensorboard_beside_the_scalars(tmp_path):
     pytest.importorskip("tensorboard")
     import torch
@@ -274,6 +275,7 @@ def test_the_callback_logs_the_eigenspectrum_to_tensorboard_beside_the_scalars(t
     assert _histograms(tmp_path / "out") == {2: positive[0], 4: positive[1]}  # the writer's folder: out/runs/…
 
 
+@pytest.mark.slow
 def test_the_lightning_callback_logs_the_eigenspectrum_to_tensorboard(tmp_path):
     pytest.importorskip("lightning")
     pytest.importorskip("tensorboard")
