@@ -182,7 +182,7 @@ def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Pat
                     color=colours[i % len(colours)], label=model)
             if (model, name) in refs:
                 ax.axhline(refs[(model, name)], linestyle="--", linewidth=0.9, color=colours[i % len(colours)],
-                           label=f"{model}: isotropic random, same n, d")
+                           label=f"{model}: isotropic random, same n, d ({refs[(model, name)]:.4g})")
             if model in spans:
                 band = (0.0, 1.0) if len(models) == 1 else (i * 0.04, (i + 1) * 0.04)
                 for row in spans[model].iter_rows(named=True):

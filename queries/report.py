@@ -469,7 +469,8 @@ PAGE = """<!DOCTYPE html>
 <section id="trajectories"><h2>Trajectories</h2>
 <p class="note">Phases shaded (grey warmup, blue entropy-seeking, orange compression-seeking; with several
 models, a band per model at the bottom). Open markers: αReQ from a flagged fit (short: fewer than 20
-eigenvalues; poor: R² &lt; 0.9). Dashed: the isotropic random features of the same n and d.</p></section>
+eigenvalues; poor: R² &lt; 0.9). Dashed: isotropic random features of the same n and d (drawn when near
+the trajectories; its value is in the legend).</p></section>
 <section id="spectra"><h2>Eigenspectrum</h2>
 <label>model <select id="spectrum-model"></select></label>
 <label>checkpoint <input type="range" id="spectrum-checkpoint" min="0" max="0" value="0" style="width:50%"></label>
@@ -573,12 +574,23 @@ function drawTrajectories() {
       if (showBase && m.baseline && m.baseline[metric] !== null && m.baseline[metric] !== undefined) {
         const xv = xs(t[X], off).filter(v => v !== null);
         traces.push({x: [Math.min(...xv), Math.max(...xv)], y: [m.baseline[metric], m.baseline[metric]], type: "scatter",
-                     mode: "lines", name: m.model + " isotropic (n=" + m.baseline.n + ", d=" + m.baseline.d + ")",
-                     line: {color: colour(i), dash: "dash", width: 1}, hoverinfo: "name+y"});
+                     mode: "lines", name: m.model + " isotropic (n=" + m.baseline.n + ", d=" + m.baseline.d + "): " + fmt(m.baseline[metric]),
+                     line: {color: colour(i), dash: "dash", width: 1}, hoverinfo: "name+y", isBaseline: true});
       }
     });
+    // The y range follows the trajectories; a baseline far outside (RankMe of random features is near d)
+    // would flatten them, so it is drawn only when near, and its value is always in the legend.
+    const ys = traces.filter(t => !t.isBaseline).flatMap(t => t.y).filter(v => v !== null && isFinite(v));
+    let range = null;
+    if (ys.length) {
+      let lo = Math.min(...ys), hi = Math.max(...ys);
+      const span = (hi - lo) || Math.abs(hi) || 1;
+      for (const t of traces.filter(t => t.isBaseline)) if (t.y[0] > lo - span && t.y[0] < hi + span) { lo = Math.min(lo, t.y[0]); hi = Math.max(hi, t.y[0]); }
+      const pad = 0.06 * ((hi - lo) || span);
+      range = [lo - pad, hi + pad];
+    }
     Plotly.react(id, traces, {title: {text: metric === "alpha_req" ? "αReQ" : metric, x: 0.01},
-      xaxis: {type: "log", title: {text: axisTitle()}}, yaxis: {title: {text: metric}}, shapes: phaseShapes(off),
+      xaxis: {type: "log", title: {text: axisTitle()}}, yaxis: {title: {text: metric}, range: range, autorange: range === null}, shapes: phaseShapes(off),
       margin: {t: 36, r: 10, b: 48, l: 60}, legend: {font: {size: 10}}, hovermode: "closest"}, CONFIG);
   }
   drawSeries("memorization", D.models.flatMap((m, i) => m.memorization.map(s => [m, i, s, s.metric + " " + s.task])), "memorization (Spearman ρ)");
