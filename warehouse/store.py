@@ -822,8 +822,13 @@ def _refresh_trajectories(con) -> None:
         f"""
         CREATE OR REPLACE VIEW trajectories AS
         SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe, m.layer, m.pooling,
-               {pivots}
+               {pivots},
+               any_value(f.flag) AS alpha_req_fit  -- the flag of the αReQ fit (schema.sql migration 7)
         FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+        LEFT JOIN alpha_req_fits f
+               ON f.model = m.model AND f.checkpoint = m.checkpoint AND f.probe IS NOT DISTINCT FROM m.probe
+              AND f.layer IS NOT DISTINCT FROM m.layer AND f.pooling IS NOT DISTINCT FROM m.pooling
+              AND f.metric = 'alpha_req'
         WHERE m.index_dir IS NULL  -- memorization scores: the `memorization` view
         GROUP BY ALL
         """
