@@ -91,6 +91,10 @@ def load_tokenizer(name_or_path: str):
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+    if not Path(name_or_path).expanduser().exists():
+        from geowh.ingest.series import require_hub
+
+        require_hub(f"load the tokenizer {name_or_path}")  # one line at once, not a minute of retries
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:
@@ -272,7 +276,14 @@ def read_meta(directory: str | Path, tokenizer: str | None = None) -> IndexMeta:
     meta_path = directory / META_FILE
     if meta_path.exists():
         known = {f.name for f in fields(IndexMeta)}
-        meta = IndexMeta(**{k: v for k, v in json.loads(meta_path.read_text()).items() if k in known})
+        try:
+            recorded = json.loads(meta_path.read_text())
+            meta = IndexMeta(**{k: v for k, v in recorded.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as e:  # truncated, not an object, fields missing
+            raise InputError(
+                f"{meta_path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                f"build the index again with `geowh index build`"
+            ) from None
         if tokenizer is not None and tokenizer != meta.tokenizer:
             meta = IndexMeta(**{**asdict(meta), "tokenizer": tokenizer})
         return meta

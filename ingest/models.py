@@ -144,6 +144,10 @@ def load_tokenizer(ref: CheckpointRef, fallback: str | Path | None = None):
         if ref.path is not None and Path(where).is_dir() and not _has_tokenizer(Path(where)):
             errors.append(f"{where}: no tokenizer files")
             continue
+        if not kwargs and not Path(where).expanduser().exists():  # a hub id given as --tokenizer
+            from geowh.ingest.series import require_hub
+
+            require_hub(f"load the tokenizer {where}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             break

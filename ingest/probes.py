@@ -117,6 +117,9 @@ def _registry_texts(source: ProbeSource, pool: int) -> ProbeTexts:
 def _stream(source: ProbeSource, count: int) -> list[str]:
     from datasets import load_dataset
 
+    from geowh.ingest.series import require_hub
+
+    require_hub(f"stream the probe {source.dataset}")  # one line at once, not half a minute of retries
     try:
         stream = load_dataset(source.dataset, source.config, split=source.split, streaming=True)
         texts = []
@@ -176,6 +179,11 @@ def tokenize_probe(
     if not usable:
         raise InputError(
             f"no document of probe {texts.name} has more than --min-len {min_len} tokens: lower --min-len"
+        )
+    if len(usable) < 2:
+        raise InputError(
+            f"only one document of probe {texts.name} has more than --min-len {min_len} tokens, and a spectrum "
+            "needs at least 2: give a probe with more documents, or lower --min-len"
         )
     if n < len(usable):
         picks = np.sort(np.random.default_rng(seed).choice(len(usable), size=n, replace=False))
