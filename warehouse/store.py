@@ -155,6 +155,7 @@ class Warehouse:
         try:
             current = _schema_version(con)
             tables = _user_tables(con) if current == 0 else []
+            self._check_whole(con)
         except duckdb.Error as e:
             raise self._damaged(e) from None
         if current == 0:
@@ -172,6 +173,21 @@ class Warehouse:
                 "(any writing command, such as ingest, also upgrades it), then run this again"
             )
         self._migrated = True
+
+    def _check_whole(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse a file shorter than the blocks its header counts: cut by a copy or a full disk.
+        Its first blocks still open, so without this `migrate` would call it up to date."""
+        if Path(f"{self.path}.wal").exists():  # blocks a WAL replay added are not in the file yet
+            return
+        blocks, block_size = con.execute(
+            "SELECT total_blocks, block_size FROM pragma_database_size() WHERE database_name = current_database()"
+        ).fetchall()[0]
+        size = self.path.stat().st_size
+        if size < blocks * block_size:
+            raise WarehouseError(
+                f"{self.path} is truncated: {size:,} bytes, but its header counts {blocks} blocks of {block_size:,} "
+                "bytes. Restore it from a backup, or rebuild it with the commands that wrote it"
+            )
 
     def _damaged(self, e: duckdb.Error) -> WarehouseError:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -196,6 +212,13 @@ class Warehouse:
             except duckdb.IOException as e:
                 if _disk_full(e):
                     raise self._full(e) from None
+                if (denied := _denied(e)) is not None:
+                    raise WarehouseError(
+                        f"{self.path} cannot be {'read' if read_only else 'written'}: {denied}. "
+                        + ("Make the file readable, or point --db elsewhere" if read_only else
+                           "This command writes to the warehouse: make the file and its folder writable, or point "
+                           "--db at a copy in a writable place (reading commands such as sql and info work as it is)")
+                    ) from None
                 if "lock" not in str(e).lower():
                     raise WarehouseError(
                         f"{self.path} is not a readable DuckDB warehouse ({e}); "
@@ -225,6 +248,7 @@ class Warehouse:
             try:
                 current = _schema_version(con)
                 foreign = _user_tables(con) if current == 0 else []
+                self._check_whole(con)
             except duckdb.Error as e:
                 raise self._damaged(e) from None
             finally:
@@ -253,7 +277,12 @@ class Warehouse:
                     )
                     con.commit()
                 except duckdb.Error as e:
-                    con.rollback()
+                    try:
+                        con.rollback()
+                    except duckdb.Error:  # a failed commit (a full disk) has already ended the transaction
+                        pass
+                    if _disk_full(e):
+                        raise self._full(e) from None
                     raise WarehouseError(
                         f"migration {migration.version} ({migration.title}) of {self.path} failed: {e}; "
                         "the file is unchanged by it"
@@ -261,7 +290,11 @@ class Warehouse:
             if applied and applied < latest_version():  # a migration that redefines the view drops its later metric columns
                 _refresh_trajectories(con)
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as e:  # closing checkpoints the WAL, which a full disk refuses
+                if not _disk_full(e):
+                    raise
         self._migrated = True
 
     def migrate(self) -> tuple[int, int]:
@@ -275,6 +308,7 @@ class Warehouse:
         con = self._open(read_only=True)
         try:
             before = _schema_version(con)
+            self._check_whole(con)
         except duckdb.Error as e:
             raise self._damaged(e) from None
         finally:
@@ -511,6 +545,15 @@ def lock_holder(error: BaseException) -> str:
     if m := _LOCK_HOLDER.search(str(error)):
         return f"PID {m[2]} ({Path(m[1]).name})"
     return "another process"
+
+
+def _denied(error: BaseException) -> str | None:
+    """'Permission denied' or 'Read-only file system' when DuckDB's IOException says so, else None."""
+    text = str(error)
+    for reason in ("Permission denied", "Read-only file system"):
+        if reason.lower() in text.lower():
+            return reason
+    return None
 
 
 def _disk_full(error: BaseException) -> bool:
