@@ -206,7 +206,7 @@ def load_checkpoint(
         _check_cached(ref)
     where, kwargs = _where(ref)
     cls = AutoModelForCausalLM if with_head else AutoModel
-    if stamps and "disable_mmap" in inspect.signature(cls.from_pretrained).parameters:
+    if stamps and _can_read_whole():
         # Read the weights, do not map them: a mapped file cut short by a writer (a training saving
         # over it) kills the process with SIGBUS; a read one gives an error that names it.
         kwargs["disable_mmap"] = True
@@ -257,6 +257,13 @@ def to_device(loaded: Loaded, device) -> Loaded:
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _can_read_whole() -> bool:
+    """Whether this transformers can read weights instead of mapping them (`disable_mmap`, 5.x)."""
+    from transformers import PreTrainedModel
+
+    return "disable_mmap" in inspect.signature(PreTrainedModel.from_pretrained).parameters
 
 
 def _stamps(folder: Path) -> dict[Path, tuple[int, int, int]]:
