@@ -29,6 +29,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from geowh.errors import CheckpointError, GeowhError, InputError
@@ -75,8 +76,9 @@ class RayExecutor:
             try:
                 # Workers' output stays in Ray's logs: a terminal shows geowh's progress, and a
                 # checkpoint's error comes back with its result.
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                with _quiet_stderr(address != "local"):
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise InputError(
                     f"--ray {address}: cannot connect ({str(e).splitlines()[0][:200]}); start a cluster with "
@@ -167,6 +169,29 @@ def _get(ray, ref):
     except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ObjectLostError,
             exceptions.OutOfMemoryError) as e:
         raise _Lost(str(e).splitlines()[0]) from None
+
+
+@contextmanager
+def _quiet_stderr(quiet: bool = True) -> Iterator[None]:
+    """Nothing written to the process's stderr (fd 2) in the block: Ray's C++ core logs each retry
+    of an address that does not answer as Ray there (20 lines) before the error geowh reports in one."""
+    if not quiet:
+        yield
+        return
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _check_reachable(address: str) -> None:
