@@ -377,3 +377,36 @@ def test_ctrl_c_in_a_command_that_stores_nothing_does_not_claim_it_stored_someth
         args = ["index", "build", workdir / "docs.txt", "--out", tmp_path / "idx", "--tokenizer", PYTHIA_TOKENIZER]
     line = one_line(cli(args), "stopped by SIGINT", "left nothing half-written", code=130)
     assert "what had finished is stored" not in line
+
+
+# -- 5: a matrix too large for the memory is refused, never a crash in OpenBLAS ------------------------
+
+
+def test_metrics_counts_the_matrix_held_in_memory_and_blas_buffers_before_computing(cli, tmp_path, monkeypatch):
+    import numpy as np
+    import polars as pl
+
+    import geowh.ingest.spectrum as spectrum
+
+    x = np.random.default_rng(0).standard_normal((3000, 400))
+    pl.DataFrame(x).write_parquet(tmp_path / "f.parquet")  # read whole into memory, unlike a mapped .npy
+    _, needed = spectrum.spectrum_bytes(3000, 400)
+    # What the old estimate let through (the arrays fit in what is "available"), and OpenBLAS then
+    # had no room for its own buffers: SIGSEGV inside a kernel.
+    monkeypatch.setattr(spectrum, "available_bytes", lambda: needed + 2**20)
+    line = one_line(cli(["metrics", tmp_path / "f.parquet"]), "needs about", "memory available")
+    assert "f.parquet (3,000 x 400)" in line
+
+
+def test_metrics_running_out_of_memory_midway_is_one_line(cli, tmp_path, monkeypatch):
+    import numpy as np
+
+    import geowh.ingest.spectrum as spectrum
+
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).standard_normal((300, 40)))
+
+    def no_memory(self, features):
+        raise MemoryError
+
+    monkeypatch.setattr(spectrum.Covariance, "update", no_memory)
+    one_line(cli(["metrics", tmp_path / "f.npy"]), "could give now")
