@@ -136,7 +136,7 @@ def executor_of(ray: str | None, workers: int | None, gpus_per_worker: float | N
         if workers is not None or gpus_per_worker is not None:
             raise InputError("--workers and --gpus-per-worker go with --ray: add --ray (local, auto or an address)")
         return nullcontext(None)
-    from geowh.ingest.cluster import RayExecutor
+    from geowh.ingest.engine.cluster import RayExecutor
 
     return RayExecutor(ray or None, workers, gpus_per_worker)
 

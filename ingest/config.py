@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geowh.errors import InputError
-from geowh.ingest.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED
+from geowh.ingest.sources.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         """Refuse a setting that cannot work before anything is loaded or written."""
-        from geowh.ingest.extract import parse_poolings
-        from geowh.ingest.models import DTYPES
+        from geowh.ingest.features.extract import parse_poolings
+        from geowh.ingest.sources.models import DTYPES
 
         if self.geometry and isinstance(self.n, int) and self.n == 1:
             raise InputError("--n 1: a spectrum needs at least 2 probe sequences; give --n 2 or more")

@@ -3,7 +3,7 @@
 The probe texts are tokenized once, when the probe is built; each `measure(model, step)` runs
 them through the model (eval mode, no gradients), and returns RankMe, αReQ and the other
 metrics of the last selected layer. With a warehouse, it writes the rows an ingest of the
-same weights would write (`ingest.run.process_checkpoint` makes them, from the model given
+same weights would write (`ingest.engine.run.process_checkpoint` makes them, from the model given
 instead of loaded): model = `name`, checkpoint `step{N}`, same probe id and config key, so
 `geowh sql`, `phases` and `plot` treat live measurements and ingested checkpoints alike.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.probes import DEFAULT_MIN_LEN, DEFAULT_SEED
+from geowh.ingest.sources.probes import DEFAULT_MIN_LEN, DEFAULT_SEED
 from geowh.warehouse import Warehouse, as_warehouse
 
 DEFAULT_N = 1000
@@ -57,8 +57,9 @@ class GeometryProbe:
         seed: int = DEFAULT_SEED,
         batch_size: int | None = None,
     ):
-        from geowh.ingest.probes import load_texts
-        from geowh.ingest.run import IngestConfig, probe_for
+        from geowh.ingest.sources.probes import load_texts
+        from geowh.ingest.config import IngestConfig
+        from geowh.ingest.measurements.geometry import probe_for
         from geowh.warehouse import canonical_model
 
         if not name or not str(name).strip():
@@ -84,8 +85,8 @@ class GeometryProbe:
         self.probe = probe_for(self._plan("float32"), self.tokenizer)  # tokenized here, once
 
     def _plan(self, dtype: str):
-        from geowh.ingest.run import Plan
-        from geowh.ingest.series import Series
+        from geowh.ingest.engine.plan import Plan
+        from geowh.ingest.sources.series import Series
 
         # A local series: what `geowh ingest` of the run's saved checkpoints would call it.
         return Plan(Series(self.name, "local", ()), self.texts, self.config, dtype, probes=self.probes)
@@ -99,9 +100,9 @@ class GeometryProbe:
         Python and NumPy is as before. Raises CheckpointError when the features cannot be
         computed (NaN, out of memory); the failed run is recorded when `db` is set.
         """
-        from geowh.ingest.models import Loaded
-        from geowh.ingest.run import process_checkpoint, write_result
-        from geowh.ingest.series import CheckpointRef
+        from geowh.ingest.sources.models import Loaded
+        from geowh.ingest.engine.run import process_checkpoint, write_result
+        from geowh.ingest.sources.series import CheckpointRef
 
         parameter = next(model.parameters())
         dtype = str(parameter.dtype).removeprefix("torch.")

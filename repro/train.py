@@ -194,7 +194,7 @@ def train_mini(
         summary = train_mini("runs/mini", TrainConfig(layers=2, d_model=64), minutes=2)
         summary.checkpoints   # ['step0', 'step1', 'step2', …]
     """
-    from geowh.ingest.models import device_name, resolve_device
+    from geowh.ingest.sources.models import device_name, resolve_device
 
     started = time.monotonic()
     config = config or TrainConfig()

@@ -8,8 +8,8 @@ import pytest
 import typer
 
 from geowh.cli import app
-from geowh.ingest.memorization import MemorizeConfig
-from geowh.ingest.run import IngestConfig, Selection
+from geowh.ingest.config import MemorizeConfig
+from geowh.ingest.config import IngestConfig, Selection
 
 
 def _options(command: str) -> dict:

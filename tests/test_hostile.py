@@ -54,7 +54,7 @@ def test_a_probe_longer_than_a_models_learned_positions_is_refused_naming_max_le
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from geowh.ingest.extract import learned_positions
+    from geowh.ingest.features.extract import learned_positions
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=50304, n_embd=32, n_layer=1, n_head=2,
@@ -71,7 +71,7 @@ def test_a_probe_longer_than_a_models_learned_positions_is_refused_naming_max_le
 def test_rotary_models_have_no_learned_position_limit():
     from tiny import tiny_model
 
-    from geowh.ingest.extract import learned_positions
+    from geowh.ingest.features.extract import learned_positions
 
     assert learned_positions(tiny_model("gpt-neox").base_model) is None
 
@@ -141,7 +141,7 @@ def test_save_features_pointing_at_a_file_is_refused_before_anything_is_computed
 
 def test_the_run_folder_vanishing_under_watch_is_one_line(tmp_path):
     from geowh.errors import InputError
-    from geowh.ingest.watch import watch
+    from geowh.ingest.engine.watch import watch
 
     run = tmp_path / "run"
     run.mkdir()
@@ -157,7 +157,7 @@ def test_the_run_folder_vanishing_under_watch_is_one_line(tmp_path):
 def test_a_safetensors_header_that_is_not_an_object_is_no_crash_and_counts_as_written(tmp_path):
     import struct
 
-    from geowh.ingest.watch import checkpoint_ready
+    from geowh.ingest.engine.watch import checkpoint_ready
 
     folder = tmp_path / "step1"
     folder.mkdir()
@@ -175,8 +175,8 @@ def test_local_weights_are_read_not_memory_mapped(workdir, monkeypatch):
     """A mapped file cut short by a writer kills the process with SIGBUS; a read one is an error."""
     from transformers import AutoModel
 
-    from geowh.ingest.models import load_checkpoint
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.sources.models import load_checkpoint
+    from geowh.ingest.sources.series import resolve_series
 
     seen = {}
     original = AutoModel.from_pretrained.__func__
@@ -195,8 +195,8 @@ def test_a_weight_file_changed_while_read_fails_its_checkpoint_naming_the_file(w
     from transformers import AutoModel
 
     from geowh.errors import CheckpointError
-    from geowh.ingest.models import load_checkpoint
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.sources.models import load_checkpoint
+    from geowh.ingest.sources.series import resolve_series
 
     shutil.copytree(workdir / "run" / "step0", tmp_path / "run" / "step0")
     weights = tmp_path / "run" / "step0" / "model.safetensors"
@@ -216,7 +216,7 @@ def test_a_weight_file_changed_while_read_fails_its_checkpoint_naming_the_file(w
 
 def test_an_unreadable_checkpoint_folder_fails_that_checkpoint_and_the_ingest_goes_on(cli, workdir, tmp_path,
                                                                                        monkeypatch):
-    import geowh.ingest.models as models
+    import geowh.ingest.sources.models as models
 
     stamps = models._stamps
 
@@ -263,7 +263,7 @@ def no_hub(monkeypatch, tmp_path):
     """A closed local port stands in for the hub: the same with or without a network."""
     from huggingface_hub import constants
 
-    from geowh.ingest.series import _hub_unreachable
+    from geowh.ingest.sources.series import _hub_unreachable
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -373,7 +373,7 @@ def test_ctrl_c_in_a_command_that_stores_nothing_does_not_claim_it_stored_someth
         monkeypatch.setattr("geowh.warehouse.Warehouse.sql", interrupted)
         args = ["sql", "select 1", "--db", workdir / "w.duckdb"]
     else:
-        monkeypatch.setattr("geowh.ingest.infgram.build_index", interrupted)
+        monkeypatch.setattr("geowh.index.build.build_index", interrupted)
         args = ["index", "build", workdir / "docs.txt", "--out", tmp_path / "idx", "--tokenizer", PYTHIA_TOKENIZER]
     line = one_line(cli(args), "stopped by SIGINT", "left nothing half-written", code=130)
     assert "what had finished is stored" not in line
@@ -386,7 +386,7 @@ def test_metrics_counts_the_matrix_held_in_memory_and_blas_buffers_before_comput
     import numpy as np
     import polars as pl
 
-    import geowh.ingest.spectrum as spectrum
+    import geowh.ingest.features.spectrum as spectrum
 
     x = np.random.default_rng(0).standard_normal((3000, 400))
     pl.DataFrame(x).write_parquet(tmp_path / "f.parquet")  # read whole into memory, unlike a mapped .npy
@@ -401,7 +401,7 @@ def test_metrics_counts_the_matrix_held_in_memory_and_blas_buffers_before_comput
 def test_metrics_running_out_of_memory_midway_is_one_line(cli, tmp_path, monkeypatch):
     import numpy as np
 
-    import geowh.ingest.spectrum as spectrum
+    import geowh.ingest.features.spectrum as spectrum
 
     np.save(tmp_path / "f.npy", np.random.default_rng(0).standard_normal((300, 40)))
 

@@ -17,8 +17,9 @@ import pytest
 
 from conftest import PYTHIA_TOKENIZER
 from geowh.errors import InputError
-from geowh.ingest import infgram
-from geowh.ingest.infgram import Index, build_index, pointer_bytes, token_dtype_for
+from geowh.index import index as infgram
+from geowh.index.build import build_index, pointer_bytes, token_dtype_for
+from geowh.index.index import Index
 
 STDLIB_FILES = [
     "argparse.py", "textwrap.py", "difflib.py", "inspect.py", "pathlib.py", "subprocess.py", "typing.py",
@@ -80,7 +81,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from geowh.ingest.infgram import load_tokenizer
+    from geowh.index.build import load_tokenizer
 
     return load_tokenizer(str(PYTHIA_TOKENIZER))
 
@@ -187,7 +188,7 @@ def test_a_script_without_a_main_guard_gets_one_clear_error_from_worker_processe
     # Spawned workers re-import the script, which here starts a batch again and dies doing so.
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "import sys\nfrom geowh.errors import GeowhError\nfrom geowh.ingest import infgram\n"
+        "import sys\nfrom geowh.errors import GeowhError\nfrom geowh.index import index as infgram\n"
         "infgram.SHARE_MIN = 100\n"
         f"index = infgram.Index({str(index.directory)!r}, workers=2)\n"
         "try:\n    index.probs([([5, 6], 7)] * 300)\n"

@@ -77,7 +77,7 @@ time.sleep(float(sys.argv[2]))
 def test_a_computed_checkpoint_waits_for_a_reader_however_long_and_is_stored(workdir, tmp_path, monkeypatch):
     """A reader holds the file for longer than a reader's lock timeout (shortened to 1 s here):
     the ingest waits, says for whom, and stores every checkpoint."""
-    import geowh.ingest.run as run
+    import geowh.ingest.engine.run as run
     from geowh.warehouse import store
 
     monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 1.0)

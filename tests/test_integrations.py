@@ -79,7 +79,8 @@ def test_training_with_the_callback_ends_in_the_same_weights_as_without(runs):
 
 
 def test_the_callbacks_rows_equal_an_ingest_of_the_saved_checkpoints(runs):
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
     from geowh.warehouse import Warehouse
 
     root, probe_file, *_ = runs
@@ -151,7 +152,8 @@ def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
     from geowh.integrations import GeometryProbe
     from geowh.warehouse import Warehouse
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
-from geowh.ingest.texts import read_documents
+from geowh.texts import read_documents
 from geowh.settings import settings
 
 # The paper's settings (METHOD.md §1).
@@ -117,7 +117,7 @@ def _registry_texts(source: ProbeSource, pool: int) -> ProbeTexts:
 def _stream(source: ProbeSource, count: int) -> list[str]:
     from datasets import load_dataset
 
-    from geowh.ingest.series import require_hub
+    from geowh.ingest.sources.series import require_hub
 
     require_hub(f"stream the probe {source.dataset}")  # one line at once, not half a minute of retries
     try:

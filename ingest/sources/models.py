@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.series import CheckpointRef, repo_cache_dir
+from geowh.ingest.sources.series import CheckpointRef, repo_cache_dir
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -147,7 +147,7 @@ def load_tokenizer(ref: CheckpointRef, fallback: str | Path | None = None):
             errors.append(f"{where}: no tokenizer files")
             continue
         if not kwargs and not Path(where).expanduser().exists():  # a hub id given as --tokenizer
-            from geowh.ingest.series import require_hub
+            from geowh.ingest.sources.series import require_hub
 
             require_hub(f"load the tokenizer {where}")
         try:
@@ -245,7 +245,7 @@ def load_checkpoint(
 
 def to_device(loaded: Loaded, device) -> Loaded:
     """Move `loaded` (read into host memory) to `device`, in place: the last step of
-    `load_checkpoint`, apart so that a checkpoint read ahead of its turn (`ingest.run.Serial`)
+    `load_checkpoint`, apart so that a checkpoint read ahead of its turn (`ingest.engine.executors.Serial`)
     has only this left."""
     torch_device = resolve_device(device) if isinstance(device, str) else device
     try:
