@@ -410,3 +410,31 @@ def test_metrics_running_out_of_memory_midway_is_one_line(cli, tmp_path, monkeyp
 
     monkeypatch.setattr(spectrum.Covariance, "update", no_memory)
     one_line(cli(["metrics", tmp_path / "f.npy"]), "could give now")
+
+
+def test_migrate_on_a_full_disk_is_the_one_full_disk_line(cli, workdir, tmp_path):
+    import duckdb
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True
+    ).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        old = disk / "w.duckdb"
+        shutil.copy(workdir / "w.duckdb", old)
+        con = duckdb.connect(str(old))
+        con.execute("DELETE FROM schema_migrations WHERE version > 1")  # as an older geowh left it
+        con.close()
+        fd = os.open(disk / "fill", os.O_WRONLY | os.O_CREAT)  # the rest of the disk, unbuffered
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        one_line(cli(["migrate", "--db", old]), "is full", "free some space")  # a TransactionException before
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
