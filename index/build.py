@@ -76,14 +76,16 @@ class IndexMeta:
 
 def load_tokenizer(name_or_path: str):
     """A Hugging Face tokenizer by hub id or local folder; never adds special tokens for us."""
+    if not Path(name_or_path).expanduser().exists():
+        from geowh.ingest.sources.series import require_hub
+
+        # One line at once, not a minute of retries; before importing transformers, which alone
+        # takes seconds.
+        require_hub(f"load the tokenizer {name_or_path}")
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    if not Path(name_or_path).expanduser().exists():
-        from geowh.ingest.sources.series import require_hub
-
-        require_hub(f"load the tokenizer {name_or_path}")  # one line at once, not a minute of retries
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:

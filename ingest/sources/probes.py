@@ -115,11 +115,12 @@ def _registry_texts(source: ProbeSource, pool: int) -> ProbeTexts:
 
 
 def _stream(source: ProbeSource, count: int) -> list[str]:
-    from datasets import load_dataset
-
     from geowh.ingest.sources.series import require_hub
 
-    require_hub(f"stream the probe {source.dataset}")  # one line at once, not half a minute of retries
+    # One line at once, not half a minute of retries; before importing datasets, which takes seconds.
+    require_hub(f"stream the probe {source.dataset}")
+    from datasets import load_dataset
+
     try:
         stream = load_dataset(source.dataset, source.config, split=source.split, streaming=True)
         texts = []
