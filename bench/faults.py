@@ -308,6 +308,7 @@ def _attacks(workdir: Path) -> list[dict]:
              "--tokenizer", "EleutherAI/gpt-neox-20b"], env=OFFLINE, words=["cannot reach the Hugging Face hub"],
              seconds=20),
     ]
+    (workdir / "ro").mkdir(exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(workdir / "ro")],
                       capture_output=True).returncode == 0 or (workdir / "ro").is_mount():
         shutil.copy(workdir / "w.duckdb", workdir / "ro" / "w.duckdb")
@@ -412,7 +413,7 @@ def _watch_ctrl_c(workdir: Path) -> dict:
     proc = subprocess.Popen([GEOWH, "watch", "./empty-run", "--probe", "docs.txt", "--db", "watch.duckdb",
                              "--interval", "0.2"], cwd=workdir, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # past the imports, on a loaded machine too
+    time.sleep(20)  # past the imports (a Ctrl-C during them is another case), on a loaded machine too
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)
