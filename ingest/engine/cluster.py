@@ -201,14 +201,29 @@ def _check_reachable(address: str) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT).close()
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT) as conn:
+            # Ray's head (and its client server) speaks gRPC: HTTP/2, whose server answers a client's
+            # preface with a SETTINGS frame. A port that accepts and stays silent (another program)
+            # would keep ray.init waiting for many minutes.
+            conn.sendall(HTTP2_PREFACE)
+            frame = conn.recv(9)
     except ValueError:
         raise InputError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT") from None
     except OSError as e:
+        why = "it accepts connections but does not answer" if isinstance(e, TimeoutError) else e.strerror or e
         raise InputError(
-            f"--ray {address}: nothing answers there ({e.strerror or e}); start the cluster's head with "
+            f"--ray {address}: nothing answers there as Ray ({why}); start the cluster's head with "
             "`ray start --head` and give the address it prints, or use --ray local"
         ) from None
+    if len(frame) < 4 or frame[3] != 0x4:  # the frame type of SETTINGS
+        raise InputError(
+            f"--ray {address}: what answers there is not Ray (no HTTP/2 from it); give the address "
+            "`ray start --head` prints, or use --ray local"
+        )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""The client connection preface of HTTP/2 and an empty SETTINGS frame."""
 
 
 def _ray():
