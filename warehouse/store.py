@@ -157,7 +157,6 @@ class Warehouse:
         try:
             current = _schema_version(con)
             tables = _user_tables(con) if current == 0 else []
-            self._check_whole(con)
         except duckdb.Error as e:
             raise self._damaged(e) from None
         if current == 0:
@@ -177,19 +176,19 @@ class Warehouse:
         self._migrated = True
 
     def _check_whole(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Refuse a file shorter than the blocks its header counts: cut by a copy or a full disk.
-        Its first blocks still open, so without this `migrate` would call it up to date."""
-        if Path(f"{self.path}.wal").exists():  # blocks a WAL replay added are not in the file yet
-            return
-        blocks, block_size = con.execute(
-            "SELECT total_blocks, block_size FROM pragma_database_size() WHERE database_name = current_database()"
-        ).fetchall()[0]
-        size = self.path.stat().st_size
-        if size < blocks * block_size:
-            raise WarehouseError(
-                f"{self.path} is truncated: {size:,} bytes, but its header counts {blocks} blocks of {block_size:,} "
-                "bytes. Restore it from a backup, or rebuild it with the commands that wrote it"
-            )
+        """Read every column of every table once: a file cut short (a copy, a full disk) still opens
+        and tells its schema version from its first blocks, so without this `migrate` would call it
+        up to date. Costs one pass over the file; only `migrate` asks for it."""
+        for schema, table in con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall():
+            try:
+                con.execute(f'SELECT max(hash(COLUMNS(*))) FROM "{schema}"."{table}"').fetchall()
+            except duckdb.IOException as e:
+                if "read enough bytes" not in str(e):
+                    raise
+                raise WarehouseError(
+                    f"{self.path} is truncated (table {table} cannot be read: {str(e).splitlines()[0]}). "
+                    "Restore it from a backup, or rebuild it with the commands that wrote it"
+                ) from None
 
     def _damaged(self, e: duckdb.Error) -> WarehouseError:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -250,7 +249,6 @@ class Warehouse:
             try:
                 current = _schema_version(con)
                 foreign = _user_tables(con) if current == 0 else []
-                self._check_whole(con)
             except duckdb.Error as e:
                 raise self._damaged(e) from None
             finally:
