@@ -50,6 +50,7 @@ def one_line(result, *words: str, code: int = 1) -> str:
 # -- 5: bad input is one line ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_probe_longer_than_a_models_learned_positions_is_refused_naming_max_len(cli, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
@@ -214,6 +215,7 @@ def test_a_weight_file_changed_while_read_fails_its_checkpoint_naming_the_file(w
         load_checkpoint(ref, device="cpu", dtype="float32")
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_folder_fails_that_checkpoint_and_the_ingest_goes_on(cli, workdir, tmp_path,
                                                                                        monkeypatch):
     import geowh.ingest.sources.models as models
