@@ -164,6 +164,21 @@ class Warehouse:
             )
         self._migrated = True
 
+    def _check_whole(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read every column of every table once: a file cut short (a copy, a full disk) still opens
+        and tells its schema version from its first blocks, so without this `migrate` would call it
+        up to date. Costs one pass over the file; only `migrate` asks for it."""
+        for schema, table in con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall():
+            try:
+                con.execute(f'SELECT max(hash(COLUMNS(*))) FROM "{schema}"."{table}"').fetchall()
+            except duckdb.IOException as e:
+                if "read enough bytes" not in str(e):
+                    raise
+                raise WarehouseError(
+                    f"{self.path} is truncated (table {table} cannot be read: {str(e).splitlines()[0]}). "
+                    "Restore it from a backup, or rebuild it with the commands that wrote it"
+                ) from None
+
     def _damaged(self, e: duckdb.Error) -> WarehouseError:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         return WarehouseError(
@@ -187,6 +202,13 @@ class Warehouse:
             except duckdb.IOException as e:
                 if _disk_full(e):
                     raise self._full(e) from None
+                if (denied := _denied(e)) is not None:
+                    raise WarehouseError(
+                        f"{self.path} cannot be {'read' if read_only else 'written'}: {denied}. "
+                        + ("Make the file readable, or point --db elsewhere" if read_only else
+                           "This command writes to the warehouse: make the file and its folder writable, or point "
+                           "--db at a copy in a writable place (reading commands such as sql and info work as it is)")
+                    ) from None
                 if "lock" not in str(e).lower():
                     raise WarehouseError(
                         f"{self.path} is not a readable DuckDB warehouse ({e}); "
@@ -244,7 +266,12 @@ class Warehouse:
                     )
                     con.commit()
                 except duckdb.Error as e:
-                    con.rollback()
+                    try:
+                        con.rollback()
+                    except duckdb.Error:  # a failed commit (a full disk) has already ended the transaction
+                        pass
+                    if _disk_full(e):
+                        raise self._full(e) from None
                     raise WarehouseError(
                         f"migration {migration.version} ({migration.title}) of {self.path} failed: {e}; "
                         "the file is unchanged by it"
@@ -252,7 +279,11 @@ class Warehouse:
             if applied and applied < latest_version():  # a migration that redefines the view drops its later metric columns
                 _refresh_trajectories(con)
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as e:  # closing checkpoints the WAL, which a full disk refuses
+                if not _disk_full(e):
+                    raise
         self._migrated = True
 
     def migrate(self) -> tuple[int, int]:
@@ -266,6 +297,7 @@ class Warehouse:
         con = self._open(read_only=True)
         try:
             before = _schema_version(con)
+            self._check_whole(con)
         except duckdb.Error as e:
             raise self._damaged(e) from None
         finally:
@@ -591,6 +623,15 @@ def lock_holder(error: BaseException) -> str:
     if m := _LOCK_HOLDER.search(str(error)):
         return f"PID {m[2]} ({Path(m[1]).name})"
     return "another process"
+
+
+def _denied(error: BaseException) -> str | None:
+    """'Permission denied' or 'Read-only file system' when DuckDB's IOException says so, else None."""
+    text = str(error)
+    for reason in ("Permission denied", "Read-only file system"):
+        if reason.lower() in text.lower():
+            return reason
+    return None
 
 
 def _disk_full(error: BaseException) -> bool:
