@@ -209,7 +209,8 @@ def extract_features(
             indices = pending.pop(0)
             batch = collate(ids, indices, pad_id, padding_side)
             try:
-                out = _forward(model, batch, device, layers, poolings, n_layers, need_all, accepts_positions, head)
+                out = _forward(model, batch, device, layers, poolings, n_layers, need_all, accepts_positions, head,
+                               causal_padding=padding_side == "right")
             except torch.cuda.OutOfMemoryError:
                 if len(indices) == 1:
                     raise CheckpointError(
@@ -262,14 +263,19 @@ def fp32_final_norm(model) -> Iterator[None]:
         handle.remove()
 
 
-def _forward(model, batch: Batch, device, layers, poolings, n_layers, need_all, accepts_positions, head) -> Extracted:
+def _forward(model, batch: Batch, device, layers, poolings, n_layers, need_all, accepts_positions, head,
+             causal_padding: bool = False) -> Extracted:
     import torch
 
     mask = batch.attention_mask.to(device, non_blocking=True)
     kwargs = {"input_ids": batch.input_ids.to(device, non_blocking=True), "use_cache": False}
-    # A batch without padding (common: sorted by length, many texts hit max_len) needs no mask,
-    # which lets attention take its causal fast path.
-    if not bool(batch.attention_mask.all()):
+    # A batch without padding needs no mask, and neither does one padded on the right: in a
+    # causal model a real token attends only to the tokens before it, all real, and its
+    # positions are 0, 1, … as unpadded. Without a mask attention takes its causal fast path
+    # (SDPA's flash kernel); with one it materialises (batch, heads, seq, seq) scores, which on
+    # the CPU made batches slower than one sequence at a time (bench/extract.py). Pooling and
+    # the loss read real tokens only.
+    if not causal_padding and not bool(batch.attention_mask.all()):
         kwargs["attention_mask"] = mask
         if accepts_positions:
             kwargs["position_ids"] = batch.position_ids.to(device, non_blocking=True)
