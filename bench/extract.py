@@ -223,7 +223,7 @@ def main() -> None:
     flops = model_flops(model, timed["float32"]["lengths"])
     load = round(os.getloadavg()[0], 1)
     print(f"tokens: {tokens:,} (mean {tokens / len(texts):.0f} per sequence), {args.rounds} interleaved rounds, "
-          f"{flops / tokens / 1e6:.0f} MFLOP per token")
+          f"{flops / tokens / 1e6:.2f} MFLOP per token")
     report = {"device": device_name(device), "n": len(texts), "tokens": tokens, "layers": args.layers, "d": args.d,
               "load_before": calibration["load"], "load": load, "peak_gflops": calibration}
     rows = [(f"geowh   ({name}, batched)", name, r) for name, r in timed.items()]
