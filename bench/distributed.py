@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     from tiny import save_series, write_docs
 
     from geowh.ingest import IngestConfig, ingest
-    from geowh.ingest.cluster import RayExecutor
+    from geowh.ingest.engine.cluster import RayExecutor
 
     with tempfile.TemporaryDirectory(prefix="geowh-bench-ray-") as tmp:
         work = Path(tmp)

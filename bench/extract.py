@@ -85,9 +85,9 @@ def random_model(device, vocab: int, layers: int, d: int, heads: int):
 
 def run_geowh(model, tokenizer, texts, device, max_len, cov=None):
     """Texts → tokens → batched features → streamed into `cov`; returns (tokens, seconds, cov, lengths, cpu seconds)."""
-    from geowh.ingest.extract import extract_features
-    from geowh.ingest.probes import ProbeTexts, tokenize_probe
-    from geowh.ingest.spectrum import Covariance
+    from geowh.ingest.features.extract import extract_features
+    from geowh.ingest.sources.probes import ProbeTexts, tokenize_probe
+    from geowh.ingest.features.spectrum import Covariance
 
     base = model.base_model
     sync(device)
@@ -162,7 +162,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from geowh.ingest.models import device_name, resolve_device, resolve_dtype
+    from geowh.ingest.sources.models import device_name, resolve_device, resolve_dtype
     from geowh.spectrum_math import compute_metrics, metrics_dict
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geowh.ingest.infgram import Index, build_index, pointer_bytes
+from geowh.index.build import build_index, pointer_bytes
+from geowh.index.index import Index
 from geowh.settings import settings
 
 TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b"
@@ -157,7 +158,7 @@ def others_share(before, after) -> float | None:
 
 def qa_items(index: Index, n: int, seed: int = 0):
     """Questions and answers cut from docstring-like lines of the corpus (real text)."""
-    from geowh.ingest.memorization import QAItem
+    from geowh.ingest.measurements.tasks import QAItem
 
     rng = random.Random(seed)
     lines = []
@@ -206,7 +207,7 @@ def main() -> None:
     if args.compare_build:
         rust, same = rust_build_seconds(index_dir / "tokenized.0", args.work)
         start = time.perf_counter()
-        from geowh.ingest.infgram import write_suffix_array
+        from geowh.index.build import write_suffix_array
 
         write_suffix_array(index_dir / "tokenized.0", args.work / "sa-again", 2)
         ours = time.perf_counter() - start
@@ -263,7 +264,7 @@ def main() -> None:
     if not args.skip_scoring:
         import torch
 
-        from geowh.ingest.memorization import answer_logliks, infgram_side
+        from geowh.ingest.measurements.memorization import answer_logliks, infgram_side
 
         items = qa_items(index, args.items)
         start = time.perf_counter()

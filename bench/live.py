@@ -160,7 +160,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from geowh.ingest.models import device_name, resolve_device
+    from geowh.ingest.sources.models import device_name, resolve_device
     from geowh.repro.train import TrainConfig, build_model
 
     dev = resolve_device(args.device)

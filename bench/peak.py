@@ -52,7 +52,7 @@ def measure(size: int = 2048, seconds: float = 1.0) -> dict:
     """{"cpu_float32", "cpu_bfloat16", "cuda_bfloat16" (GPU only): GFLOP/s, "load", "threads", "cpu_native_bf16"}."""
     import torch
 
-    from geowh.ingest.models import cpu_native_bf16
+    from geowh.ingest.sources.models import cpu_native_bf16
 
     out = {"load": round(os.getloadavg()[0], 1), "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_native_bf16()}
     out["cpu_float32"] = round(matmul_gflops(torch.float32, "cpu", size, seconds), 1)

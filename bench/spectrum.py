@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from geowh.ingest.spectrum import Covariance
+from geowh.ingest.features.spectrum import Covariance
 from geowh.spectrum_math import compute_metrics, metrics_dict
 
 

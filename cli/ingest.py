@@ -32,7 +32,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def selection_of(checkpoints: str, revisions: str | None, name: str | None):
-    from geowh.ingest.run import Selection
+    from geowh.ingest.config import Selection
 
     revisions = _split(revisions)
     return Selection(checkpoints=checkpoints, revisions=tuple(revisions) if revisions else None, name=name)
@@ -42,7 +42,7 @@ def config_of(options: dict):
     """The IngestConfig of the command's options (those that are its fields)."""
     from dataclasses import fields
 
-    from geowh.ingest.run import IngestConfig
+    from geowh.ingest.config import IngestConfig
 
     given = {f.name: options[f.name] for f in fields(IngestConfig) if f.name in options}
     if given.get("save_features") is not None:
@@ -99,8 +99,8 @@ def ingest(
 
     Example: geowh ingest pythia-410m --checkpoints log:30 --db w.duckdb
     """
-    from geowh.ingest.memorization import measurements_for
-    from geowh.ingest.run import ingest as run_ingest
+    from geowh.ingest.measurements.memorization import measurements_for
+    from geowh.ingest.engine.run import ingest as run_ingest
 
     config = config_of(locals())  # every option checked before the memorization side loads anything
     measurements = measurements_for(memorization, index, index_tokenizer, db=db)
@@ -198,7 +198,7 @@ def checkpoints(
     """
     import polars as pl
 
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.sources.series import resolve_series
 
     series = resolve_series(model, revisions=_split(revisions), name=name, checkpoints=select)
     rows = [r.describe() for r in series.checkpoints]
@@ -219,7 +219,7 @@ def models(json_: Json = False) -> None:
     """
     import polars as pl
 
-    from geowh.ingest.series import list_models
+    from geowh.ingest.sources.series import list_models
 
     families = list_models()
     if json_:

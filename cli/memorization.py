@@ -39,7 +39,8 @@ def index_build(
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from geowh.ingest.infgram import build_index, record_index
+    from geowh.index.build import build_index
+    from geowh.index.index import record_index
     from geowh.warehouse import Warehouse
 
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
@@ -75,7 +76,7 @@ def index_query(
 
     Example: geowh index query indexes/my-corpus "The capital of France is" --json
     """
-    from geowh.ingest.infgram import Index
+    from geowh.index.index import Index
 
     result = Index(directory, tokenizer=index_tokenizer).query(text)
     if json_:
@@ -102,7 +103,7 @@ def index_stats(
     """
     import polars as pl
 
-    from geowh.ingest.memorization import index_stats as stats
+    from geowh.ingest.measurements.memorization import index_stats as stats
     from geowh.warehouse import Warehouse
 
     result = stats(directory, task, index_tokenizer=index_tokenizer, limit=limit, wh=Warehouse(db))
@@ -147,7 +148,7 @@ def memorize(
     import polars as pl
 
     from geowh.cli.ingest import Progress, selection_of
-    from geowh.ingest.memorization import memorize as run
+    from geowh.ingest.measurements.memorization import memorize as run
     from geowh.warehouse import Warehouse, canonical_model
 
     config = MemorizeConfig(task=task, index=str(index), index_tokenizer=index_tokenizer, batch_size=batch_size,

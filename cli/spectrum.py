@@ -27,7 +27,7 @@ def metrics(
     """
     import math
 
-    from geowh.ingest.spectrum import metric_values_of_file
+    from geowh.ingest.features.spectrum import metric_values_of_file
 
     values = metric_values_of_file(
         features, max_components=max_components or None, fit_start=fit_start, fit_end=fit_end

@@ -44,8 +44,8 @@ def watch(
     Example: geowh watch runs/my-run --probe held_out.txt --n 1000 --max-len 256 --until-idle 3600
     """
     from geowh.cli.ingest import config_of
-    from geowh.ingest.memorization import measurements_for
-    from geowh.ingest.watch import watch as run_watch
+    from geowh.ingest.measurements.memorization import measurements_for
+    from geowh.ingest.engine.watch import watch as run_watch
 
     json_ = options["json_"]
     quiet = options["quiet"] or json_

@@ -8,11 +8,13 @@ from) loads nothing else.
 from importlib import import_module
 
 _WHERE = {
-    "load_checkpoint": "geowh.ingest.models",
-    "RayExecutor": "geowh.ingest.cluster",
+    "load_checkpoint": "geowh.ingest.sources.models",
+    "RayExecutor": "geowh.ingest.engine.cluster",
     **{name: "geowh.ingest.config" for name in ("IngestConfig", "MemorizeConfig", "Selection")},
-    **{name: "geowh.ingest.run" for name in (
-        "Events", "Executor", "IngestSummary", "Measurement", "ingest", "process_checkpoint", "write_result",
+    **{name: "geowh.ingest.engine.plan" for name in ("Measurement",)},
+    **{name: "geowh.ingest.engine.executors" for name in ("Executor",)},
+    **{name: "geowh.ingest.engine.run" for name in (
+        "Events", "IngestSummary", "ingest", "process_checkpoint", "write_result",
     )},
 }
 

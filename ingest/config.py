@@ -8,7 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geowh.errors import InputError
-from geowh.ingest.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED
+from geowh.ingest.sources.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED
+
+
+MIN_SUBSET_ROWS = 16
+"""Fewest probe sequences in one `--subsets` part: RankMe of r rows is at most r, so a metric of
+2-row parts is a count, not a measurement (n = 64 into 32 parts stored RankMe 1.0)."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,8 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         """Refuse a setting that cannot work before anything is loaded or written."""
-        from geowh.ingest.extract import parse_poolings
-        from geowh.ingest.models import DTYPES
+        from geowh.ingest.features.extract import parse_poolings
+        from geowh.ingest.sources.models import DTYPES
 
         for option, value, least in (("--n", self.n, 1), ("--max-len", self.max_len, 1), ("--min-len", self.min_len, 0),
                                      ("--seed", self.seed, 0), ("--batch-size", self.batch_size, 1)):
@@ -48,6 +53,12 @@ class IngestConfig:
             raise InputError(f"--subsets {self.subsets}: K needs K ≥ 2 disjoint parts (0 = off)")
         if self.subsets > self.n:
             raise InputError(f"--subsets {self.subsets}: more parts than the --n {self.n} probe sequences")
+        if self.subsets and self.n // self.subsets < MIN_SUBSET_ROWS:
+            raise InputError(
+                f"--subsets {self.subsets}: parts of {self.n // self.subsets} of the --n {self.n} sequences; a part needs at "
+                f"least {MIN_SUBSET_ROWS} (RankMe cannot exceed a part's rows, so smaller parts measure their size): "
+                f"use --subsets ≤ {max(2, self.n // MIN_SUBSET_ROWS)}, or a larger --n"
+            )
         layers = self.layers.strip()
         items = [x.strip() for x in layers.split(",")]
         if layers not in ("last", "all") and not (all(x.lstrip("-").isdigit() for x in items) and items):

@@ -101,7 +101,7 @@ def load_corpus(
 
 def files_corpus(paths: Sequence[str | Path]) -> Corpus:
     """Documents of local .txt (one per line), .jsonl (`text`) or .parquet (`text`) files, in order."""
-    from geowh.ingest.texts import read_documents
+    from geowh.texts import read_documents
 
     texts: list[str] = []
     sources = []

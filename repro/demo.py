@@ -192,8 +192,9 @@ def cpu_threads() -> int:
 def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSummary:
     import torch
 
-    from geowh.ingest.memorization import Memorization
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.measurements.memorization import Memorization
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
     from geowh.queries import phases, plot
     from geowh.repro.train import TrainConfig, train_mini
 
@@ -327,7 +328,7 @@ def saved_run(out: Path):
 
 def ensure_index(out: Path, config, say: DemoReport | None = None) -> dict:
     """OUT/train.txt (the training split, one document per line) and its index OUT/index/, or those there."""
-    from geowh.ingest.infgram import META_FILE, build_index, read_meta
+    from geowh.index.build import META_FILE, build_index, read_meta
 
     say = say or DemoReport()
     directory = out / INDEX_DIR
@@ -361,7 +362,7 @@ def training_documents(config) -> list[str]:
 
 def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = None, say: DemoReport | None = None) -> dict:
     """OUT/qa.jsonl derived from the sources against OUT/index/, or the one there."""
-    from geowh.ingest.infgram import Index
+    from geowh.index.index import Index
 
     say = say or DemoReport()
     path = out / TASK_FILE
@@ -478,7 +479,7 @@ def _module_name(path: Path, roots: Sequence[Path]) -> str:
 
 def memorization_by_phase(wh, model: str, found: list[dict]) -> list[dict]:
     """Per phase: memorization ρ at its first and last checkpoint and its largest value (and where)."""
-    from geowh.ingest.memorization import METRIC
+    from geowh.ingest.measurements.statistics import METRIC
 
     frame = wh.query(
         "SELECT c.step, m.value FROM metrics m JOIN checkpoints c USING (model, checkpoint) "

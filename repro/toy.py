@@ -157,7 +157,7 @@ def initial_weights(config: ToyConfig, rng: np.random.Generator) -> tuple[np.nda
 
 def train(config: ToyConfig) -> Trajectory:
     """Train the toy by full-batch gradient descent; the feature spectrum at each checkpoint step."""
-    from geowh.ingest.spectrum import Covariance
+    from geowh.ingest.features.spectrum import Covariance
 
     config.check()
     started = time.perf_counter()

@@ -198,7 +198,7 @@ def train_mini(
         summary = train_mini("runs/mini", TrainConfig(layers=2, d_model=64), minutes=2)
         summary.checkpoints   # ['step0', 'step1', 'step2', …]
     """
-    from geowh.ingest.models import device_name, resolve_device
+    from geowh.ingest.sources.models import device_name, resolve_device
 
     started = time.monotonic()
     config = config or TrainConfig()
@@ -483,7 +483,7 @@ def autocast_dtype(dtype: str, dev) -> str:
     it, or a CPU with native bf16 matrix units (`cpu_native_bf16`); the weights, the optimizer
     and the loss stay fp32 either way.
     """
-    from geowh.ingest.models import resolve_dtype
+    from geowh.ingest.sources.models import resolve_dtype
 
     if dtype not in TRAIN_DTYPES:
         raise InputError(f"--dtype {dtype}: use one of {', '.join(TRAIN_DTYPES)}")

@@ -98,7 +98,7 @@ def test_export_writes_parquet_files(cli, tmp_path):
 
 
 def test_metrics_json_matches_the_library(cli, tmp_path):
-    from geowh.ingest.spectrum import metrics_of_file
+    from geowh.ingest.features.spectrum import metrics_of_file
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((400, 150)) * np.arange(1, 151) ** -0.6

@@ -21,7 +21,7 @@ from tiny import save_series
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'geowh[ray]'")
 
 from geowh.ingest import IngestConfig, Measurement, Selection, ingest  # noqa: E402
-from geowh.ingest.cluster import RayExecutor  # noqa: E402
+from geowh.ingest.engine.cluster import RayExecutor  # noqa: E402
 
 ARGS = ["--probe", "docs.txt", "--n", "64", "--max-len", "32"]
 
@@ -79,8 +79,9 @@ def test_ray_ingest_equals_a_serial_one_and_each_run_names_its_worker(cluster, w
 
 
 def test_the_plan_is_prepared_on_a_worker_with_the_probe_tokenized_once(cluster, workdir):
-    from geowh.ingest.models import load_tokenizer
-    from geowh.ingest.run import plan_ingest, probe_for, resolved_here
+    from geowh.ingest.sources.models import load_tokenizer
+    from geowh.ingest.engine.plan import plan_ingest, resolved_here
+    from geowh.ingest.measurements.geometry import probe_for
 
     plan = plan_ingest(str(workdir / "run"), _config(workdir))
     with RayExecutor(workers=2) as executor:
@@ -139,7 +140,8 @@ def test_a_worker_that_dies_is_retried_once_and_then_costs_only_its_checkpoint(c
 
 
 def test_memorize_on_ray_equals_a_serial_one_and_leaves_the_index_here(cluster, tmp_path, qa_file, qa_index):  # noqa: F811
-    from geowh.ingest.memorization import Memorization, MemorizeConfig, memorize
+    from geowh.ingest.config import MemorizeConfig
+    from geowh.ingest.measurements.memorization import Memorization, memorize
     from geowh.warehouse import Warehouse
 
     run = save_series(tmp_path / "run", steps=(0, 1, 2))

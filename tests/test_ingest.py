@@ -59,7 +59,7 @@ def _features_one_by_one(model, ids, pooling="last"):
 @pytest.mark.parametrize("arch", ["gpt-neox", "olmo-2", "gpt2"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_batched_padded_features_equal_one_sequence_at_a_time(arch, padding_side):
-    from geowh.ingest.extract import extract_features
+    from geowh.ingest.features.extract import extract_features
 
     model = tiny_model(arch).base_model
     rng = np.random.default_rng(0)
@@ -122,7 +122,7 @@ def test_warehouse_metrics_equal_metrics_of_independently_extracted_features(ing
 
 
 def test_resume_does_no_forward_pass_for_a_completed_checkpoint(ingested, workdir, monkeypatch):
-    import geowh.ingest.models as models
+    import geowh.ingest.sources.models as models
     from geowh.ingest import IngestConfig, Selection, ingest
     from geowh.warehouse import Warehouse
 
@@ -301,7 +301,7 @@ def test_the_hub_path_runs_offline_against_a_local_hub_cache(workdir, tmp_path):
     script = f"""
 import json
 from geowh.ingest import IngestConfig, ingest
-from geowh.ingest.series import resolve_series
+from geowh.ingest.sources.series import resolve_series
 series = resolve_series("hf:tiny-org/tiny-pythia")
 summary = ingest("hf:tiny-org/tiny-pythia", IngestConfig(probe={str(workdir / 'docs.txt')!r}, n=40, max_len=32),
                  db={str(tmp_path / 'w.duckdb')!r}, evict=True)
@@ -350,7 +350,7 @@ def test_loss_stores_the_probes_next_token_loss_from_the_same_forward(workdir, t
 
 
 def test_token_budget_batches_fill_the_budget_and_cover_every_sequence_once():
-    from geowh.ingest.extract import plan_batches
+    from geowh.ingest.features.extract import plan_batches
 
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 513, size=300).tolist()
@@ -366,7 +366,7 @@ def test_token_budget_batches_fill_the_budget_and_cover_every_sequence_once():
 
 
 def test_token_budget_extraction_equals_one_sequence_at_a_time(monkeypatch):
-    from geowh.ingest import extract
+    from geowh.ingest.features import extract
 
     monkeypatch.setattr(extract, "CPU_TOKEN_BUDGET", 120)
     model = tiny_model().base_model
@@ -381,8 +381,8 @@ def test_token_budget_extraction_equals_one_sequence_at_a_time(monkeypatch):
 
 
 def test_a_checkpoint_loads_with_sdpa_attention(workdir):
-    from geowh.ingest.models import load_checkpoint
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.sources.models import load_checkpoint
+    from geowh.ingest.sources.series import resolve_series
 
     series = resolve_series(str(workdir / "my-run"))
     loaded = load_checkpoint(series.checkpoints[0], device="cpu")
@@ -395,8 +395,8 @@ def test_bf16_token_budget_extraction_on_a_gpu_matches_fp32_one_at_a_time():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from geowh.ingest.extract import extract_features
-    from geowh.ingest.spectrum import Covariance
+    from geowh.ingest.features.extract import extract_features
+    from geowh.ingest.features.spectrum import Covariance
 
     model = tiny_model().base_model
     rng = np.random.default_rng(3)
@@ -416,7 +416,9 @@ def test_bf16_token_budget_extraction_on_a_gpu_matches_fp32_one_at_a_time():
 def test_an_executor_plugs_into_the_engine_and_the_driver_alone_writes(workdir, tmp_path):
     """A stand-in for a distributed executor: every job handed out first, results back in reverse."""
     from geowh.ingest import IngestConfig, Selection
-    from geowh.ingest.run import Serial, plan_ingest, run
+    from geowh.ingest.engine.executors import Serial
+    from geowh.ingest.engine.plan import plan_ingest
+    from geowh.ingest.engine.run import run
     from geowh.warehouse import Warehouse
 
     class AllAtOnceReversed(Serial):

@@ -77,7 +77,7 @@ time.sleep(float(sys.argv[2]))
 def test_a_computed_checkpoint_waits_for_a_reader_however_long_and_is_stored(workdir, tmp_path, monkeypatch):
     """A reader holds the file for longer than a reader's lock timeout (shortened to 1 s here):
     the ingest waits, says for whom, and stores every checkpoint."""
-    import geowh.ingest.run as run
+    import geowh.ingest.engine.run as run
     from geowh.warehouse import store
 
     monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 1.0)
@@ -218,6 +218,7 @@ def test_staleness_asks_this_host_and_trusts_another_for_a_while():
 BAD = [
     ["--n", "0"], ["--n", "-5"], ["--max-len", "0"], ["--min-len", "-1"], ["--layers", "first"], ["--layers", ","],
     ["--pooling", "max"], ["--pooling", ""], ["--subsets", "1"], ["--subsets", "-2"], ["--subsets", "100", "--n", "50"],
+    ["--subsets", "32", "--n", "64"],
     ["--seed", "-1"], ["--batch-size", "0"], ["--checkpoints", ","], ["--checkpoints", " , "], ["--dtype", "fp8"],
 ]
 

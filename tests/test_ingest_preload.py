@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
 
 def _ingest(workdir, db, preload: bool, run="run"):
     from geowh.ingest import IngestConfig, ingest
-    from geowh.ingest.run import Serial
+    from geowh.ingest.engine.executors import Serial
 
     config = IngestConfig(probe=str(workdir / "docs.txt"), n=48, max_len=32)
     return ingest(str(workdir / run), config, db=db, executor=Serial(preload=preload))
@@ -58,7 +58,7 @@ def test_a_preloaded_ingest_writes_exactly_the_rows_of_a_load_in_place(workdir, 
 HUB = """
 import json, sys
 from geowh.ingest import IngestConfig, ingest
-from geowh.ingest.run import Serial
+from geowh.ingest.engine.executors import Serial
 from geowh.warehouse import Warehouse
 rows = {}
 for preload in (False, True):
@@ -89,7 +89,7 @@ def test_a_preloaded_hub_checkpoint_records_the_commit_of_a_load_in_place(workdi
 
 def _record_loads(monkeypatch, log, *, hold=None):
     """Log each load (checkpoint, device, thread) as it starts and ends; `hold(label)` may block it."""
-    from geowh.ingest import models
+    from geowh.ingest.sources import models
 
     load = models.load_checkpoint
     loads = []
@@ -108,11 +108,11 @@ def _record_loads(monkeypatch, log, *, hold=None):
 
 
 def test_the_next_checkpoint_loads_in_a_thread_while_this_one_computes(workdir, tmp_path, monkeypatch):
-    import geowh.ingest.run as run
+    import geowh.ingest.measurements.geometry as geometry_module
 
     log = []
     _record_loads(monkeypatch, log)
-    geometry = run._geometry
+    geometry = geometry_module.geometry_rows
 
     def computing(loaded, *args):
         this = loaded.ref.label
@@ -124,7 +124,7 @@ def test_the_next_checkpoint_loads_in_a_thread_while_this_one_computes(workdir, 
         return result
 
     after = {"step0": "step1", "step1": "step2"}
-    monkeypatch.setattr(run, "_geometry", computing)
+    monkeypatch.setattr(geometry_module, "geometry_rows", computing)
     assert _ingest(workdir, tmp_path / "w.duckdb", preload=True).count("ok") == 3
     loads = [e for e in log if e[0] == "load"]
     assert loads == [("load", "step0", "cpu", "MainThread"), ("load", "step1", "cpu", "geowh-preload"),
@@ -137,7 +137,8 @@ def test_the_next_checkpoint_loads_in_a_thread_while_this_one_computes(workdir, 
 
 def test_without_preloading_each_checkpoint_loads_in_place_on_its_device(workdir, tmp_path, monkeypatch):
     from geowh.ingest import IngestConfig
-    from geowh.ingest.run import Serial, plan_ingest
+    from geowh.ingest.engine.executors import Serial
+    from geowh.ingest.engine.plan import plan_ingest
 
     log = []
     _record_loads(monkeypatch, log)
@@ -151,8 +152,10 @@ def test_without_preloading_each_checkpoint_loads_in_place_on_its_device(workdir
 def test_auto_preloads_on_a_gpu(workdir, monkeypatch):
     import torch
 
-    from geowh.ingest import IngestConfig, models
-    from geowh.ingest.run import Serial, plan_ingest
+    from geowh.ingest import IngestConfig
+    from geowh.ingest.sources import models
+    from geowh.ingest.engine.executors import Serial
+    from geowh.ingest.engine.plan import plan_ingest
 
     plan = plan_ingest(str(workdir / "run"), IngestConfig(probe=str(workdir / "docs.txt"), device="auto"))
     monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda:0"))
@@ -173,7 +176,7 @@ def test_a_corrupt_next_checkpoint_fails_only_itself_with_the_error_of_a_load_in
 
 
 def test_a_bug_in_the_background_load_stops_the_run_with_its_error(workdir, tmp_path, monkeypatch):
-    from geowh.ingest import models
+    from geowh.ingest.sources import models
 
     load = models.load_checkpoint
 
@@ -191,20 +194,20 @@ def test_a_bug_in_the_background_load_stops_the_run_with_its_error(workdir, tmp_
 
 
 def test_ctrl_c_stops_at_once_and_the_model_loading_ahead_is_released_when_done(workdir, tmp_path, monkeypatch):
-    import geowh.ingest.run as run
+    import geowh.ingest.measurements.geometry as geometry_module
     from geowh.signals import Interrupted
 
     go = threading.Event()
     log = []
     loads = _record_loads(monkeypatch, log, hold=lambda label: label == "step1" and go.wait(60))
-    geometry = run._geometry
+    geometry = geometry_module.geometry_rows
 
     def interrupted(loaded, *args):
         while not any(e[:2] == ("load", "step1") for e in log):  # the thread is reading step1 now
             time.sleep(0.01)
         raise Interrupted()
 
-    monkeypatch.setattr(run, "_geometry", interrupted)
+    monkeypatch.setattr(geometry_module, "geometry_rows", interrupted)
     db = tmp_path / "w.duckdb"
     with pytest.raises(Interrupted):
         _ingest(workdir, db, preload=True)
@@ -220,9 +223,10 @@ def test_ctrl_c_stops_at_once_and_the_model_loading_ahead_is_released_when_done(
 
 EXIT = """
 import sys, threading, time
-from geowh.ingest import IngestConfig, ingest, models
-from geowh.ingest.run import Serial
-import geowh.ingest.run as run
+from geowh.ingest import IngestConfig, ingest
+from geowh.ingest.sources import models
+from geowh.ingest.engine.executors import Serial
+import geowh.ingest.measurements.geometry as geometry_module
 
 load = models.load_checkpoint
 def slow(ref, **kwargs):
@@ -233,7 +237,7 @@ def stop(*args):
     while not any(t.name == "geowh-preload" for t in threading.enumerate()):
         time.sleep(0.01)
     raise KeyboardInterrupt
-models.load_checkpoint, run._geometry = slow, stop
+models.load_checkpoint, geometry_module.geometry_rows = slow, stop
 ingest(sys.argv[1], IngestConfig(probe=sys.argv[2], n=16, max_len=16), db=sys.argv[3], executor=Serial(preload=True))
 """
 

@@ -12,17 +12,9 @@ import scipy
 
 from conftest import PYTHIA_TOKENIZER
 from geowh.errors import InputError
-from geowh.ingest.memorization import (
-    METRIC,
-    ZERO_RULE,
-    QAItem,
-    answer_logliks,
-    infgram_side,
-    load_task,
-    log_p_inf,
-    spearman,
-    suffix_length_table,
-)
+from geowh.ingest.measurements.memorization import answer_logliks, infgram_side
+from geowh.ingest.measurements.statistics import METRIC, ZERO_RULE, log_p_inf, spearman, suffix_length_table
+from geowh.ingest.measurements.tasks import QAItem, load_task
 from test_infgram import BruteForce
 
 WORDS = ["red", "blue", "green", "river", "mountain", "city", "king", "queen", "ocean", "forest", "star", "moon"]
@@ -53,7 +45,8 @@ def qa_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa_index(tmp_path_factory, qa_file):
     """A corpus where item i's question and answer appear together i % 5 times, among noise."""
-    from geowh.ingest.infgram import Index, build_index
+    from geowh.index.build import build_index
+    from geowh.index.index import Index
 
     rng = random.Random(1)
     docs = [" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(200)]
@@ -135,7 +128,7 @@ def test_spearman_on_constructed_data():
 
 
 def test_the_infgram_side_matches_brute_force_and_is_cached(qa_index, qa_file, wh, monkeypatch):
-    from geowh.ingest.infgram import Index
+    from geowh.index.index import Index
 
     key, items = load_task(str(qa_file))
     rows = infgram_side(qa_index, key, items, wh)
@@ -270,6 +263,15 @@ def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index
     assert stats["items"] == 24 and stats["excluded"] == sum(1 for r in rows if r["excluded"])
 
 
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_index_stats_refuses_a_limit_below_one_instead_of_dropping_the_last_item(cli, tmp_path, qa_file, qa_index, limit):
+    # issue 18: --limit -1 silently used 29 of 30 items
+    result = cli(["index", "stats", qa_index.directory, "--task", qa_file, "--db", tmp_path / "w.duckdb", "--limit", limit])
+    assert result.exit_code == 1 and f"--limit {limit}: give a whole number of items" in result.output
+    assert "Traceback" not in result.output
+    assert len(load_task(str(qa_file), 23)[1]) == 23
+
+
 def test_index_stats_runs_in_a_fresh_process_with_a_table_that_fits_80_columns(tmp_path, qa_file, qa_index):
     import os
     import subprocess
@@ -328,9 +330,10 @@ def test_scores_of_one_task_against_two_indexes_both_stay(cli, tmp_path, qa_file
 def test_memorize_through_the_engine_records_an_interrupt_and_resumes(tmp_path, qa_file, qa_index, monkeypatch):
     from tiny import save_series
 
-    from geowh.ingest import memorization as mem_mod
-    from geowh.ingest.memorization import MemorizeConfig, memorize
-    from geowh.ingest.run import Selection
+    from geowh.ingest.measurements import memorization as mem_mod
+    from geowh.ingest.config import MemorizeConfig
+    from geowh.ingest.measurements.memorization import memorize
+    from geowh.ingest.config import Selection
     from geowh.signals import Interrupted
     from geowh.warehouse import Warehouse
 
@@ -360,8 +363,9 @@ def test_memorize_through_the_engine_records_an_interrupt_and_resumes(tmp_path, 
 def test_a_bug_while_memorizing_keeps_its_traceback(tmp_path, qa_file, qa_index, monkeypatch):
     from tiny import save_series
 
-    from geowh.ingest import memorization as mem_mod
-    from geowh.ingest.memorization import MemorizeConfig, memorize
+    from geowh.ingest.measurements import memorization as mem_mod
+    from geowh.ingest.config import MemorizeConfig
+    from geowh.ingest.measurements.memorization import memorize
     from geowh.warehouse import Warehouse
 
     run, wh = save_series(tmp_path / "run", steps=(0,)), Warehouse(tmp_path / "w.duckdb")
@@ -376,7 +380,7 @@ def test_a_bug_while_memorizing_keeps_its_traceback(tmp_path, qa_file, qa_index,
 
 
 def test_memorize_config_refuses_a_bad_setting_before_anything_loads(tmp_path):
-    from geowh.ingest.memorization import MemorizeConfig
+    from geowh.ingest.config import MemorizeConfig
 
     for bad in ({"batch_size": 0}, {"limit": -1}, {"dtype": "float8"}):
         with pytest.raises(InputError):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from geowh.ingest.memorization import (
+from geowh.ingest.measurements.statistics import (
     METRIC, METRIC_PARTIAL, METRIC_PER_TOKEN, correlations, log_p_inf, partial_spearman,
 )
 

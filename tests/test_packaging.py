@@ -24,6 +24,10 @@ def test_a_built_wheel_installs_and_opens_a_warehouse_without_the_source_tree(tm
             "geowh/queries/__init__.py", "geowh/cli/__init__.py", "geowh/integrations/__init__.py",
             "geowh/data/demo-long-metrics.parquet", "geowh/data/demo-long-spectra.parquet"} <= names
     assert not any(n.startswith(("geowh/tests/", "geowh/bench/")) for n in names)
+    # pyproject lists the packages by hand: a folder left out of it would be missing from the wheel.
+    folders = {p.parent.relative_to(ROOT) for p in ROOT.glob("**/__init__.py")
+               if not p.relative_to(ROOT).parts[0].startswith((".", "tests", "bench", "build"))}
+    assert {f"geowh/{f.as_posix()}/__init__.py".replace("geowh/./", "geowh/") for f in folders} <= names
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel],

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 
 
 def _metrics(model, ids, layer: int) -> dict:
-    from geowh.ingest.extract import extract_features
-    from geowh.ingest.spectrum import Covariance
+    from geowh.ingest.features.extract import extract_features
+    from geowh.ingest.features.spectrum import Covariance
     from geowh.spectrum_math import compute_metrics, metrics_dict
 
     cov = Covariance(model.config.hidden_size)
@@ -51,7 +51,7 @@ def test_bf16_features_give_the_fp32_alpha_req_because_the_final_norm_runs_in_fp
 
 
 def test_the_fp32_final_norm_leaves_the_bf16_model_as_it_was(offset_model):
-    from geowh.ingest.extract import fp32_final_norm
+    from geowh.ingest.features.extract import fp32_final_norm
 
     model, ids = offset_model
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
@@ -66,7 +66,7 @@ def test_the_fp32_final_norm_leaves_the_bf16_model_as_it_was(offset_model):
 
 def test_the_loss_head_reads_the_fp32_final_norm_of_a_bf16_model(offset_model):
     """The head is bf16, the last hidden state fp32: the probe's loss still comes out."""
-    from geowh.ingest.extract import extract_features
+    from geowh.ingest.features.extract import extract_features
 
     model, ids = offset_model
     causal = tiny_model(d=32, vocab=1000).to(torch.bfloat16)
@@ -75,7 +75,7 @@ def test_the_loss_head_reads_the_fp32_final_norm_of_a_bf16_model(offset_model):
 
 
 def test_auto_picks_bf16_on_the_cpu_exactly_when_the_cpu_has_native_bf16(monkeypatch):
-    from geowh.ingest.models import cpu_native_bf16, resolve_dtype
+    from geowh.ingest.sources.models import cpu_native_bf16, resolve_dtype
 
     cpu = torch.device("cpu")
     for value, expected in (("1", torch.bfloat16), ("0", torch.float32)):

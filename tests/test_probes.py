@@ -9,7 +9,7 @@ import pytest
 from tiny import english_docs, tokenizer
 
 from geowh.errors import InputError
-from geowh.ingest.probes import load_texts, tokenize_probe
+from geowh.ingest.sources.probes import load_texts, tokenize_probe
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_the_probe_id_changes_with_texts_and_length_settings(tmp_path, docs, tok
 
 
 def test_a_registry_probe_reads_its_local_cache_instead_of_streaming(tmp_path, monkeypatch, docs):
-    import geowh.ingest.probes as probes
+    import geowh.ingest.sources.probes as probes
 
     monkeypatch.setenv("GEOWH_HOME", str(tmp_path))
     cache = tmp_path / "probes" / "wikitext-wikitext-103-raw-v1-train.jsonl"

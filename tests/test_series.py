@@ -7,7 +7,7 @@ import json
 import pytest
 
 from geowh.errors import InputError
-from geowh.ingest.series import (
+from geowh.ingest.sources.series import (
     FAMILIES,
     PYTHIA_TOKENS_PER_STEP,
     local_step,

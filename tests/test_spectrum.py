@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from geowh.errors import InputError
 from geowh import spectrum_math
-from geowh.ingest import spectrum
-from geowh.ingest.spectrum import Covariance, load_features, metrics_of_file
+from geowh.ingest.features import spectrum
+from geowh.ingest.features.spectrum import Covariance, load_features, metrics_of_file
 from geowh.spectrum_math import REGISTRY, MetricValue, compute_metrics, gram_eigenvalues, metric, metrics_dict
 
 EPS = 1e-7  # the authors' RankMe epsilon, geowh's default
@@ -575,7 +575,7 @@ def test_metrics_of_file_is_the_streamed_spectrum_of_the_file(tmp_path, features
 
 
 def test_importing_the_spectrum_module_does_not_import_torch():
-    code = "import sys, geowh.ingest.spectrum, geowh.spectrum_math; print('torch' in sys.modules)"
+    code = "import sys, geowh.ingest.features.spectrum, geowh.spectrum_math; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -167,7 +167,8 @@ def test_a_reduced_run_saves_loadable_checkpoints_with_their_tokenizer_on_the_sc
 
 
 def test_each_checkpoint_logs_the_rankme_and_alpha_req_that_an_ingest_of_it_finds(run, tmp_path):
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
     from geowh.repro.train import LIVE_PROBE_N
     from geowh.warehouse import Warehouse
 
@@ -186,7 +187,7 @@ def test_each_checkpoint_logs_the_rankme_and_alpha_req_that_an_ingest_of_it_find
 
 
 def test_geowh_reads_the_run_as_an_ordinary_local_series_with_a_held_out_probe(run, text_file):
-    from geowh.ingest.series import resolve_series
+    from geowh.ingest.sources.series import resolve_series
 
     out, summary = run
     series = resolve_series(str(out))

@@ -106,7 +106,7 @@ def test_once_ingests_what_is_complete_and_leaves_a_half_written_checkpoint_unre
 
 
 def test_a_checkpoint_is_ready_only_when_whole_and_marked_or_settled(tmp_path):
-    from geowh.ingest.watch import checkpoint_ready
+    from geowh.ingest.engine.watch import checkpoint_ready
 
     run = save_series(tmp_path / "run", steps=(0,), layers=1, d=32, heads=2)
     folder = run / "step0"
@@ -124,7 +124,7 @@ def test_a_checkpoint_is_ready_only_when_whole_and_marked_or_settled(tmp_path):
 
 def test_a_line_is_printed_when_a_new_phase_starts_and_only_then(tmp_path, wh):
     """Checkpoints arrive one by one along a warmup → entropy → compression trajectory."""
-    from geowh.ingest.watch import WatchSummary, _phases
+    from geowh.ingest.engine.watch import WatchSummary, _phases
     from geowh.queries import import_metrics
 
     rankme, alpha = trajectory(THREE_PHASES, noise=0.005, seed=1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
-from geowh.ingest.texts import read_documents
+from geowh.texts import read_documents
 from geowh.settings import settings
 
 # The paper's settings (METHOD.md §1).

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.series import CheckpointRef, repo_cache_dir
+from geowh.ingest.sources.series import CheckpointRef, repo_cache_dir
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -254,7 +254,7 @@ def load_checkpoint(
 
 def to_device(loaded: Loaded, device) -> Loaded:
     """Move `loaded` (read into host memory) to `device`, in place: the last step of
-    `load_checkpoint`, apart so that a checkpoint read ahead of its turn (`ingest.run.Serial`)
+    `load_checkpoint`, apart so that a checkpoint read ahead of its turn (`ingest.engine.executors.Serial`)
     has only this left."""
     torch_device = resolve_device(device) if isinstance(device, str) else device
     try:

@@ -27,148 +27,20 @@ separately, so the answer tokens are the same whatever the question, in both tok
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
 from geowh.ingest.config import MemorizeConfig
+from geowh.ingest.measurements.statistics import METRIC, ZERO_RULE, correlations, log_p_inf, suffix_length_table
+from geowh.ingest.measurements.tasks import QAItem, load_task
 
-ZERO_RULE = "drop-zero-tokens,exclude-all-zero-items"
-"""The authors' handling of P∞ = 0: such a token is left out of the item's sum, and an item whose
-answer tokens are all 0 is left out of the correlation."""
-METRIC = "memorization_spearman"
-METRIC_PER_TOKEN = "memorization_spearman_per_token"
-METRIC_PARTIAL = "memorization_spearman_partial_length"
 KIND = "memorization"
-SUFFIX_BUCKETS = ("<=3", "4", "5", "6", "7", "8", ">8")  # the paper's Table 7
-
-
-# -- QA tasks ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QAItem:
-    item: str
-    question: str
-    answer: str
-
-    @property
-    def prompt(self) -> str:
-        question = self.question.strip()
-        return f"Question: {question}{'' if question.endswith('?') else '?'} Answer:"
-
-    @property
-    def target(self) -> str:
-        return " " + self.answer.strip()
-
-
-@dataclass(frozen=True)
-class Task:
-    """A registry entry: a hub QA dataset."""
-
-    name: str
-    dataset: str
-    config: str
-    split: str
-    description: str
-    load: Callable[["Task"], list[QAItem]]
-
-
-def _triviaqa(task: Task) -> list[QAItem]:
-    from geowh.ingest.series import require_hub
-
-    require_hub(f"load the task {task.dataset}")
-    try:
-        from datasets import load_dataset
-
-        rows = load_dataset(task.dataset, task.config, split=task.split)
-        rows = rows.select_columns(["question_id", "question", "answer"])
-    except Exception as e:  # offline, missing cache, hub errors: many types
-        raise InputError(
-            f"cannot load {task.dataset} ({task.config}, {task.split}): {str(e).splitlines()[0][:300]}; "
-            "connect to the hub once (it is cached afterwards) or give a local .jsonl with question and answer"
-        ) from None
-    items, seen = [], set()
-    for row in rows:
-        if row["question_id"] in seen:
-            continue
-        seen.add(row["question_id"])
-        items.append(QAItem(str(row["question_id"]), row["question"], row["answer"]["value"]))
-    return items
-
-
-TASKS: dict[str, Task] = {
-    "triviaqa": Task(
-        "triviaqa", "mandarjoshi/trivia_qa", "rc", "validation",
-        "TriviaQA reading-comprehension validation questions (the paper's task)", _triviaqa,
-    ),
-}
-
-
-def load_task(task: str, limit: int | None = None) -> tuple[str, list[QAItem]]:
-    """(task key, items) for a registry name or a local .jsonl with `question` and `answer`.
-
-    A local file's key is `{stem}-{first 12 hex digits of its sha256}`, so a changed file never
-    reuses another's cached ∞-gram rows. `limit` keeps the first N items.
-    """
-    if task in TASKS:
-        key, items = task, TASKS[task].load(TASKS[task])
-    else:
-        path = Path(task)
-        if not path.is_file():
-            raise InputError(
-                f"unknown QA task {task!r}: use {', '.join(TASKS)} or a .jsonl file with question and answer fields"
-            )
-        key, items = local_task(path)
-    if limit is not None:
-        items = items[:limit]
-    if not items:
-        raise InputError(f"the task {task} has no items")
-    return key, items
-
-
-def local_task(path: Path) -> tuple[str, list[QAItem]]:
-    raw = path.read_bytes()
-    items = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            question, answer = row["question"], row["answer"]
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{path}:{number} is not a JSON object with question and answer fields") from None
-        if isinstance(answer, dict):
-            answer = answer.get("value")
-        elif isinstance(answer, list):
-            answer = answer[0] if answer else None
-        if not isinstance(question, str) or not isinstance(answer, str) or not answer.strip():
-            raise InputError(f"{path}:{number}: question and answer must be non-empty text")
-        item = row.get("id", row.get("question_id", f"L{number}"))
-        items.append(QAItem(str(item), question, answer))
-    ids = [i.item for i in items]
-    if len(set(ids)) != len(ids):
-        raise InputError(f"{path}: item ids repeat; give each line a unique `id` (or none, to number them by line)")
-    return f"{path.stem}-{hashlib.sha256(raw).hexdigest()[:12]}", items
 
 
 # -- the ∞-gram side ---------------------------------------------------------------------------
-
-
-def log_p_inf(probs: Sequence[float]) -> tuple[float | None, int, str | None]:
-    """(log P∞ of the answer, zero tokens, why excluded) under ZERO_RULE."""
-    kept = [p for p in probs if p > 0]
-    zeros = len(probs) - len(kept)
-    if not probs:
-        return None, 0, "the answer has no tokens"
-    if not kept:
-        return None, zeros, "every answer token has P∞ = 0"
-    return float(sum(math.log(p) for p in kept)), zeros, None
 
 
 def infgram_item(index, task: str, item: QAItem) -> dict[str, Any]:
@@ -206,21 +78,11 @@ def infgram_side(index, task: str, items: Sequence[QAItem], wh=None) -> list[dic
     missing = [i for i in items if i.item not in cached]
     fresh = index.map(lambda i: infgram_item(index, task, i), missing)
     if fresh and wh is not None:
-        from geowh.ingest.infgram import index_row
+        from geowh.index.index import index_row
 
         wh.write({"indexes": [index_row(index)], "infgram_items": fresh})
     cached.update({r["item"]: r for r in fresh})
     return [cached[i.item] for i in items]
-
-
-def suffix_length_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The paper's Table 7: share of answer-token queries by the suffix length P∞ used."""
-    counts = dict.fromkeys(SUFFIX_BUCKETS, 0)
-    for row in rows:
-        for k in row["suffix_lens"]:
-            counts["<=3" if k <= 3 else ">8" if k > 8 else str(k)] += 1
-    total = sum(counts.values())
-    return [{"suffix_len": b, "tokens": n, "share": n / total if total else math.nan} for b, n in counts.items()]
 
 
 # -- the model side ----------------------------------------------------------------------------
@@ -306,68 +168,6 @@ def _forward_parameters(model) -> set[str]:
         return set()
 
 
-# -- the correlation ---------------------------------------------------------------------------
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Spearman ρ, its p-value and n; NaN with a reason when it cannot be computed."""
-    from scipy.stats import spearmanr
-
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-    n = len(pairs)
-    if n < 3:
-        return {"rho": math.nan, "p": math.nan, "n": n, "reason": f"{n} item(s) with both log-likelihoods; need 3"}
-    a, b = zip(*pairs)
-    if len(set(a)) == 1 or len(set(b)) == 1:
-        return {"rho": math.nan, "p": math.nan, "n": n, "reason": "one side is constant across items"}
-    result = spearmanr(a, b)
-    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": n, "reason": None}
-
-
-def partial_spearman(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> dict[str, Any]:
-    """Spearman ρ of x and y given z: the Pearson correlation of the ranks of x and y, each with the
-    least-squares line in the ranks of z taken out; its p-value from t with n − 3 degrees of freedom."""
-    import numpy as np
-    from scipy.stats import rankdata, t
-
-    triples = [(a, b, c) for a, b, c in zip(x, y, z)
-               if all(v is not None and math.isfinite(v) for v in (a, b, c))]
-    n = len(triples)
-    if n < 4:
-        return {"rho": math.nan, "p": math.nan, "n": n, "reason": f"{n} item(s) with both log-likelihoods; need 4"}
-    ranks = np.column_stack([rankdata(column) for column in zip(*triples)])  # (n, 3): x, y, z
-    if any(len(set(ranks[:, k])) == 1 for k in range(3)):
-        return {"rho": math.nan, "p": math.nan, "n": n, "reason": "a side or the length is constant across items"}
-    design = np.column_stack([np.ones(n), ranks[:, 2]])
-    residuals = ranks[:, :2] - design @ np.linalg.lstsq(design, ranks[:, :2], rcond=None)[0]  # (n, 2)
-    spread = np.linalg.norm(ranks[:, :2] - ranks[:, :2].mean(axis=0), axis=0)
-    if (np.linalg.norm(residuals, axis=0) <= 1e-9 * spread).any():  # rounding, not a residual
-        return {"rho": math.nan, "p": math.nan, "n": n, "reason": "a side is a function of the length alone"}
-    rho = float(np.clip(np.corrcoef(residuals[:, 0], residuals[:, 1])[0, 1], -1.0, 1.0))
-    dof = n - 3
-    p = 0.0 if abs(rho) == 1 else float(2 * t.sf(abs(rho) * math.sqrt(dof / (1 - rho * rho)), dof))
-    return {"rho": rho, "p": p, "n": n, "reason": None}
-
-
-def correlations(infgram: Sequence[dict[str, Any]], model: Sequence[tuple[float, int]]) -> dict[str, dict[str, Any]]:
-    """The authors' ρ and its two length-controlled variants, by metric name, over the items the zero rule keeps.
-
-    `infgram` are the items' `infgram_items` rows, `model` their (log P_model, answer tokens), in
-    the same order.
-    """
-    used = [(row, lp, n) for row, (lp, n) in zip(infgram, model) if row["excluded"] is None]
-    inf = [row["log_p_inf"] for row, _, _ in used]
-    mod = [lp for _, lp, _ in used]
-    return {
-        METRIC: spearman(inf, mod),
-        METRIC_PER_TOKEN: spearman(
-            [row["log_p_inf"] / (row["answer_tokens"] - row["zero_tokens"]) for row, _, _ in used],
-            [lp / n if n else math.nan for _, lp, n in used],
-        ),
-        METRIC_PARTIAL: partial_spearman(inf, mod, [n for _, _, n in used]),
-    }
-
-
 # -- one task against one index, for any number of checkpoints ---------------------------------
 
 
@@ -390,7 +190,7 @@ class Memorization:
         wh=None,
         index_workers: int | None = None,
     ):
-        from geowh.ingest.infgram import Index
+        from geowh.index.index import Index
 
         self.task, self.items = load_task(task, limit)
         self.index = Index(index, tokenizer=index_tokenizer, workers=index_workers)
@@ -442,7 +242,7 @@ class Memorization:
 
     def measurement(self):
         """This task and index as an ingest measurement: scored in each checkpoint's transaction."""
-        from geowh.ingest.run import Measurement
+        from geowh.ingest.engine.plan import Measurement
 
         return Measurement(KIND, lambda loaded, ref, config: self.score(loaded), config=self.config, with_head=True,
                            probe=self.task)
@@ -477,7 +277,7 @@ def index_stats(index: str | Path, task: str, *, index_tokenizer: str | None = N
     }
 
 
-# -- the standalone command: the run engine with memorization alone -----------------------------------
+# -- the standalone command: the run engine with memorization alone ----------------------------
 
 
 def memorize(
@@ -492,7 +292,7 @@ def memorize(
 ) -> list[dict[str, Any]]:
     """Score every selected checkpoint of `model`; one summary dict per checkpoint.
 
-    The run engine (`ingest.run`) with the memorization measurement alone: a checkpoint with an
+    The run engine (`ingest.engine.run`) with the memorization measurement alone: a checkpoint with an
     ok run of the same config is skipped (unless `force`), a failed one is recorded in `runs`
     with its error and the next one goes on, an interrupt records the current one
     `interrupted`; each checkpoint's rows are written in one transaction. Each dict says
@@ -501,7 +301,9 @@ def memorize(
     Example:
         memorize("pythia-160m", MemorizeConfig("triviaqa", "indexes/pile"), Selection("log:20"), wh=Warehouse())
     """
-    from geowh.ingest.run import Selection, plan_ingest, run
+    from geowh.ingest.config import Selection
+    from geowh.ingest.engine.plan import plan_ingest
+    from geowh.ingest.engine.run import run
 
     engine = config.engine()
     mem = Memorization(config.task, config.index, index_tokenizer=config.index_tokenizer,
@@ -522,11 +324,3 @@ def memorize(
          "seconds": c["seconds"], "error": c["error"]}
         for c in summary.checkpoints
     ]
-
-
-__all__ = [
-    "METRIC", "METRIC_PARTIAL", "METRIC_PER_TOKEN", "TASKS", "ZERO_RULE", "MemorizeConfig", "Memorization", "QAItem",
-    "Task",
-    "answer_logliks", "correlations", "index_stats", "infgram_side", "load_task", "log_p_inf", "measurements_for",
-    "memorize", "partial_spearman", "spearman", "suffix_length_table",
-]

@@ -1,6 +1,6 @@
 """Ray: the checkpoints of one run spread over a cluster's GPUs (or CPUs).
 
-`RayExecutor` is an `Executor` of the run engine (`ingest.run`), nothing beside it: the driver
+`RayExecutor` is an `Executor` of the run engine (`ingest.engine.run`), nothing beside it: the driver
 plans, skips what is done, writes every `running` row and every result, one transaction per
 checkpoint as results arrive. Workers run `process_checkpoint` and return rows; they never open
 the warehouse, so workers on other nodes need no shared disk (only geowh installed, and the
@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from geowh.errors import CheckpointError, GeowhError, InputError
-from geowh.ingest.run import CheckpointResult, Job, Plan, Work
+from geowh.ingest.engine.plan import CheckpointResult, Plan
+from geowh.ingest.engine.run import Job, Work
 
 CONNECT_TIMEOUT = 10.0  # seconds for the head node to answer
 INSTALL = "pip install 'geowh[ray]' (on every node of the cluster)"
@@ -195,8 +196,9 @@ def _ray():
 
 def _prepare(plan: Plan) -> Plan:
     """On a worker: the device and dtype resolved there, and the probe tokenized once."""
-    from geowh.ingest.models import load_tokenizer
-    from geowh.ingest.run import probe_for, resolved_here
+    from geowh.ingest.engine.plan import resolved_here
+    from geowh.ingest.measurements.geometry import probe_for
+    from geowh.ingest.sources.models import load_tokenizer
 
     plan = resolved_here(plan)
     if plan.texts is not None and plan.series.checkpoints:

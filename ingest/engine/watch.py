@@ -5,7 +5,7 @@ picks the checkpoints that are complete: the trainer's completion marker is ther
 (`trainer_state.json`, which the HF Trainer writes last), or none of the files changed for
 `settle` seconds. Either way every safetensors file must be whole (its size is what its
 header says), so a half-written one is never read, and so never recorded as failed. Complete
-checkpoints are ingested one at a time by `ingest.run.ingest` (resume, failures and the
+checkpoints are ingested one at a time by `ingest.engine.run.ingest` (resume, failures and the
 transaction per checkpoint are the ingest's), after each the phases are computed again, and
 the caller hears of it through `on_event`; between checkpoints `stop()` is asked whether to
 end. The library prints nothing.
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
-from geowh.ingest.run import CheckpointTally
+from geowh.ingest.engine.run import CheckpointTally
 from geowh.warehouse import Warehouse, as_warehouse
 
 MARKERS = ("trainer_state.json",)
@@ -117,7 +117,7 @@ def watch(
 ) -> WatchSummary:
     """Ingest the complete checkpoints of `folder`, then each new one as it appears; recompute phases after each.
 
-    `config` (an `IngestConfig`) and `measurements` are those of `ingest.run.ingest`.
+    `config` (an `IngestConfig`) and `measurements` are those of `ingest.engine.run.ingest`.
     With `once`, what is complete now is ingested and the call returns; with `until_idle`, it
     returns after that many seconds without a new complete checkpoint; otherwise it runs until
     `stop()` returns true (checked between checkpoints and while waiting).
@@ -125,7 +125,8 @@ def watch(
     Example:
         watch("runs/my-run", IngestConfig(probe="held_out.txt", n=1000, max_len=256), db="w.duckdb", until_idle=3600)
     """
-    from geowh.ingest.run import IngestConfig, Selection, ingest
+    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.engine.run import ingest
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -182,7 +183,7 @@ def watch(
 
 def _scan(root: Path, settle: float) -> tuple[list, list[str]]:
     """The run's checkpoints (as `geowh ingest` lists them) that are complete, and the labels of the others."""
-    from geowh.ingest.series import is_checkpoint_dir, local_step, resolve_series
+    from geowh.ingest.sources.series import is_checkpoint_dir, local_step, resolve_series
 
     children = [p for p in root.iterdir() if p.is_dir()]
     if not is_checkpoint_dir(root) and not any(local_step(p.name) is not None or is_checkpoint_dir(p) for p in children):

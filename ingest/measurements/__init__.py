@@ -1,0 +1,1 @@
+"""The per-checkpoint measurements: geometry, memorization (with its QA tasks and statistics)."""
