@@ -29,8 +29,12 @@ BF16_PEAK_TFLOPS = {
 }
 
 
-def matmul_gflops(dtype, device="cpu", size: int = 2048, seconds: float = 1.0) -> float:
-    """Best GFLOP/s of (size × size) @ (size × size) products in `dtype` on `device`, over about `seconds`."""
+def matmul_gflops(dtype, device="cpu", size: int = 2048, seconds: float = 1.0, per_cpu_second: bool = False) -> float:
+    """Best GFLOP/s of (size × size) @ (size × size) products in `dtype` on `device`, over about `seconds`.
+
+    `per_cpu_second`: GFLOP per second of this process's CPU time instead (all threads), the
+    figure a loaded machine changes least: other processes take wall time, not CPU time.
+    """
     import torch
 
     a = torch.randn(size, size, device=device).to(dtype)
@@ -40,23 +44,25 @@ def matmul_gflops(dtype, device="cpu", size: int = 2048, seconds: float = 1.0) -
     sync()
     best, spent = float("inf"), 0.0
     while spent < seconds:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         a @ b
         sync()
         took = time.perf_counter() - start
-        best, spent = min(best, took), spent + took
+        best, spent = min(best, time.process_time() - cpu if per_cpu_second else took), spent + took
     return 2 * size**3 / best / 1e9
 
 
 def measure(size: int = 2048, seconds: float = 1.0) -> dict:
-    """{"cpu_float32", "cpu_bfloat16", "cuda_bfloat16" (GPU only): GFLOP/s, "load", "threads", "cpu_native_bf16"}."""
+    """{"cpu_float32", "cpu_bfloat16", "cuda_bfloat16" (GPU only): GFLOP/s; "cpu_float32_per_cpu_s",
+    "cpu_bfloat16_per_cpu_s": GFLOP per CPU second; "load", "threads", "cpu_native_bf16"}."""
     import torch
 
     from geowh.ingest.sources.models import cpu_native_bf16
 
     out = {"load": round(os.getloadavg()[0], 1), "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_native_bf16()}
-    out["cpu_float32"] = round(matmul_gflops(torch.float32, "cpu", size, seconds), 1)
-    out["cpu_bfloat16"] = round(matmul_gflops(torch.bfloat16, "cpu", size, seconds), 1)
+    for dtype in ("float32", "bfloat16"):
+        out[f"cpu_{dtype}"] = round(matmul_gflops(getattr(torch, dtype), "cpu", size, seconds), 1)
+        out[f"cpu_{dtype}_per_cpu_s"] = round(matmul_gflops(getattr(torch, dtype), "cpu", size, seconds, True), 1)
     if torch.cuda.is_available():
         out["cuda_bfloat16"] = round(matmul_gflops(torch.bfloat16, "cuda", 8192, seconds), 1)
         out["cuda_name"] = torch.cuda.get_device_name(0)
@@ -64,11 +70,11 @@ def measure(size: int = 2048, seconds: float = 1.0) -> dict:
     return out
 
 
-def peak_for(calibration: dict, device_type: str, dtype: str) -> float | None:
-    """The measured peak (GFLOP/s) that a run on `device_type` in `dtype` should be divided by."""
+def peak_for(calibration: dict, device_type: str, dtype: str, per_cpu_second: bool = False) -> float | None:
+    """The measured peak (GFLOP/s, or GFLOP per CPU second) that a run on `device_type` in `dtype` is divided by."""
     if device_type == "cuda":
-        return calibration.get("cuda_bfloat16")
-    return calibration.get(f"cpu_{dtype}")
+        return None if per_cpu_second else calibration.get("cuda_bfloat16")
+    return calibration.get(f"cpu_{dtype}" + ("_per_cpu_s" if per_cpu_second else ""))
 
 
 def main() -> None:
@@ -84,8 +90,10 @@ def main() -> None:
     result = measure(args.size, args.seconds)
     print(f"CPU, {result['threads']} threads, native bf16: {result['cpu_native_bf16']}; load average {result['load']} "
           f"before, {result['load_after']} after")
-    print(f"  fp32 matmul: {result['cpu_float32']:8.1f} GFLOP/s")
-    print(f"  bf16 matmul: {result['cpu_bfloat16']:8.1f} GFLOP/s ({result['cpu_bfloat16'] / result['cpu_float32']:.2f}x fp32)")
+    for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        print(f"  {name} matmul: {result['cpu_' + dtype]:8.1f} GFLOP/s, {result['cpu_' + dtype + '_per_cpu_s']:8.1f} GFLOP per CPU second")
+    print(f"  bf16 / fp32: {result['cpu_bfloat16'] / result['cpu_float32']:.2f}x wall, "
+          f"{result['cpu_bfloat16_per_cpu_s'] / result['cpu_float32_per_cpu_s']:.2f}x per CPU second")
     if "cuda_bfloat16" in result:
         print(f"{result['cuda_name']}: bf16 matmul {result['cuda_bfloat16'] / 1000:.1f} TFLOP/s")
     print(json.dumps(result))

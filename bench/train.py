@@ -91,19 +91,23 @@ def main() -> None:
         timed = args.steps - 1
         gflops = flops * timed / r["wall"] / 1e9
         peak = peak_for(calibration, "cpu", dtype)
+        per_cpu = flops * timed / r["cpu"] / 1e9
+        peak_cpu = peak_for(calibration, "cpu", dtype, per_cpu_second=True)
         eval_loss = T._eval_loss(r["model"], eval_batch, dev, dtype)
         print(f"{dtype:9s} {timed / r['wall']:7.2f} steps/s, {r['cpu'] / timed:.3f} CPU s/step, {gflops:7.1f} GFLOP/s = "
-              f"{100 * gflops / peak:4.1f}% of the {dtype} matmul peak; last train loss {r['losses'][-1]:.4f}, "
+              f"{100 * gflops / peak:4.1f}% of the {dtype} matmul peak ({100 * per_cpu / peak_cpu:4.1f}% per CPU second); last train loss {r['losses'][-1]:.4f}, "
               f"held-out {eval_loss:.4f}")
         report[dtype] = {"steps_per_s": round(timed / r["wall"], 3), "cpu_s_per_step": round(r["cpu"] / timed, 4),
-                         "gflops": round(gflops, 1), "peak_share": round(gflops / peak, 3), "eval_loss": round(eval_loss, 4)}
+                         "gflops": round(gflops, 1), "peak_share": round(gflops / peak, 3),
+                         "peak_share_per_cpu_s": round(per_cpu / peak_cpu, 3), "eval_loss": round(eval_loss, 4)}
     a, b = (np.array(runs[k]["losses"]) for k in ("float32", "bfloat16"))
     late = slice(3 * len(a) // 4, None)
     diff = np.abs(a - b)
     report["speedup"] = round(runs["float32"]["wall"] / runs["bfloat16"]["wall"], 2)
+    report["speedup_cpu_s"] = round(runs["float32"]["cpu"] / runs["bfloat16"]["cpu"], 2)
     report["loss_diff_mean_last_quarter"] = round(float(diff[late].mean()), 4)
     report["loss_diff_max_last_quarter"] = round(float(diff[late].max()), 4)
-    print(f"bf16 / fp32: {report['speedup']:.2f}x steps/s; |Δ train loss| over the last quarter: mean "
+    print(f"bf16 / fp32: {report['speedup']:.2f}x steps/s, {report['speedup_cpu_s']:.2f}x CPU seconds; |Δ train loss| over the last quarter: mean "
           f"{report['loss_diff_mean_last_quarter']:.4f}, max {report['loss_diff_max_last_quarter']:.4f} "
           f"(fp32 mean loss there {a[late].mean():.4f}); load average {report['load']} at the end")
     assert all(math.isfinite(x) for x in a) and all(math.isfinite(x) for x in b)
