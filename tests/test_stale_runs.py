@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from geowh.warehouse import utcnow
 from geowh.warehouse.runs import run_row
 
@@ -33,6 +35,7 @@ def test_a_live_concurrent_run_keeps_its_running_row_and_a_dead_ones_is_interrup
         alive.wait()
 
 
+@pytest.mark.slow  # a tiny ingest: 18 s at load 7
 def test_an_ingest_leaves_another_live_ingests_running_row_of_the_same_model(tmp_path):
     """End to end: the engine's first act (closing stale rows) spares the other process's row."""
     from tiny import save_series, write_docs
