@@ -169,6 +169,24 @@ def auto_token_budget(model, device, hidden_states: bool) -> int:
     return int(max(512, min(GPU_TOKEN_BUDGET, 0.6 * free / per_token)))
 
 
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+"""Names of a learned absolute position table (GPT-2, OPT, GPT-Neo, BERT-style models)."""
+
+
+def learned_positions(model) -> int | None:
+    """How many positions `model` has learned embeddings for; None for relative positions (RoPE, ALiBi).
+
+    A longer sequence indexes past the table: an IndexError deep in torch on a CPU, a device-side
+    assert on a GPU. Models with rotary positions have no table and are not limited here.
+    """
+    import torch
+
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, torch.nn.Embedding):
+            return int(module.num_embeddings) - int(getattr(module, "offset", 0))  # OPT keeps 2 extra rows
+    return None
+
+
 def extract_features(
     model,
     ids: Sequence[Sequence[int]],
@@ -200,6 +218,11 @@ def extract_features(
     lengths = [len(s) for s in ids]
     if not lengths or min(lengths) == 0:
         raise InputError("every probe sequence needs at least one token")
+    if (positions := learned_positions(model)) is not None and max(lengths) > positions:
+        raise InputError(
+            f"probe sequences have up to {max(lengths)} tokens, but this model learned only {positions} positions "
+            f"(a sequence longer than that has no position embedding): rerun with --max-len {positions}"
+        )
     total = sum(lengths)
     budget = auto_token_budget(model, device, need_all)
     pending = plan_batches(lengths, batch_size=batch_size, token_budget=budget)
