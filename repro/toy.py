@@ -205,7 +205,7 @@ def series(config: ToyConfig = ToyConfig(), controls: bool = True) -> dict[str, 
 def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, list[dict]]:
     """Train one toy series; its rows for Warehouse.write: models, probes, checkpoints, runs,
     spectra, metrics (RankMe and the other registered metrics, sigma_k, loss)."""
-    from geowh.spectrum_math import compute_metrics
+    from geowh.spectrum_math import compute_metrics, definitions, definitions_fingerprint
     from geowh.warehouse import utcnow
 
     started_at = utcnow()
@@ -236,7 +236,8 @@ def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, li
                     "sequences": config.samples, "seed": config.seed, "content_hash": traj.targets_hash}],
         "checkpoints": checkpoints,
         "runs": [run_row(run_id, KIND, model, "ok", packages=("numpy_version",), checkpoint=None,
-                         probe=probe, config_key=config.key, config=asdict(config), device="cpu", dtype="float64",
+                         probe=probe, config_key=config.key, config=asdict(config) | {"definitions": definitions()},
+                         definitions=definitions_fingerprint(), device="cpu", dtype="float64",
                          started_at=started_at, finished_at=utcnow(),
                          stage_seconds={"train": round(traj.seconds, 3), "metrics": round(time.perf_counter() - t, 3)})],
         "spectra": spectra,

@@ -81,10 +81,29 @@ class Plan:
         d.update(kind=self.kind, dtype=self.dtype, requested_dtype=self.config.dtype,
                  texts_hash=self.texts.texts_hash if self.texts else None)
         d["measurements"] = {m.name: m.config for m in self.measurements}
+        d["definitions"] = self.definitions
         return d
 
     @property
+    def definitions(self) -> dict[str, str] | None:
+        """{metric: fingerprint} of the metric registry a geometry run measures with; None without geometry."""
+        from geowh.spectrum_math import definitions
+
+        return definitions() if self.config.geometry else None
+
+    @property
     def config_key(self) -> str:
+        """The hash that decides "already done": the settings that change the numbers and, for
+        geometry, the metric definitions (`settings_key` is the same without them)."""
+        return self._key(with_definitions=True)
+
+    @property
+    def settings_key(self) -> str:
+        """The config key without the metric definitions: the key of runs written before geowh
+        recorded definitions, and how a re-ingest finds checkpoints measured by older ones."""
+        return self._key(with_definitions=False)
+
+    def _key(self, with_definitions: bool) -> str:
         d = self.config_dict
         if self.config.geometry:
             keyed = {k: d[k] for k in IngestConfig.key_fields} | {
@@ -94,12 +113,22 @@ class Plan:
         else:
             keyed = {"tokenizer": self.config.tokenizer}
         keyed |= {"kind": self.kind, "dtype": self.dtype, "measurements": d["measurements"]}
+        if self.config.geometry and with_definitions:  # another definition is another result (a commit is not: runs.code_commit)
+            keyed["definitions"] = self.definitions_key
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def definitions_key(self) -> str | None:
+        """`runs.definitions`: one fingerprint of `definitions`."""
+        from geowh.spectrum_math import definitions_fingerprint
+
+        return definitions_fingerprint() if self.config.geometry else None
 
     def run_row(self, ref: CheckpointRef, run_id: str, status: str, **fields: Any) -> dict:
         probe = next((m.probe for m in self.measurements if m.probe), None) if not self.config.geometry else None
         return run_row(run_id, self.kind, ref.model, status, checkpoint=ref.label, probe=probe,
-                       config_key=self.config_key, config=self.config_dict) | fields
+                       config_key=self.config_key, config=self.config_dict | {"settings_key": self.settings_key},
+                       definitions=self.definitions_key) | fields
 
 
 @dataclass

@@ -103,7 +103,7 @@ def resolve_device(device: str = "auto"):
 
 
 def resolve_dtype(dtype: str, device) -> Any:
-    """`auto` → bfloat16 on a GPU that supports it, else float32."""
+    """`auto` → bfloat16 on a GPU that supports it or a CPU with native bf16 matrix units, else float32."""
     import torch
 
     if dtype not in DTYPES:
@@ -111,8 +111,40 @@ def resolve_dtype(dtype: str, device) -> Any:
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
+        if device.type == "cpu" and cpu_native_bf16():
+            return torch.bfloat16
         return torch.float32
     return getattr(torch, dtype)
+
+
+# CPU flags of native bf16 matrix arithmetic: AVX512-BF16 dot products, AMX tiles. Without
+# them bf16 is emulated through fp32 and runs slower than fp32 itself.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (so `auto` picks bf16 on it).
+
+    Asked of the hardware, not the CPU's name: torch's own capability query where it has one,
+    else the flags of /proc/cpuinfo. `GEOWH_CPU_BF16=0` (or `1`) overrides the answer: the
+    tests pin it to 0 so that their reference numbers stay fp32 on any machine.
+    """
+    import os
+
+    override = os.environ.get("GEOWH_CPU_BF16", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    import torch
+
+    queries = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    queries = [q for q in queries if q is not None]
+    if queries:
+        return any(bool(q()) for q in queries)
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def device_name(device) -> str:
