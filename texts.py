@@ -32,7 +32,7 @@ def iter_documents(path: Path) -> Iterator[tuple[str, int]]:
                              "write it again, or give a .txt or .jsonl file") from None
         if "text" not in file.schema_arrow.names:
             raise InputError(f"{path} has no `text` column (columns: {', '.join(file.schema_arrow.names)})")
-        if not pa.types.is_string(kind := file.schema_arrow.field("text").type) and not pa.types.is_large_string(kind):
+        if not _stringlike(kind := file.schema_arrow.field("text").type):
             raise InputError(f"the `text` column of {path} holds {kind}, not strings: store the documents as strings")
         per_row = path.stat().st_size / max(file.metadata.num_rows, 1)
         try:
@@ -58,6 +58,17 @@ def iter_documents(path: Path) -> Iterator[tuple[str, int]]:
                 raise InputError(f"{path}:{number}: `text` is a {type(text).__name__}, not a string: "
                                  "store each document as a JSON string")
             yield text or "", len(raw)
+
+
+def _stringlike(kind) -> bool:
+    """Strings as Arrow stores them: plain, large, views, dictionary-encoded, or an all-null column."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    checks = (pa.types.is_string, pa.types.is_large_string, pa.types.is_null,
+              getattr(pa.types, "is_string_view", lambda _: False))
+    return any(check(kind) for check in checks)
 
 
 def read_documents(path: Path) -> list[str]:

@@ -120,6 +120,18 @@ def test_a_parquet_text_column_of_numbers_is_one_line(cli, workdir, tmp_path):
              "`text` column", "not strings")
 
 
+def test_parquet_strings_in_every_arrow_layout_are_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geowh.texts import read_documents
+
+    for name, column in (("plain", pa.array(["a b", "c d"])), ("large", pa.array(["a b", "c d"], pa.large_string())),
+                         ("dictionary", pa.array(["a b", "c d"]).dictionary_encode())):
+        pq.write_table(pa.table({"text": column}), tmp_path / f"{name}.parquet")
+        assert read_documents(tmp_path / f"{name}.parquet") == ["a b", "c d"], name
+
+
 @pytest.mark.parametrize("meta", ['{"tokenizer": "x", "tok', "[1, 2]", '{"tokens": 5}'],
                          ids=["truncated", "not an object", "fields missing"])
 def test_a_damaged_index_meta_file_is_one_line_naming_the_rebuild(cli, tmp_path, meta):
