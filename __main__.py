@@ -11,7 +11,6 @@ never changes a process's signal handlers.
 
 import os
 import signal
-import sys
 
 
 def _stop(signum: int, frame) -> None:
@@ -30,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -75,6 +75,7 @@ def deferred() -> Iterator[None]:
     finally:
         _deferring -= 1
     if not _deferring and _count != before:
+        assert _received is not None  # _count only grows in _handler, which sets _received
         raise Interrupted(_received, after_block=True)
 
 

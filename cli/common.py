@@ -9,14 +9,14 @@ import sys
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+from click.exceptions import Abort, ClickException, Exit
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
-from click.exceptions import Abort, ClickException, Exit
 from rich.text import Text
 from typer.core import TyperGroup
 
@@ -24,7 +24,6 @@ from geowh import __version__
 from geowh.errors import GeowhError, OutputError
 from geowh.outputs import output_path
 from geowh.signals import handle_signals, interrupted_by
-
 
 # The machine, not geowh: what happened and what to do, by errno.
 _ENVIRONMENT_ERRNOS = {
@@ -60,7 +59,7 @@ class _Group(TyperGroup):
                 if e.errno not in _ENVIRONMENT_ERRNOS:
                     raise
                 where = f" ({e.filename})" if e.filename else ""
-                err_console().print(f"[bold red]error:[/] {escape(e.strerror + where)}: {_ENVIRONMENT_ERRNOS[e.errno]}",
+                err_console().print(f"[bold red]error:[/] {escape((e.strerror or str(e)) + where)}: {_ENVIRONMENT_ERRNOS[e.errno]}",
                                     highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except (KeyboardInterrupt, Exception) as e:
@@ -109,7 +108,7 @@ Force = Annotated[bool, typer.Option("--force", help="Replace output files that 
 
 
 Ray = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--ray", metavar="[ADDRESS]",
         help="Run the checkpoints as Ray tasks: local (a private Ray on this machine), auto (the cluster `ray start` "
@@ -117,11 +116,11 @@ Ray = Annotated[
     ),
 ]
 Workers = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--workers", help="With --ray: checkpoints at once (default: the GPUs / --gpus-per-worker, or one per 4 CPUs)."),
 ]
 GpusPerWorker = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--gpus-per-worker", help="With --ray: GPUs per checkpoint; 0.5 puts two on a GPU (default 1 with GPUs, else 0)."),
 ]
 
@@ -150,7 +149,7 @@ def bare_options(argv: list[str], options: Sequence[str] = ("--ray",)) -> list[s
     return out
 
 
-class Format(str, Enum):
+class Format(str, Enum):  # noqa: UP042 -- StrEnum would change str(member), which typer and callers may show
     table = "table"
     csv = "csv"
     json = "json"
@@ -198,7 +197,7 @@ def screenful() -> int:
     return max(20, console().height - 8)
 
 
-def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, title: str | None = None,
+def render_frame(frame, fmt: Format = Format.table, out: Path | None = None, title: str | None = None,
                  force: bool = False, protect: Sequence[Path] = (), optional: Sequence[str] = (),
                  limit: int | None = None) -> None:
     """Show a polars DataFrame as a rich table, CSV or JSON, or write it to `out`.
@@ -331,7 +330,7 @@ def number(value: float) -> str:
         return str(int(value))
     if size < 9999.5:  # what .4g prints without an exponent
         return f"{value:.4g}"
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):  # noqa: B007 -- used after the break
         if size >= scale * 0.9995:  # 999.6k reads 1M
             break
     text = f"{value / scale:.3g}"

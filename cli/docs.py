@@ -42,10 +42,12 @@ def command_help(args: list[str]) -> str:
 def cli_reference() -> str:
     """docs/cli.md: the command list, then each command's --help, in `geowh --help`'s order."""
     import typer
+    from typer.core import TyperGroup
 
     from geowh.cli import app
 
     group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)  # the app has many commands: typer makes it a group
     names = list(group.commands)  # the order of `geowh --help`, which follows the flow
     parts = [
         "# Command reference",

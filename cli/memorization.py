@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from geowh.cli.common import (
-    DEFAULT_DB, Db, GpusPerWorker, Json, Ray, Workers, app, console, err_console, executor_of, print_json, render_frame,
+    DEFAULT_DB,
+    Db,
+    GpusPerWorker,
+    Json,
+    Ray,
+    Workers,
+    app,
+    console,
+    err_console,
+    executor_of,
+    print_json,
+    render_frame,
 )
 from geowh.ingest.config import MemorizeConfig, Selection
 
@@ -19,7 +30,7 @@ index_app = typer.Typer(
 app.add_typer(index_app, name="index")
 
 IndexTokenizer = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--index-tokenizer", help="Tokenizer of an index built elsewhere (hub id or local path)."),
 ]
 
@@ -37,7 +48,7 @@ def index_build(
 
     Example: geowh index build corpus/*.jsonl --tokenizer EleutherAI/gpt-neox-20b --out indexes/my-corpus
     """
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     from geowh.index.build import build_index
     from geowh.index.index import record_index
@@ -45,7 +56,7 @@ def index_build(
 
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console(), transient=True) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
@@ -93,7 +104,7 @@ def index_stats(
     directory: Annotated[Path, typer.Argument(help="The index folder.")],
     task: Annotated[str, typer.Option("--task", help="QA task: triviaqa, or a .jsonl with question and answer.")],
     index_tokenizer: IndexTokenizer = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use the task's first N items.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use the task's first N items.")] = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -122,13 +133,13 @@ def memorize(
     index: Annotated[Path, typer.Option("--index", help="infini-gram index folder.")],
     index_tokenizer: IndexTokenizer = MemorizeConfig.index_tokenizer,
     checkpoints: Annotated[str, typer.Option("--checkpoints", help="all, step1000,step2000, START:END[:STRIDE] or log:N.")] = Selection.checkpoints,
-    revisions: Annotated[Optional[str], typer.Option("--revisions", help="Comma-separated hub revisions (hf: models).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the warehouse.")] = Selection.name,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Model tokenizer when checkpoints lack one.")] = MemorizeConfig.tokenizer,
+    revisions: Annotated[str | None, typer.Option("--revisions", help="Comma-separated hub revisions (hf: models).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the warehouse.")] = Selection.name,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="Model tokenizer when checkpoints lack one.")] = MemorizeConfig.tokenizer,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = MemorizeConfig.device,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = MemorizeConfig.dtype,
     batch_size: Annotated[int, typer.Option("--batch-size", help="QA items per forward pass.")] = MemorizeConfig.batch_size,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use the task's first N items.")] = MemorizeConfig.limit,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use the task's first N items.")] = MemorizeConfig.limit,
     force: Annotated[bool, typer.Option("--force", help="Rescore checkpoints that already have an ok run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     ray: Ray = None,

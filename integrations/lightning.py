@@ -17,7 +17,7 @@ try:
     from lightning.pytorch import Callback
 except ImportError:  # the package's older name
     try:
-        from pytorch_lightning import Callback
+        from pytorch_lightning import Callback  # type: ignore[assignment]  # the same class under the old package name
     except ImportError:
         raise InputError(
             "GeometryLightningCallback needs Lightning: pip install lightning (or geowh[lightning])"

@@ -109,6 +109,7 @@ class GeometryCallback(TrainerCallback):
     def _measure(self, args, state, model) -> None:
         # A measurement never stops the training: a failure is recorded in the warehouse (as a
         # failed run, by GeometryProbe.measure), logged, and the next one is tried as planned.
+        assert self.probe is not None  # _maybe_measure runs only after on_train_begin made the probe
         try:
             values = self.probe.measure(model, state.global_step, tokens=self._tokens(args, state))
         except GeowhError as e:

@@ -13,13 +13,22 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import polars as pl
 from scipy import stats
 
 from geowh.errors import InputError
-from geowh.queries.series import FLOPS_PER_PARAM_TOKEN, Note, check_axis, load_series, models_arg, pick_series, require_axis
+from geowh.queries.series import (
+    FLOPS_PER_PARAM_TOKEN,
+    Note,
+    check_axis,
+    load_series,
+    models_arg,
+    pick_series,
+    require_axis,
+)
 from geowh.warehouse import Warehouse
 
 METHODS = ("spearman", "pearson", "kendall")
@@ -36,7 +45,7 @@ class Series:
     eval_metric: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Series":
+    def parse(cls, text: str) -> Series:
         text = text.strip()
         if text.startswith("eval:"):
             task, _, metric = text[len("eval:"):].partition("/")
@@ -84,7 +93,7 @@ def pair(x: pl.DataFrame, y: pl.DataFrame, join: str = "exact", tolerance: float
         shift = 1.0
     else:
         positive = pl.concat([lead[axis], other[axis]]).filter(pl.concat([lead[axis], other[axis]]) > 0)
-        shift = float(positive.min()) if positive.len() else 1.0
+        shift = float(cast(float, positive.min())) if positive.len() else 1.0
         lead, other = lead.drop_nulls(axis), other.drop_nulls(axis)
     lead = lead.with_columns(pl.col("step").alias("step_lead"), (pl.col(axis) + shift).log10().alias("t")).sort("t")
     other = other.with_columns(pl.col("step").alias("step_other"), (pl.col(axis) + shift).log10().alias("t")).sort("t")
@@ -166,8 +175,8 @@ def _eval_values(wh: Warehouse, model: str, series: Series, fewshot: int | None,
     if found.height == 0:
         tasks = wh.query("SELECT DISTINCT task || '/' || metric AS s FROM evals WHERE model = ? ORDER BY s", [model])["s"]
         hint = f" (it has {tasks.len()} eval series, e.g. {', '.join(tasks.head(5))})" if tasks.len() else " (no evals: run geowh import-evals)"
-        shots = f" with {fewshot}-shot" if fewshot is not None else ""
-        raise InputError(f"{model} has no eval {series.task}/{series.eval_metric}{shots}{hint}")
+        with_shots = f" with {fewshot}-shot" if fewshot is not None else ""
+        raise InputError(f"{model} has no eval {series.task}/{series.eval_metric}{with_shots}{hint}")
     shots = 0 if 0 in found["num_fewshot"].to_list() else found["num_fewshot"][0]
     filters = found.filter(pl.col("num_fewshot") == shots)["filter"].to_list()
     filter_ = "none" if "none" in filters else filters[0]

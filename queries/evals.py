@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def read_results(path: str | Path, model: str | None = None, checkpoint: str | N
     return EvalFile(path, fmt, name, label, step, tokens, str(version) if version else None, rows)
 
 
-def eval_files(paths: list[str | Path]) -> list[Path]:
+def eval_files(paths: Sequence[str | Path]) -> list[Path]:
     """The .json files named, directories walked (sorted, so imports are deterministic)."""
     found = []
     for p in map(Path, paths):
@@ -159,7 +160,7 @@ def eval_files(paths: list[str | Path]) -> list[Path]:
 
 
 def import_evals(
-    wh: Warehouse, paths: list[str | Path], model: str | None = None, checkpoint: str | None = None
+    wh: Warehouse, paths: Sequence[str | Path], model: str | None = None, checkpoint: str | None = None
 ) -> pl.DataFrame:
     """Import lm-evaluation-harness results (files or directories, walked) into `evals`.
 
@@ -174,7 +175,8 @@ def import_evals(
     files = [read_results(p, model, checkpoint) for p in eval_files(paths)]
     done = imported_keys(wh)
     now = utcnow()
-    runs, checkpoints, evals, stats = [], {}, [], []
+    runs, checkpoints, stats = [], {}, []
+    evals: list[dict[str, Any]] = []
     for f in files:
         digest = file_digest(f.path)
         key = import_key(digest, "evals", f.model, f.checkpoint)

@@ -194,7 +194,7 @@ def measured_rows(wh: Warehouse, rows: pl.DataFrame) -> pl.DataFrame:
     )
     if measured.height == 0:
         return rows.clear()
-    return rows.join(measured.cast(dict(rows.select(keys).schema)), on=keys, how="semi", nulls_equal=True)
+    return rows.join(measured.cast(rows.select(keys).schema), on=keys, how="semi", nulls_equal=True)
 
 
 def _unmeasured(wh: Warehouse, checkpoints: list[dict[str, Any]], long: pl.DataFrame, path: Path) -> list[dict[str, Any]]:
@@ -222,10 +222,10 @@ def _unmeasured(wh: Warehouse, checkpoints: list[dict[str, Any]], long: pl.DataF
     if clash.height:
         first = clash.row(0, named=True)
         said = ", ".join(f"{c} {first[c]}" for c in ("step", "tokens", "stage") if first[c] is not None)
-        had = ", ".join(f"{c} {first['had_' + c]}" for c in ("step", "tokens", "stage"))
+        had_text = ", ".join(f"{c} {first['had_' + c]}" for c in ("step", "tokens", "stage"))
         raise InputError(
             f"{path}, {_lines(path, clash[ROW])}: {clash.select('model', 'checkpoint').n_unique()} checkpoint(s) an "
-            f"ingest measured would change, e.g. {first['model']} {first['checkpoint']} ({had}; the file says {said}). "
+            f"ingest measured would change, e.g. {first['model']} {first['checkpoint']} ({had_text}; the file says {said}). "
             "An import never changes a measured checkpoint's step, tokens or stage: drop those columns or rows, "
             "or give the checkpoint another label"
         )

@@ -24,13 +24,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from geowh.errors import InputError
 from geowh.queries.series import (
-    Note, Pick, check_axis, fit_flags, load_series, log_axis, pick_series, require_axis,
+    Note,
+    Pick,
+    check_axis,
+    fit_flags,
+    load_series,
+    log_axis,
+    pick_series,
+    require_axis,
 )
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 
@@ -339,7 +347,7 @@ def _fit_evidence(frame: pl.DataFrame, s: int, e: int) -> dict:
     if "alpha_req_fit" not in frame.columns:
         return {}
     flags = [f for f in frame["alpha_req_fit"][s : e + 1].to_list() if f not in (None, "ok")]
-    found = {"alpha_req_fits_flagged": len(flags)}
+    found: dict[str, Any] = {"alpha_req_fits_flagged": len(flags)}
     if flags:
         found["alpha_req_fit_flags"] = {f: flags.count(f) for f in sorted(set(flags))}
     return found

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import numpy as np
 import polars as pl
@@ -21,7 +21,16 @@ from geowh.errors import GeowhError, InputError
 from geowh.outputs import check_output, output_path
 from geowh.queries.correlate import Series, series_values
 from geowh.queries.phases import phases as find_phases
-from geowh.queries.series import FLOPS_PER_PARAM_TOKEN, Note, baseline_of, check_axis, load_series, models_arg, pick_series, require_axis
+from geowh.queries.series import (
+    FLOPS_PER_PARAM_TOKEN,
+    Note,
+    baseline_of,
+    check_axis,
+    load_series,
+    models_arg,
+    pick_series,
+    require_axis,
+)
 from geowh.warehouse import Warehouse
 
 # Image formats `--out` may name (by its extension); matplotlib writes each without extra packages.
@@ -117,7 +126,7 @@ def plot(
     (dashed). `out` is written whole or not at all; an existing file is replaced only with `force`.
     """
     if layers is not None:
-        return plot_layers(wh, models, metrics, x, out, terminal, probe, layers, stream, size, note, force)
+        return plot_layers(wh, models, metrics, x, Path(out) if out is not None else None, terminal, probe, layers, stream, size, note, force)
     if out is None and not terminal:
         raise InputError("say where to draw: --out fig.png or --terminal")
     if out is not None:
@@ -182,7 +191,7 @@ def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Pat
     fig, axes = plt.subplots(len(series), 1, sharex=True, figsize=(8, 2.6 * len(series) + 0.6), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     positive = frame.filter(pl.col(x) > 0)[x]
-    linthresh = 1.0 if x == "step" else float(positive.min() if positive.len() else 1.0)
+    linthresh = 1.0 if x == "step" else (float(cast(float, positive.min())) if positive.len() else 1.0)
     for ax, name in zip(axes[:, 0], series):
         for i, model in enumerate(models):
             part = frame.filter((pl.col("model") == model) & (pl.col("series") == name)).sort(x)
@@ -231,7 +240,7 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
     width, height = size or (100, 16)  # per panel
     offset = 1.0 if x == "step" else _first_positive(frame[x])
     ticks = [0, 10, 100, 1_000, 10_000, 100_000, 1_000_000] if x == "step" else [offset * 10**k for k in range(7)]
-    top = float(np.log10(frame[x].max() + offset))
+    top = float(np.log10(cast(float, frame[x].max()) + offset))
     shown = [v for v in ticks if np.log10(v + offset) <= top + 0.3]
     colourless = not (hasattr(stream, "isatty") and stream.isatty())
     fig = plt.figure
@@ -243,7 +252,7 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
         fig.title(name.removeprefix("eval:"))
         part = frame.filter(pl.col("series") == name)
         models = part["model"].unique(maintain_order=True).to_list()
-        low, high = float(part["value"].min()), float(part["value"].max())
+        low, high = float(cast(float, part["value"].min())), float(cast(float, part["value"].max()))
         row = (high - low) / max(height - 4, 1) or 1.0  # the value one text row spans
         for i, model in enumerate(models):
             band = (low, high) if len(models) == 1 else (low + i * row, low + (i + 1) * row)
@@ -293,7 +302,7 @@ def _mark(plt, phase: str):
 
 def _first_positive(values: pl.Series) -> float:
     positive = values.filter(values > 0)
-    return float(positive.min()) if positive.len() else 1.0
+    return float(cast(float, positive.min())) if positive.len() else 1.0
 
 
 def _names(value: str | Sequence[str]) -> list[str]:

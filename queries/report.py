@@ -23,10 +23,11 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from functools import cache
-from datetime import timezone
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -77,7 +78,8 @@ def report(
     out = Path(out)
     check_output(out, force=force, protect=[wh.path])
     with wh.connect(read_only=True) as con:
-        data = report_data(_Held(wh, con), models, metrics, note)
+        # _Held answers the part of Warehouse the report asks (path, query) on the held connection.
+        data = report_data(cast(Warehouse, _Held(wh, con)), models, metrics, note)
     page = render(data)
     with output_path(out, force=force, protect=[wh.path]) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -128,7 +130,7 @@ def report_data(
         charts.append("evals")
     return {
         "title": "geowh report: " + ", ".join(names),
-        "generated": utcnow().replace(tzinfo=timezone.utc).isoformat(timespec="seconds"),
+        "generated": utcnow().replace(tzinfo=UTC).isoformat(timespec="seconds"),
         "warehouse": str(wh.path),
         "geowh_version": _version(),
         "metrics": metrics,

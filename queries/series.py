@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -61,7 +62,8 @@ def pick_series(
 ) -> Pick:
     """The probe/layer/pooling whose `metrics` to use for `model` (see the module docstring)."""
     model = canonical_model(model)
-    where, params = ["model = ?", f"metric IN ({', '.join('?' * len(metrics))})"], [model, *metrics]
+    where = ["model = ?", f"metric IN ({', '.join('?' * len(metrics))})"]
+    params: list[str | int] = [model, *metrics]
     for column, value in (("probe", probe), ("layer", layer), ("pooling", pooling)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -76,7 +78,7 @@ def pick_series(
     probes = found.group_by("probe").agg(pl.col("n").max()).sort(["n", "probe"], descending=True, nulls_last=True)
     chosen_probe = probes["probe"][0]
     rows = found.filter(pl.col("probe").eq_missing(chosen_probe))
-    chosen_layer = rows["layer"].max() if rows["layer"].null_count() < rows.height else None
+    chosen_layer = int(cast(int, rows["layer"].max())) if rows["layer"].null_count() < rows.height else None
     rows = rows.filter(pl.col("layer").eq_missing(chosen_layer))
     poolings = sorted(rows["pooling"].drop_nulls().to_list())
     chosen_pooling = "last" if "last" in poolings else (poolings[0] if poolings else None)

@@ -133,8 +133,8 @@ def corpus_sources() -> list[tuple[str, str, list[Path]]]:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue  # an optional dependency missing: the corpus is simply smaller
-        files = [Path(dist.locate_file(f)) for f in (dist.files or []) if str(f).endswith(".py")]
-        root = Path(dist.locate_file(""))
+        files = [Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".py")]
+        root = Path(str(dist.locate_file("")))
         found.append((name, dist.version, _py_files(files, root)))
     return found
 
@@ -152,8 +152,8 @@ def python_docs_corpus(
     meta_path = cache.with_suffix(".json")
     if cache.is_file() and meta_path.is_file() and not refresh:
         meta = json.loads(meta_path.read_text())
-        texts = tuple(cache.read_text(encoding="utf-8").splitlines())
-        return Corpus("python-docs", texts, tuple(meta["sources"]), meta["sha256"], cache)
+        cached = tuple(cache.read_text(encoding="utf-8").splitlines())
+        return Corpus("python-docs", cached, tuple(meta["sources"]), meta["sha256"], cache)
 
     limit = int(max_mb * 1e6)
     texts: list[str] = []

@@ -433,7 +433,8 @@ def build_model(config: TrainConfig, tokenizer):
         num_attention_heads=config.n_heads,
         intermediate_size=4 * config.d_model,
         max_position_embeddings=max(2048, config.seq_len),
-        rotary_pct=0.25,
+        # transformers 5 takes it as a legacy keyword (read into rope_parameters) its dataclass signature omits
+        rotary_pct=0.25,  # type: ignore[call-arg]
         use_parallel_residual=True,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
@@ -644,7 +645,8 @@ def _summary(out: Path, saved: dict, status: str, seconds: float, device: str) -
     rows = _read_log(out)
     last = rows[-1] if rows else {}
     config = saved["config"]
-    names = sorted((p.name for p in out.iterdir() if p.is_dir() and local_step(p.name) is not None), key=local_step)
+    steps = {p.name: step for p in out.iterdir() if p.is_dir() and (step := local_step(p.name)) is not None}
+    names = sorted(steps, key=steps.__getitem__)
     return TrainSummary(
         out=str(out), status=status, steps=int(last.get("step", 0)), checkpoints=names, seconds=round(seconds, 2),
         tokens=int(last.get("tokens", 0)), train_loss=last.get("train_loss"), eval_loss=last.get("eval_loss"),

@@ -101,6 +101,7 @@ def _download(ref: CheckpointRef) -> None:
         snapshot_download,  # imported by _import_now in the main thread
     )
 
+    assert ref.repo is not None  # only hub refs are prefetched
     snapshot_download(ref.repo, revision=ref.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
 
 

@@ -43,7 +43,7 @@ from geowh.spectrum_math import (
 
 
 def _nonfinite_error(rows: np.ndarray, what: str = "this block") -> InputError:
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.dtype.kind == "f" else []
+    bad: np.ndarray | list[int] = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.dtype.kind == "f" else []
     where = f" (first at row {int(bad[0])} of {what}, {len(bad)} rows in all)" if len(bad) else ""
     return InputError(
         f"features contain NaN or infinite values{where}: the spectrum is undefined. "
@@ -149,7 +149,7 @@ class Covariance:
         shift = self._shift if self._shift is not None else x.mean(axis=0, dtype=np.float64)
         # The one float64 copy of the block, C-ordered so that its transpose is the
         # Fortran-ordered (d, batch) operand dsyrk reads without copying again.
-        xs = np.empty(x.shape, dtype=np.float64)
+        xs: np.ndarray = np.empty(x.shape, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported just below
             np.subtract(x, shift, out=xs)
             s = xs.sum(axis=0)

@@ -29,7 +29,6 @@ from geowh.warehouse.names import (
     parse_tokens,
 )
 
-
 _SAMPLE = 65536  # bytes of weights read from each end of a file for its fingerprint
 
 
@@ -172,11 +171,11 @@ def check_source(series: Series, stored_source: str | None, stored: dict[str, tu
     current = series.source
     before = {stored_source} if stored_source else _series_sources(where for where, _ in stored.values())
     if current and before and current not in before:
-        before = sorted(before)[0]
+        first = sorted(before)[0]
         raise InputError(
-            f"the model name {series.model!r} already holds the series from {_shown(before)}, and "
+            f"the model name {series.model!r} already holds the series from {_shown(first)}, and "
             f"{_shown(current)} is another source: give this one its own name with --name NAME "
-            f"(or ingest {_shown(before)} to resume the stored series)"
+            f"(or ingest {_shown(first)} to resume the stored series)"
         )
     if force:
         return
@@ -294,7 +293,12 @@ def _olmo2(model: str, revisions: Sequence[str] | None = None, **_) -> Series:
             continue
         refs.append(CheckpointRef(model, name, branch.step, branch.tokens, branch.stage, repo=repo, revision=name))
     # Stage 2 ingredients are parallel runs: each one is kept together, in step order.
-    refs.sort(key=lambda r: (r.stage_order, parse_olmo_branch(r.label).ingredient or 0, r.step))
+    def ingredient(label: str) -> int:
+        branch = parse_olmo_branch(label)
+        assert branch is not None  # refs hold only the names that parsed
+        return branch.ingredient or 0
+
+    refs.sort(key=lambda r: (r.stage_order, ingredient(r.label), r.step))
     return Series(model, "olmo-2", tuple(refs), hub_repo=repo, tokenizer=repo, skipped=tuple(skipped))
 
 
@@ -600,7 +604,7 @@ def _log_spaced(refs: list[CheckpointRef], count: int) -> list[CheckpointRef]:
         return _nonempty([], f"log:{count}")
     if count >= len(stepped):
         return stepped
-    logs = [math.log(r.step + 1) for r in stepped]
+    logs = [math.log((r.step or 0) + 1) for r in stepped]  # every r.step is set: `stepped` filtered them
     lo, hi = min(logs), max(logs)
     chosen: list[int] = []
     for i in range(count):
