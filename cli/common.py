@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from click.exceptions import Abort, ClickException, Exit
@@ -24,6 +24,9 @@ from geowh import __version__
 from geowh.errors import GeowhError, OutputError
 from geowh.outputs import output_path
 from geowh.signals import handle_signals, interrupted_by
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # The machine, not geowh: what happened and what to do, by errno.
 _ENVIRONMENT_ERRNOS = {
@@ -197,8 +200,9 @@ def screenful() -> int:
     return max(20, console().height - 8)
 
 
-def render_frame(frame, fmt: Format = Format.table, out: Path | None = None, title: str | None = None,
-                 force: bool = False, protect: Sequence[Path] = (), optional: Sequence[str] = (),
+def render_frame(frame: pl.DataFrame, fmt: Format = Format.table, out: Path | None = None,
+                 title: str | None = None, force: bool = False, protect: Sequence[Path] = (),
+                 optional: Sequence[str] = (),
                  limit: int | None = None) -> None:
     """Show a polars DataFrame as a rich table, CSV or JSON, or write it to `out`.
 
@@ -246,7 +250,9 @@ def render_frame(frame, fmt: Format = Format.table, out: Path | None = None, tit
                                 soft_wrap=True)
 
 
-def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()) -> tuple[RenderableType, list[str]]:
+def fit_table(
+    frame: pl.DataFrame, title: str | None, width: int, optional: Sequence[str] = ()
+) -> tuple[RenderableType, list[str]]:
     """`frame` as a rich Table no wider than `width`, and the `optional` columns left out to fit.
 
     Numbers and names (values without spaces) keep their whole width, since a cut name ("entropy…")
@@ -254,7 +260,8 @@ def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()
     important first, are left out while the table is still too wide. Rows too wide for any table
     (`sql "select * …"`) are shown one block per row, a column per line, as psql's expanded mode.
     """
-    columns = []
+    # (name, cells, numeric, fixed width or None for prose, natural width)
+    columns: list[tuple[str, list[str], bool, int | None, int]] = []
     for name in frame.columns:
         cells = [cell(v) for v in frame[name].to_list()]
         numeric = frame[name].dtype.is_numeric()
@@ -264,7 +271,8 @@ def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()
         whole = max([*shown, *(len(word) for word in name.split())])
         columns.append((name, cells, numeric, None if prose else whole, max([*shown, len(name)])))
 
-    def needed(cols) -> int:  # one space of padding each side and a border after each column
+    # one space of padding each side and a border after each column
+    def needed(cols: Sequence[tuple[str, list[str], bool, int | None, int]]) -> int:
         return sum((fixed or min(natural, 12)) + 3 for _, _, _, fixed, natural in cols) + 1
 
     hidden = []
@@ -294,7 +302,7 @@ def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()
     return table, hidden
 
 
-def flat_frame(frame):
+def flat_frame(frame: pl.DataFrame) -> pl.DataFrame:
     """`frame` with its nested columns (lists, structs) JSON-encoded, as CSV needs one value per cell."""
     import polars as pl
 

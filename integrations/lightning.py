@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geowh.errors import GeowhError, InputError
 from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe, log_spectrum
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
 
 try:
     from lightning.pytorch import Callback
@@ -64,14 +67,16 @@ class GeometryLightningCallback(Callback):
         self.last_step: int | None = None
         self.measured: list[dict] = []
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # vocabulary, context length, device: refused now, before the training spends a step
         if trainer.is_global_zero:
             if self.probe is None:
                 self.probe = GeometryProbe(**self.settings)
             self.probe.check(self._model_of(pl_module))
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         # With gradient accumulation several batches end on one optimizer step: measure it once.
         if step % self.every or step == self.last_step or not trainer.is_global_zero:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from geowh.errors import GeowhError
 from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe, log_spectrum
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +66,16 @@ class GeometryCallback(TrainerCallback):
 
     # -- events ------------------------------------------------------------------------------
 
-    def on_init_end(self, args, state, control, **kwargs):
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         _go_before_reporters(self)
 
-    def on_train_begin(self, args, state, control, processing_class=None, model=None, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        processing_class: PreTrainedTokenizerBase | None = None, model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         _go_before_reporters(self)  # also when added with trainer.add_callback after init
         if self.every is None and args.eval_strategy == "no":
             raise GeowhError(
@@ -76,21 +86,31 @@ class GeometryCallback(TrainerCallback):
             tokenizer = self.tokenizer or processing_class
             if tokenizer is None:
                 raise GeowhError("GeometryCallback needs a tokenizer: Trainer(processing_class=tokenizer) or tokenizer=")
+            assert args.output_dir is not None  # TrainingArguments.__post_init__ fills in its default
             name = self.name or Path(args.output_dir).resolve().name
             self.probe = GeometryProbe(tokenizer, name=name, **self.settings)
         if self.probe is not None and model is not None:
             # vocabulary, context length, device: refused now, before the training spends a step
             self.probe.check(model)
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        model: torch.nn.Module | None = None, **kwargs: Any,
+    ) -> TrainerControl:
         due = state.global_step % self.every == 0 if self.every else control.should_evaluate
         return self._maybe_measure(due, args, state, control, model)
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        model: torch.nn.Module | None = None, **kwargs: Any,
+    ) -> TrainerControl:
         # eval_strategy="epoch" decides to evaluate here, not at a step's end.
         return self._maybe_measure(self.every is None and control.should_evaluate, args, state, control, model)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        logs: dict[str, float] | None = None, **kwargs: Any,
+    ) -> None:
         if self.pending and logs is not None:
             logs.update(self.pending)
             if state.log_history and state.log_history[-1].get("step") == state.global_step:

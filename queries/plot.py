@@ -342,8 +342,9 @@ def layer_frame(wh: Warehouse, model: str, metrics: Sequence[str], probe: str | 
     return frame
 
 
-def plot_layers(wh: Warehouse, models, metrics, x: str, out: Path | None, terminal: bool, probe: str | None,
-                layers: str | Sequence[int], stream: TextIO | None, size, note: Note, force: bool) -> pl.DataFrame:
+def plot_layers(wh: Warehouse, models: str | Sequence[str], metrics: str | Sequence[str], x: str,
+                out: Path | None, terminal: bool, probe: str | None, layers: str | Sequence[int],
+                stream: TextIO | None, size: tuple[int, int] | None, note: Note, force: bool) -> pl.DataFrame:
     """The layer × checkpoint heatmap of each model and metric, each layer's phase boundaries marked."""
     from geowh.queries.phases import phase_map
 

@@ -27,7 +27,7 @@ from datetime import UTC
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -98,7 +98,7 @@ class _Held:
     def __init__(self, wh: Warehouse, con):
         self.path, self._con = wh.path, con
 
-    def query(self, statement: str, params=None) -> pl.DataFrame:
+    def query(self, statement: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         try:
             return self._con.sql(statement, params=params or None).pl()
         except Exception as e:  # duckdb.Error; duckdb is not imported here

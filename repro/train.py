@@ -28,13 +28,31 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from geowh.errors import InputError
 from geowh.warehouse.names import local_step
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+
+class Vocabulary(Protocol):
+    """What `build_model` reads from a tokenizer: its size and special ids."""
+
+    @property
+    def bos_token_id(self) -> int | None: ...
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    def __len__(self) -> int: ...
+
 
 EOS = "<|endoftext|>"
 CONFIG_FILE = "train_config.json"
@@ -320,7 +338,7 @@ def _prepare_data(out: Path, config: TrainConfig, log: TrainReport) -> dict:
     }
 
 
-def split_documents(texts, probe_docs: int, seed: int) -> tuple[list[str], list[str]]:
+def split_documents(texts: Sequence[str], probe_docs: int, seed: int) -> tuple[list[str], list[str]]:
     """(training, held-out) documents: `probe_docs` long documents drawn by a seeded generator.
 
     Held-out documents are drawn among those of at least 256 characters, so that most give a
@@ -338,7 +356,7 @@ def split_documents(texts, probe_docs: int, seed: int) -> tuple[list[str], list[
     return train, probe
 
 
-def build_tokenizer(texts, config: TrainConfig):
+def build_tokenizer(texts: Sequence[str], config: TrainConfig) -> PreTrainedTokenizerBase:
     """The given tokenizer, or a byte-level BPE of `config.vocab` tokens trained on `texts`."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -374,7 +392,7 @@ def _sample(texts, limit: int) -> list[str]:
     return list(texts[::stride])
 
 
-def encode_documents(tokenizer, texts, chunk: int = 2048):
+def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], chunk: int = 2048):
     """One token stream (int64 array): each document's ids followed by EOS."""
     import numpy as np
 
@@ -420,7 +438,7 @@ def _eval_batch(probe_file: Path, tokenizer, config: TrainConfig):
 # -- model and steps -------------------------------------------------------------------------------
 
 
-def build_model(config: TrainConfig, tokenizer):
+def build_model(config: TrainConfig, tokenizer: Vocabulary):
     """A freshly initialised GPT-NeoX with Pythia's choices (parallel residual, 25% rotary, untied head)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -477,7 +495,7 @@ def _model_and_optimizer(out: Path, config: TrainConfig, tokenizer, dev):
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 
 
-def autocast_dtype(dtype: str, dev) -> str:
+def autocast_dtype(dtype: str, dev: torch.device) -> str:
     """train-mini's `--dtype` resolved for `dev`: `bfloat16` (autocast) or `float32`.
 
     `auto` is bf16 autocast where `--dtype auto` of an ingest picks bf16: a GPU that supports

@@ -59,7 +59,9 @@ class Serial:
 
         return resolve_device(plan.config.device).type == "cuda"
 
-    def map(self, work, jobs, started):
+    def map(
+        self, work: Work, jobs: Sequence[Job], started: Callable[[Job], None]
+    ) -> Iterator[CheckpointResult]:
         refs = [job.ref for job in jobs]
         with _Preloader(refs, work.plan) if self.preloading(work.plan) else _Prefetcher(refs) as ahead:
             for i, job in enumerate(jobs):
