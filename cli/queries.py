@@ -12,6 +12,11 @@ from rich.markup import escape
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
 
 
+def _given(**options) -> dict:
+    """The options given on the command line: one not given leaves the library's default in place."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _note(message: str) -> None:
     err_console().print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
@@ -72,7 +77,7 @@ def phases(
     probe: Probe = None,
     layer: Layer = None,
     pooling: Annotated[Optional[str], typer.Option(help="Pooling: last or mean (default: last).")] = None,
-    metric: Annotated[str, typer.Option(help="Signal to segment: rankme, alpha_req or both.")] = "both",
+    metric: Annotated[Optional[str], typer.Option(help="Signal to segment: rankme, alpha_req or both (default: both).")] = None,
     x: XAxis = "step",
     store: Annotated[bool, typer.Option("--store/--no-store", help="Store the phases in the warehouse (--no-store only reads).")] = True,
     db: Db = DEFAULT_DB,
@@ -85,7 +90,8 @@ def phases(
     from geowh.queries import phases as run
     from geowh.warehouse import Warehouse
 
-    found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store, note=_note)
+    found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, x=x, store=store, note=_note,
+                **_given(metric=metric))
     if json_:
         print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
     else:
@@ -99,7 +105,7 @@ def phases(
         if found["matches_paper"].is_not_null().any():
             shown["matches_paper"] = "as paper"
         render_frame(found.select(pl.col(k).alias(v) for k, v in shown.items()),
-                     title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
+                     title=f"{first['model']}  {where + ' ' if where else ''}basis={first['basis']}",
                      optional=["stage", "#"])
 
 
@@ -108,8 +114,8 @@ def correlate(
     model: Annotated[str, typer.Option(help="Model(s), comma-separated: pythia-410m,pythia-1b.")],
     x: Annotated[str, typer.Option("--x", help="Series: a metric name (alpha_req) or eval:TASK/METRIC.")],
     y: Annotated[str, typer.Option("--y", help="Series: a metric name or eval:TASK/METRIC (eval:sciq/acc).")],
-    method: Annotated[str, typer.Option(help="spearman, pearson or kendall.")] = "spearman",
-    join: Annotated[str, typer.Option(help="exact (same step) or nearest (nearest log step).")] = "exact",
+    method: Annotated[Optional[str], typer.Option(help="spearman, pearson or kendall (default: spearman).")] = None,
+    join: Annotated[Optional[str], typer.Option(help="exact (same step) or nearest (nearest log step); default: exact.")] = None,
     probe: Probe = None,
     layer: Layer = None,
     fewshot: Annotated[Optional[int], typer.Option(help="Few-shot count of eval series (default: 0, or the only one).")] = None,
@@ -123,18 +129,18 @@ def correlate(
     from geowh.queries import correlate as run
     from geowh.warehouse import Warehouse
 
-    found = run(Warehouse(db), model, x, y, method=method, join=join, probe=probe, layer=layer, fewshot=fewshot,
-                note=_note)
+    found = run(Warehouse(db), model, x, y, probe=probe, layer=layer, fewshot=fewshot, note=_note,
+                **_given(method=method, join=join))
     if json_:
         print_json(found.drop("join").to_dicts())
     else:
-        render_frame(found.rename({"p_value": "p value"}), title=f"{method} correlation", optional=["method", "join"])
+        render_frame(found.rename({"p_value": "p value"}), title=f"{found['method'].first() or ''} correlation", optional=["method", "join"])
 
 
 @app.command()
 def plot(
     model: Annotated[str, typer.Option(help="Model(s), comma-separated; several are overlaid.")],
-    metric: Annotated[str, typer.Option(help="Metrics, comma-separated.")] = "rankme,alpha_req",
+    metric: Annotated[Optional[str], typer.Option(help="Metrics, comma-separated (default: rankme,alpha_req).")] = None,
     eval_: Annotated[Optional[str], typer.Option("--eval", help="Eval series TASK/METRIC, comma-separated (sciq/acc).")] = None,
     x: XAxis = "step",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Image file to write: .png, .pdf or .svg.")] = None,
@@ -152,7 +158,7 @@ def plot(
     from geowh.queries import plot as run
     from geowh.warehouse import Warehouse
 
-    points = run(Warehouse(db), model, metric, eval_ or (), x=x, out=None if terminal else out, terminal=terminal,
+    points = run(Warehouse(db), model, evals=eval_ or (), **_given(metrics=metric), x=x, out=None if terminal else out, terminal=terminal,
                  probe=probe, layer=layer, note=_note, force=force)
     if json_:
         print_json({"out": None if terminal else str(out), "points": points.height})

@@ -44,14 +44,13 @@ def watch(
     Example: geowh watch runs/my-run --probe held_out.txt --n 1000 --max-len 256 --until-idle 3600
     """
     from geowh.cli.ingest import config_of
-    from geowh.ingest.measurements.memorization import measurements_for
     from geowh.ingest.engine.watch import watch as run_watch
+    from geowh.ingest.measurements import build
 
     json_ = options["json_"]
     quiet = options["quiet"] or json_
     config = config_of(options)
-    measurements = measurements_for(options["memorization"], options["index"], options["index_tokenizer"],
-                                    db=options["db"])
+    measurements = build(config, options)  # once: every checkpoint's ingest shares them (the probe tokenized once)
     stopping = _StopOnCtrlC()
     with stopping:
         summary = run_watch(
