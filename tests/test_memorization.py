@@ -379,3 +379,20 @@ def test_memorize_config_refuses_a_bad_setting_before_anything_loads(tmp_path):
     for bad in ({"batch_size": 0}, {"limit": -1}, {"dtype": "float8"}):
         with pytest.raises(InputError):
             MemorizeConfig("task.jsonl", "index", **bad)
+
+
+def test_building_memorization_writes_nothing_the_runs_driver_stores_its_infgram_side(tmp_path, qa_file, qa_index):
+    from tiny import save_series
+
+    from geowh.ingest.config import MemorizeConfig
+    from geowh.ingest.measurements.memorization import Memorization, memorize
+    from geowh.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    Memorization(str(qa_file), qa_index.directory)
+    assert not wh.path.exists()
+    run = save_series(tmp_path / "run", steps=(0,))
+    memorize(str(run), MemorizeConfig(str(qa_file), str(qa_index.directory), batch_size=8), wh=wh)
+    stored = wh.query("SELECT count(*) AS n FROM infgram_items")["n"][0]
+    assert stored == 24 and wh.query("SELECT count(*) AS n FROM indexes")["n"][0] == 1
+
