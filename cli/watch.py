@@ -45,18 +45,16 @@ def watch(
     """
     from geowh.cli.ingest import config_of
     from geowh.ingest.engine.watch import watch as run_watch
-    from geowh.ingest.measurements import build
 
     json_ = options["json_"]
     quiet = options["quiet"] or json_
     config = config_of(options)
-    measurements = build(config, options)  # once: every checkpoint's ingest shares them (the probe tokenized once)
     stopping = _StopOnCtrlC()
     with stopping:
         summary = run_watch(
             folder, config, interval=interval, settle=settle, once=once, until_idle=until_idle,
             on_event=_json_line if json_ else (lambda e: None) if quiet else _show,
-            stop=stopping, measurements=measurements, db=options["db"], name=options["name"],
+            stop=stopping, options=options, db=options["db"], name=options["name"],
         )
     if json_:
         _json_line({"kind": "summary"} | summary.to_dict())
