@@ -61,7 +61,9 @@ class GeometryProbe:
             raise InputError("GeometryProbe needs a model name for the warehouse: name='my-run'")
         if isinstance(probe, IngestConfig):
             if settings:
-                raise InputError(f"GeometryProbe takes an IngestConfig or its settings, not both ({', '.join(settings)})")
+                raise InputError(
+                    f"GeometryProbe takes an IngestConfig or its settings, not both ({', '.join(settings)})"
+                )
             self.config = probe
         else:
             allowed = {f.name for f in fields(IngestConfig)} - {"probe"}

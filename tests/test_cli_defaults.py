@@ -68,5 +68,6 @@ def test_an_option_defaults_to_what_the_library_it_calls_takes(command):
         for name, value in defaults.items():
             if name in cli and name != "db":  # --db defaults to $GEOWH_DB's file, the library's None to settings
                 checked += 1
-                assert cli[name] is None or cli[name] == value, f"geowh {command} --{name}: {cli[name]!r}, library {value!r}"
+                assert cli[name] is None or cli[name] == value, (
+                    f"geowh {command} --{name}: {cli[name]!r}, library {value!r}")
     assert checked, f"geowh {command} shares no option with what it calls"

@@ -47,9 +47,9 @@ class Layers(Measurement):
         super().__init__("layers", config={"offset": offset})
 
     def measure(self, loaded, ref, config, meter):
+        value = float(loaded.n_layers + self.config["offset"])
         return {"metrics": [{"model": ref.model, "checkpoint": ref.label, "probe": "none", "layer": None,
-                             "pooling": None, "metric": "n_layers", "value": float(loaded.n_layers + self.config["offset"]),
-                             "stderr": None, "params": {}}]}
+                             "pooling": None, "metric": "n_layers", "value": value, "stderr": None, "params": {}}]}
 
 
 @pytest.fixture
@@ -58,7 +58,8 @@ def with_layers(monkeypatch):
     module = types.SimpleNamespace(
         NAME="layers",
         OPTIONS=(Option("layers_offset", "--layers-offset", "Count the layers, plus this.", int),),
-        build=lambda config, options: Layers(options["layers_offset"]) if options.get("layers_offset") is not None else None,
+        build=lambda config, options: (Layers(options["layers_offset"])
+                                       if options.get("layers_offset") is not None else None),
     )
     registered = dict(measurements.registry()) | {"layers": module}
     monkeypatch.setattr(measurements, "registry", lambda: registered)

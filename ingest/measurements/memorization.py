@@ -76,7 +76,9 @@ def infgram_item(index, task: str, item: QAItem) -> dict[str, Any]:
     }
 
 
-def infgram_side(index, task: str, items: Sequence[QAItem], wh=None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def infgram_side(
+    index, task: str, items: Sequence[QAItem], wh=None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The ∞-gram rows of `items` (in their order), read from `infgram_items` when cached there,
     else computed; and the rows computed here, for the caller to store (it writes nothing)."""
     directory = str(index.directory.resolve())
