@@ -9,8 +9,11 @@ an exception or Ctrl-C leaves the target as it was.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +30,9 @@ def check_output(path: str | Path, force: bool = False, protect: Iterable[str | 
     for kept in protect:
         if _same(path, Path(kept)):
             raise OutputError(f"{path} is the warehouse itself: write the output to another {what}")
+        # DuckDB's write-ahead log holds the warehouse's last commits until the next checkpoint
+        if _same(path, Path(f"{kept}.wal")):
+            raise OutputError(f"{path} is the warehouse's write-ahead log, part of it: write the output to another {what}")
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(f"{parent} is not an existing folder: create it first, or write {path.name} elsewhere")
@@ -57,11 +63,13 @@ def output_path(path: str | Path, force: bool = False, protect: Iterable[str | P
             fig.savefig(tmp, format="png")
     """
     path = check_output(path, force, protect, folder)
+    _remove_orphans(path)
+    prefix = f".{path.name}.{os.getpid()}@{_HOST}."
     try:
         if folder:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
         else:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=path.parent)
             os.close(fd)
             tmp = Path(name)
         # mkstemp/mkdtemp make private (0600/0700) entries; the output gets the usual mode.
@@ -79,6 +87,37 @@ def output_path(path: str | Path, force: bool = False, protect: Iterable[str | P
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+"""This machine, in a temporary's name: a process id means something only on its own host."""
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporaries of `path` left by a process of this host that is gone (kill -9).
+
+    Nothing else removes them (a kill -9 leaves no chance to): an 11 MB half-built index folder
+    stayed beside its target through every rerun. A temporary of a process still running (a
+    concurrent build) or of another host is left alone.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*@{_HOST}.*.partial"):
+        pid = tmp.name[len(path.name) + 2 :].split("@", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user's process
+        return True
+    return True
 
 
 def _umask() -> int:

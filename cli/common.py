@@ -162,12 +162,35 @@ def print_json(value: Any) -> None:
     sys.stdout.write(to_json(value))
 
 
+OUT_SUFFIXES = {".parquet": "Parquet", ".csv": "CSV", ".json": "JSON", "": "--format (CSV unless json)"}
+"""What `--out` writes, by the file's suffix; any other suffix is refused rather than written as CSV."""
+
+
+def check_sql_out(out: Path, fmt: Format | None = None) -> None:
+    """Refuse an --out whose suffix names a format geowh does not write (`x.xlsx` would get CSV),
+    or one that an explicit --format contradicts (`--format json --out x.csv` wrote JSON)."""
+    suffix = out.suffix.lower()
+    if suffix not in OUT_SUFFIXES:
+        raise OutputError(f"--out {out}: geowh writes .parquet, .csv or .json, not {out.suffix}: "
+                          "choose one of those suffixes")
+    if fmt is not None and fmt is not Format.table and suffix and suffix != f".{fmt.value}":
+        raise OutputError(f"--format {fmt.value} and --out {out} disagree: the suffix decides what is written, "
+                          "so leave out --format or give the file a matching suffix")
+
+
+def screenful() -> int:
+    """How many rows of a table fit the terminal (at least 20): more would scroll past unread."""
+    return max(20, console().height - 8)
+
+
 def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, title: str | None = None,
-                 force: bool = False, protect: Sequence[Path] = (), optional: Sequence[str] = ()) -> None:
+                 force: bool = False, protect: Sequence[Path] = (), optional: Sequence[str] = (),
+                 limit: int | None = None) -> None:
     """Show a polars DataFrame as a rich table, CSV or JSON, or write it to `out`.
 
     A table fits the terminal: `optional` columns, least important first, are left out when
-    it is too narrow (named on stderr).
+    it is too narrow (named on stderr). With `limit`, a table shows only its first `limit` rows
+    and says on stderr how many were left out (CSV, JSON and `out` always hold every row).
 
     `out` is written as a whole or not at all, never over an existing file unless `force`,
     never over a path in `protect` (the warehouse).
@@ -193,13 +216,20 @@ def render_frame(frame, fmt: Format = Format.table, out: Optional[Path] = None, 
     elif fmt is Format.json:
         print_json(frame.to_dicts())
     else:
-        table, hidden = fit_table(frame, title, console().width, optional)
+        # A rich table costs ~100 µs a row: past a screenful only the head is drawn, so a
+        # million-row result answers as fast as its data, not in minutes.
+        shown = frame if limit is None or frame.height <= limit else frame.head(limit)
+        table, hidden = fit_table(shown, title, console().width, optional)
         console().print(table)
         if hidden:
             err_console().print(f"[dim]not shown at this width: {', '.join(hidden)} (--json shows all)[/]",
                                 highlight=False)
         if frame.height == 0:
             err_console().print("(no rows)")
+        elif shown.height < frame.height:
+            err_console().print(f"first {shown.height:,} of {frame.height:,} rows shown ({frame.height - shown.height:,} "
+                                "left out): --format csv, --format json or --out FILE give them all", highlight=False,
+                                soft_wrap=True)
 
 
 def fit_table(frame, title: str | None, width: int, optional: Sequence[str] = ()) -> tuple[RenderableType, list[str]]:

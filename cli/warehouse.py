@@ -7,7 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Force, Format, Json, app, console, err_console, print_json, render_frame
+from geowh.cli.common import (DEFAULT_DB, Db, Force, Format, Json, app, check_sql_out, console, err_console, print_json,
+                              render_frame, screenful)
+
+SQL_TIMEOUT = 60.0
+"""Seconds an interactive `geowh sql` may run: longer than any query of a warehouse's size, short
+enough that a mistaken cross join does not hold the file for an ingest."""
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -25,16 +30,30 @@ def sql(
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to FILE (.parquet, .csv or .json).")] = None,
     force: Force = False,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option("--timeout", show_default=False,
+                     help=f"Stop the query after SECONDS (0: no limit; default {SQL_TIMEOUT:g} s, none with --out)."),
+    ] = None,
 ) -> None:
     """Run read-only SQL over the warehouse, in DuckDB's sandbox: no file is written or read but --read ones.
 
+    Ctrl-C, SIGTERM or --timeout stop a running query; beyond a screenful a table shows the first
+    rows (--format csv, json or --out give them all).
+
     Example: geowh sql "select step, rankme, alpha_req from trajectories where model = 'pythia-410m'"
     """
+    from geowh.outputs import check_output
     from geowh.warehouse import Warehouse
 
     wh = Warehouse(db or DEFAULT_DB)
-    frame = wh.sql(statement, read=read or (), missing_ok=db is None)
-    render_frame(frame, format, out, force=force, protect=[wh.path])
+    if out is not None:  # a bad --out is refused before the query runs, not after
+        check_output(out, force=force, protect=[wh.path])
+        check_sql_out(out, format)
+    if timeout is None:  # an interactive query gets a limit; a query written to a file is a job
+        timeout = 0 if out is not None else SQL_TIMEOUT
+    frame = wh.sql(statement, read=read or (), missing_ok=db is None, timeout=timeout)
+    render_frame(frame, format, out, force=force, protect=[wh.path], limit=None if out else screenful())
 
 
 @app.command()
@@ -64,7 +83,8 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
 
 @app.command()
 def export(
-    directory: Annotated[Path, typer.Argument(help="Folder to write one Parquet file per table into.")],
+    # a str, not a Path: Path('') is '.', and an empty name must not mean the current folder
+    directory: Annotated[str, typer.Argument(help="Folder to write one Parquet file per table into.")],
     db: Db = DEFAULT_DB,
     force: Force = False,
     json_: Json = False,

@@ -314,5 +314,17 @@ def check_files(directory: Path, meta: IndexMeta) -> None:
         ds_size = ds.stat().st_size
         if ds_size == 0 or ds_size % meta.width:
             raise InputError(f"{ds} is not a whole number of {meta.token_dtype} tokens; rebuild the index")
-        if sa.stat().st_size % (ds_size // meta.width) or od.stat().st_size % 8:
-            raise InputError(f"{sa} or {od} does not match {ds.name} (truncated build?); rebuild the index")
+        # Exact sizes: an empty or cut table answered every count with 0 and exit 0.
+        expected = ds_size // meta.width * pointer_bytes(ds_size)
+        if sa.stat().st_size != expected or od.stat().st_size % 8 or od.stat().st_size == 0:
+            raise InputError(
+                f"{sa} ({sa.stat().st_size:,} bytes) or {od} ({od.stat().st_size:,}) does not match {ds.name}: its "
+                f"suffix array must be {expected:,} bytes (truncated or damaged build?); rebuild the index"
+            )
+    header = {"shards": len(shards), "documents": sum((directory / f"offset{d.name.removeprefix('tokenized')}").stat().st_size
+                                                      for d in shards) // 8}
+    header["tokens"] = sum(d.stat().st_size for d in shards) // meta.width - header["documents"]
+    differs = [f"{k} {getattr(meta, k):,} (files: {v:,})" for k, v in header.items() if getattr(meta, k) != v]
+    if differs:
+        raise InputError(f"{directory}: the files do not hold what {META_FILE} records ({', '.join(differs)}): "
+                         "a file was cut, added or replaced; rebuild the index")

@@ -11,6 +11,11 @@ from geowh.errors import InputError
 from geowh.ingest.sources.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED
 
 
+MIN_SUBSET_ROWS = 16
+"""Fewest probe sequences in one `--subsets` part: RankMe of r rows is at most r, so a metric of
+2-row parts is a count, not a measurement (n = 64 into 32 parts stored RankMe 1.0)."""
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Every setting of an ingest. Those in `key_fields` decide whether a result can be reused."""
@@ -48,6 +53,12 @@ class IngestConfig:
             raise InputError(f"--subsets {self.subsets}: K needs K ≥ 2 disjoint parts (0 = off)")
         if self.subsets > self.n:
             raise InputError(f"--subsets {self.subsets}: more parts than the --n {self.n} probe sequences")
+        if self.subsets and self.n // self.subsets < MIN_SUBSET_ROWS:
+            raise InputError(
+                f"--subsets {self.subsets}: parts of {self.n // self.subsets} of the --n {self.n} sequences; a part needs at "
+                f"least {MIN_SUBSET_ROWS} (RankMe cannot exceed a part's rows, so smaller parts measure their size): "
+                f"use --subsets ≤ {max(2, self.n // MIN_SUBSET_ROWS)}, or a larger --n"
+            )
         layers = self.layers.strip()
         items = [x.strip() for x in layers.split(",")]
         if layers not in ("last", "all") and not (all(x.lstrip("-").isdigit() for x in items) and items):

@@ -5,11 +5,12 @@ Needs `lightning` (or the older `pytorch_lightning`): `pip install 'geowh[lightn
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geowh.errors import InputError
+from geowh.errors import GeowhError, InputError
 from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe
 
 try:
@@ -21,6 +22,8 @@ except ImportError:  # the package's older name
         raise InputError(
             "GeometryLightningCallback needs Lightning: pip install lightning (or geowh[lightning])"
         ) from None
+
+logger = logging.getLogger(__name__)
 
 
 class GeometryLightningCallback(Callback):
@@ -61,6 +64,13 @@ class GeometryLightningCallback(Callback):
         self.last_step: int | None = None
         self.measured: list[dict] = []
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # vocabulary, context length, device: refused now, before the training spends a step
+        if trainer.is_global_zero:
+            if self.probe is None:
+                self.probe = GeometryProbe(**self.settings)
+            self.probe.check(self._model_of(pl_module))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         # With gradient accumulation several batches end on one optimizer step: measure it once.
@@ -70,7 +80,15 @@ class GeometryLightningCallback(Callback):
         if self.probe is None:
             self.probe = GeometryProbe(**self.settings)
         tokens = float(step * self.tokens_per_step) if self.tokens_per_step else None
-        values = self.probe.measure(self._model_of(pl_module), step, tokens=tokens)
+        # A measurement never stops the training: a failure is recorded (a failed run), logged, and skipped.
+        try:
+            values = self.probe.measure(self._model_of(pl_module), step, tokens=tokens)
+        except GeowhError as e:
+            logger.warning("geowh: the measurement at step %d failed, training goes on: %s", step, e)
+            return
+        except Exception:  # noqa: BLE001
+            logger.exception("geowh: the measurement at step %d failed, training goes on", step)
+            return
         self.measured.append(values)
         pl_module.log_dict({k: values[k] for k in LOGGED if k in values}, rank_zero_only=True)
 

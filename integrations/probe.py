@@ -19,6 +19,7 @@ from typing import Any
 
 from geowh.errors import CheckpointError, InputError
 from geowh.ingest.config import IngestConfig
+from geowh.signals import interrupted_by
 from geowh.warehouse import Warehouse, as_warehouse
 
 DEFAULT_N = 1000
@@ -34,7 +35,8 @@ class GeometryProbe:
     file) and `settings` are `IngestConfig` fields (`n`, `max_len`, `layers`, `pooling`,
     `min_len`, `seed`, `batch_size`: what the ingest options of the same names mean; `n` and
     `max_len` default to DEFAULT_N and DEFAULT_MAX_LEN here, a probe cheap enough to run during
-    training); or `probe` is a whole `IngestConfig`. Rows go to the warehouse `db` when one is given.
+    training); or `probe` is a whole `IngestConfig`. Rows go to the warehouse `db` when one is
+    given; `model`, when given, is checked now (`check`).
 
     Example:
         probe = GeometryProbe(tokenizer, "held_out.txt", db="w.duckdb", name="my-run", n=500, max_len=256)
@@ -50,6 +52,8 @@ class GeometryProbe:
         probe: str | Path | IngestConfig,
         db: str | Path | Warehouse | None = None,
         name: str = "live",
+        *,
+        model=None,
         **settings: Any,
     ):
         from dataclasses import fields
@@ -91,6 +95,44 @@ class GeometryProbe:
         [geometry] = [m for m in self.measurements if m.name == "geometry"]
         self.probe = geometry.probe_for(self.tokenizer)
         """The tokenized probe (the ids every measurement feeds the model)."""
+        self.checked: set[int] = set()
+        """id() of the models `check` has passed."""
+        if model is not None:
+            self.check(model)
+
+    def check(self, model) -> None:
+        """Refuse, with an InputError that says what to do, a model this probe cannot measure.
+
+        Run before training spends a step (`GeometryCallback` does at `on_train_begin`; `measure`
+        does on its first call): the probe's token ids, padding included, must be rows of the
+        model's input embeddings (a tokenizer larger than the model raised IndexError inside the
+        forward pass); its longest sequence must fit the model's positions; the weights must be
+        materialized on a device (not `meta`).
+        """
+        parameter = next(model.parameters(), None)
+        if parameter is None:
+            raise InputError(f"{type(model).__name__} has no parameters: give GeometryProbe the transformers model")
+        if parameter.device.type == "meta":
+            raise InputError(f"the weights of {type(model).__name__} are on the meta device (not loaded): "
+                             "measure the model once its weights are materialized on a CPU or GPU")
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        rows = getattr(embeddings, "num_embeddings", None)
+        top = max([max(ids) for ids in self.probe.ids if ids] + [self.tokenizer.pad_token_id])
+        if rows is not None and top >= rows:
+            raise InputError(
+                f"the tokenizer gives the probe token id {top:,}, but the model embeds only {rows:,} tokens "
+                f"(ids 0–{rows - 1:,}): pass the tokenizer the model was built for, or resize its embeddings "
+                "(model.resize_token_embeddings(len(tokenizer))) before training"
+            )
+        config = getattr(model, "config", None)
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        longest = max(len(ids) for ids in self.probe.ids)
+        if isinstance(positions, int) and longest > positions:
+            raise InputError(
+                f"the probe has sequences of {longest:,} tokens, but the model takes at most {positions:,} positions: "
+                f"pass max_len={positions} (or less)"
+            )
+        self.checked.add(id(model))
 
     def _plan(self, dtype: str):
         from geowh.ingest.engine.plan import Plan
@@ -106,23 +148,56 @@ class GeometryProbe:
         "alpha_req", …}` (the metrics of the last selected layer, first pooling). The model is
         left in the mode it was in, no gradient is computed, and the random state of torch,
         Python and NumPy is as before. Raises CheckpointError when the features cannot be
-        computed (NaN, out of memory); the failed run is recorded when `db` is set.
+        computed (NaN, out of memory) or the measurement fails in any other way (its error is
+        kept); the failed run is recorded when `db` is set. A step that is not a whole number
+        ≥ 0, or a model `check` refuses, is an InputError, and nothing is recorded.
         """
-        from geowh.ingest.sources.models import Loaded, dtype_name
+        import math
+
         from geowh.ingest.engine.run import process_checkpoint, write_result
+        from geowh.ingest.sources.models import Loaded, dtype_name
         from geowh.ingest.sources.series import CheckpointRef
 
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) \
+                or step < 0 or step != int(step):
+            raise InputError(f"step={step!r}: a step is a whole number ≥ 0 (the optimizer updates so far)")
+        if tokens is not None and not (isinstance(tokens, (int, float)) and math.isfinite(tokens) and tokens >= 0):
+            raise InputError(f"tokens={tokens!r}: the tokens seen are a number ≥ 0, or None")
+        if id(model) not in self.checked:
+            self.check(model)
         parameter = next(model.parameters())
         dtype = dtype_name(parameter.dtype)
         ref = CheckpointRef(self.name, f"step{int(step)}", int(step), float(tokens) if tokens is not None else None)
         loaded = Loaded(model, self.tokenizer, parameter.device, parameter.dtype, ref)
-        with _inference(model):
-            result = process_checkpoint(ref, self._plan(dtype), loaded=loaded)
+        plan = self._plan(dtype)
+        try:
+            with _inference(model):
+                result = process_checkpoint(ref, plan, loaded=loaded)
+        except Exception as e:
+            # Not a CheckpointError: a bug or a model geowh does not know. In a training, a
+            # measurement must never be what stops it: the attempt is recorded as failed, with
+            # its error, and reported as a CheckpointError the callbacks log and move past.
+            if interrupted_by(e) is not None:
+                raise
+            result = _failed(plan, ref, f"{type(e).__name__}: {e}")
         if self.wh is not None:
             write_result(self.wh, result)
         if not result.ok:
             raise CheckpointError(f"geometry of {self.name} at step {step} failed: {result.error}")
         return summarize(result)
+
+
+def _failed(plan, ref, error: str):
+    """A failed result of `ref` (its `runs` row holds `error`), as an ingest records a checkpoint that failed."""
+    import uuid
+
+    from geowh.ingest.engine.plan import CheckpointResult
+    from geowh.warehouse import utcnow
+
+    run_id, now = str(uuid.uuid4()), utcnow()
+    run = plan.run_row(ref, run_id, "failed", error=error, dtype=plan.dtype, started_at=now, finished_at=now)
+    rows = {"models": [plan.series.models_row()], "checkpoints": [ref.row()]}
+    return CheckpointResult(ref, run_id, "failed", rows, run, error)
 
 
 def summarize(result) -> dict[str, Any]:

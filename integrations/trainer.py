@@ -27,6 +27,10 @@ class GeometryCallback(TrainerCallback):
     Under distributed training only the main process measures and writes. The tokenizer is
     the trainer's `processing_class` unless `tokenizer` is given.
 
+    Model and tokenizer are checked at `on_train_begin` (vocabulary, context length, device):
+    a mismatch is an InputError before any step is spent. A measurement that fails later is
+    recorded as a failed run, logged as a warning, and the training goes on.
+
     Example:
         trainer = Trainer(model, args, train_dataset=data, processing_class=tokenizer,
                           callbacks=[GeometryCallback("held_out.txt", db="w.duckdb", every=500, seq_len=512)])
@@ -61,7 +65,7 @@ class GeometryCallback(TrainerCallback):
     def on_init_end(self, args, state, control, **kwargs):
         _go_before_reporters(self)
 
-    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
+    def on_train_begin(self, args, state, control, processing_class=None, model=None, **kwargs):
         _go_before_reporters(self)  # also when added with trainer.add_callback after init
         if self.every is None and args.eval_strategy == "no":
             raise GeowhError(
@@ -74,6 +78,9 @@ class GeometryCallback(TrainerCallback):
                 raise GeowhError("GeometryCallback needs a tokenizer: Trainer(processing_class=tokenizer) or tokenizer=")
             name = self.name or Path(args.output_dir).resolve().name
             self.probe = GeometryProbe(tokenizer, name=name, **self.settings)
+        if self.probe is not None and model is not None:
+            # vocabulary, context length, device: refused now, before the training spends a step
+            self.probe.check(model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         due = state.global_step % self.every == 0 if self.every else control.should_evaluate
@@ -100,10 +107,15 @@ class GeometryCallback(TrainerCallback):
         return control
 
     def _measure(self, args, state, model) -> None:
+        # A measurement never stops the training: a failure is recorded in the warehouse (as a
+        # failed run, by GeometryProbe.measure), logged, and the next one is tried as planned.
         try:
             values = self.probe.measure(model, state.global_step, tokens=self._tokens(args, state))
-        except GeowhError as e:  # a failed measurement (recorded in the warehouse) must not stop training
-            logger.warning("geowh: %s", e)
+        except GeowhError as e:
+            logger.warning("geowh: the measurement at step %d failed, training goes on: %s", state.global_step, e)
+            return
+        except Exception:  # noqa: BLE001 — e.g. the warehouse's disk filled: still not the training's problem
+            logger.exception("geowh: the measurement at step %d failed, training goes on", state.global_step)
             return
         self.measured.append(values)
         self.pending = {k: values[k] for k in LOGGED if k in values}

@@ -29,6 +29,8 @@ MODEL_RENAMES = (
     (re.compile(r"^pythia-v1\.1-"), "pythia-"),  # EleutherAI/pythia-v1.1-410m is pythia-410m
     (re.compile(r"^pythia-1b-bf16$"), "pythia-1b"),  # the Pythia 1B run, evaluated in bfloat16
 )
+# Keys of a task's results that describe it rather than score it (the current layout's task name).
+NOT_METRICS = {"alias"}
 
 
 
@@ -129,12 +131,14 @@ def read_results(path: str | Path, model: str | None = None, checkpoint: str | N
         shots = int(shots) if isinstance(shots, (int, float)) and not isinstance(shots, bool) else 0
         for key, value in values.items():
             metric, _, filter_ = key.partition(",")
-            if metric.endswith("_stderr") or not _is_number(value):
+            if metric.endswith("_stderr") or metric in NOT_METRICS or value is None:
                 continue
-            stderr = values.get(f"{metric}_stderr,{filter_}" if filter_ else f"{metric}_stderr")
+            stderr_key = f"{metric}_stderr,{filter_}" if filter_ else f"{metric}_stderr"
+            stderr = values.get(stderr_key)
             rows.append({
                 "task": task, "metric": metric, "filter": filter_ or "none", "num_fewshot": shots,
-                "value": float(value), "stderr": float(stderr) if _is_number(stderr) else None,
+                "value": _value(path, task, key, value),
+                "stderr": None if stderr is None or stderr == "N/A" else _value(path, task, stderr_key, stderr),
             })
     return EvalFile(path, fmt, name, label, step, tokens, str(version) if version else None, rows)
 
@@ -229,6 +233,18 @@ def _summary(stats: list[dict[str, Any]]) -> pl.DataFrame:
         "model": pl.String, "num_fewshot": pl.Int64, "files": pl.Int64, "checkpoints": pl.Int64,
         "tasks": pl.Int64, "rows": pl.Int64, "imported": pl.Int64, "unchanged": pl.Int64,
     })
+
+
+def _value(path: Path, task: str, key: str, value: Any) -> float:
+    """A result's value as a float; a string, NaN or infinity is refused, naming where it is (as
+    import-metrics refuses such cells): skipping it would import a task without its score."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{path}: results.{task}.{key} is a NaN or infinite value: remove that entry "
+                         "(a missing score is an absent key), then import again")
+    if not _is_number(value):
+        raise InputError(f"{path}: results.{task}.{key} is {json.dumps(value)[:60]}, not a number: "
+                         "fix or remove that entry, then import again")
+    return float(value)
 
 
 def _is_number(value: Any) -> bool:

@@ -18,12 +18,20 @@ from geowh.errors import InputError
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 from geowh.warehouse.names import STAGE_ORDER
 from geowh.warehouse.runs import run_row
+from geowh.warehouse.store import TRAJECTORY_KEYS
 
 # Columns of a metrics file that describe the row rather than hold a metric.
 KEY_COLUMNS = ("model", "checkpoint", "step", "tokens", "stage", "probe", "layer", "pooling")
 LONG_COLUMNS = ("metric", "value", "stderr")
 
 ROW = "_row"  # the file's row a long row came from
+
+# Poolings a metric row may name: ingest's (`last`, `mean`: ingest/extract.py POOLINGS) and the
+# toy model's `none` (one vector per sample). Another name would be a series no query finds.
+POOLINGS = ("last", "mean", "none")
+# Metric names that would collide with a column of the rows or of `trajectories` (case-blind,
+# as SQL identifiers are): importing `step` as a metric would shadow the step axis.
+RESERVED_METRICS = frozenset({*TRAJECTORY_KEYS, *KEY_COLUMNS, *LONG_COLUMNS, "run_id", "params", "index_dir"})
 
 _RUN_NAMESPACE = uuid.UUID("6f1c8f5e-3d0a-4c39-9a57-5b1f0e6a2c11")
 
@@ -109,6 +117,11 @@ def long_metrics(frame: pl.DataFrame, path: Path, model: str | None = None) -> p
                           ("probe", pl.String), ("layer", pl.Int32), ("pooling", pl.String), ("stderr", pl.Float64)):
         if column not in long.columns:
             long = long.with_columns(pl.lit(None, dtype).alias(column))
+    # Whole numbers only: polars would cast a step or layer of 1.5 to 1, a silent wrong row.
+    for column in ("step", "layer"):
+        if long[column].dtype.is_float():
+            _refuse_rows(long, pl.col(column) != pl.col(column).floor(), path,
+                         f"a {column} that is not a whole number ({'optimizer updates' if column == 'step' else 'a layer index'})")
     try:
         names = long["model"].cast(pl.String).unique().drop_nulls().to_list()
         long = long.with_columns(
@@ -136,6 +149,12 @@ def long_metrics(frame: pl.DataFrame, path: Path, model: str | None = None) -> p
         ).alias("checkpoint")
     )
     _refuse_rows(long, pl.col("step") < 0, path, "a negative step: steps count up from 0")
+    _refuse_rows(long, pl.col("layer") < 0, path, "a negative layer: layers count up from 0 (the embeddings)")
+    _refuse_rows(long, pl.col("stderr") < 0, path, "a negative stderr: a standard error is ≥ 0")
+    _refuse_rows(long, ~pl.col("pooling").is_in(POOLINGS), path,
+                 f"an unknown pooling: use {', '.join(POOLINGS)}, or leave the cell empty")
+    _refuse_rows(long, pl.col("metric").str.to_lowercase().is_in(sorted(RESERVED_METRICS)) | (pl.col("metric") == ""),
+                 path, f"a metric name that is empty or a column's ({', '.join(sorted(RESERVED_METRICS))}): rename the metric")
     _refuse_rows(long, ~pl.col("value").is_finite() | ~pl.col("stderr").is_finite(), path,
                  "a NaN or infinite value: leave the cell empty for a missing value, or drop the row")
     if long["checkpoint"].null_count() or long["model"].null_count() or long["metric"].null_count():
@@ -178,6 +197,42 @@ def measured_rows(wh: Warehouse, rows: pl.DataFrame) -> pl.DataFrame:
     return rows.join(measured.cast(dict(rows.select(keys).schema)), on=keys, how="semi", nulls_equal=True)
 
 
+def _unmeasured(wh: Warehouse, checkpoints: list[dict[str, Any]], long: pl.DataFrame, path: Path) -> list[dict[str, Any]]:
+    """The `checkpoints` rows an import may write: none of a checkpoint an ingest measured.
+
+    A measured checkpoint's step, tokens and stage are what its trajectory, phases and joins
+    stand on; an import never changes them (not even with --replace). A file that gives one of
+    them another value is refused, naming its lines; one that agrees writes nothing there.
+    """
+    models = sorted({c["model"] for c in checkpoints})
+    measured = wh.query(
+        "SELECT model, checkpoint, step AS had_step, tokens AS had_tokens, stage AS had_stage FROM checkpoints c "
+        "WHERE list_contains(?, model) AND EXISTS (SELECT 1 FROM runs r WHERE r.model = c.model "
+        "AND r.checkpoint = c.checkpoint AND r.kind <> 'import')",
+        [models],
+    )
+    if measured.height == 0:
+        return checkpoints
+    rows = long.join(measured, on=["model", "checkpoint"], how="inner")
+    differs = pl.lit(False)
+    for column in ("step", "tokens", "stage"):
+        given, had = pl.col(column), pl.col(f"had_{column}")
+        differs = differs | (given.is_not_null() & (had.is_null() | (given != had)).fill_null(True))
+    clash = rows.filter(differs)
+    if clash.height:
+        first = clash.row(0, named=True)
+        said = ", ".join(f"{c} {first[c]}" for c in ("step", "tokens", "stage") if first[c] is not None)
+        had = ", ".join(f"{c} {first['had_' + c]}" for c in ("step", "tokens", "stage"))
+        raise InputError(
+            f"{path}, {_lines(path, clash[ROW])}: {clash.select('model', 'checkpoint').n_unique()} checkpoint(s) an "
+            f"ingest measured would change, e.g. {first['model']} {first['checkpoint']} ({had}; the file says {said}). "
+            "An import never changes a measured checkpoint's step, tokens or stage: drop those columns or rows, "
+            "or give the checkpoint another label"
+        )
+    kept = set(map(tuple, measured.select("model", "checkpoint").rows()))
+    return [c for c in checkpoints if (c["model"], c["checkpoint"]) not in kept]
+
+
 def import_metrics(wh: Warehouse, path: str | Path, model: str | None = None, replace: bool = False) -> pl.DataFrame:
     """Import a CSV/Parquet file of trajectories into `metrics`, `checkpoints` and `models`.
 
@@ -186,8 +241,11 @@ def import_metrics(wh: Warehouse, path: str | Path, model: str | None = None, re
     metric (a `<metric>_stderr` column gives its standard error). A checkpoint without a label is
     called `step{N}` (`{stage}-step{N}` for post-training stages). Each model gets a `runs` row of
     kind `import`; importing the same file again changes nothing. A row whose value geowh measured
-    (an ingest wrote it) is refused, naming the rows, unless `replace`; so are NaN or infinite
-    values and negative steps (with their line).
+    (an ingest wrote it) is refused, naming the rows, unless `replace`. The step, tokens and stage
+    of a checkpoint an ingest measured are never changed, `replace` or not: a file that disagrees
+    is refused. Refused too, with their line: NaN or infinite values, negative or fractional
+    steps and layers, negative stderr, unknown poolings and metric names that are columns
+    (`step`, `model`, …).
 
     Returns one row per model: model, checkpoints, metrics, rows, status (imported/unchanged).
     """
@@ -224,6 +282,8 @@ def import_metrics(wh: Warehouse, path: str | Path, model: str | None = None, re
             "model", "checkpoint", "probe", "layer", "pooling", "metric", "value", "stderr",
             pl.lit(json.dumps({"imported_from": path.name})).alias("params"), pl.lit(run["run_id"]).alias("run_id"),
         ))
+    if writes["checkpoints"] and wh.path.exists():
+        writes["checkpoints"] = _unmeasured(wh, writes["checkpoints"], long, path)
     if writes["metrics"] and wh.path.exists() and not replace:
         clash = measured_rows(wh, long.filter(pl.col("model").is_in([r["model"] for r in writes["runs"]])))
         if clash.height:

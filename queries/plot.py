@@ -71,6 +71,14 @@ def plot_frame(
             parts.append(values.select(pl.lit(model).alias("model"), pl.lit(e).alias("series"), "stage", "step",
                                        pl.col("tokens").cast(pl.Float64), "value"))
     frame = pl.concat(parts, how="vertical_relaxed").filter(pl.col("value").is_not_null())
+    # NaN is a value to polars but no point to a plot: an all-NaN series was "12 points" of nothing
+    nan = frame.filter(~pl.col("value").is_finite())
+    frame = frame.filter(pl.col("value").is_finite())
+    if frame.height == 0 and nan.height:
+        raise InputError(f"nothing to plot: all {nan.height} value(s) of {', '.join(sorted(set(nan['series'])))} are NaN "
+                         "or infinite (`geowh metrics` and the runs' errors say why)")
+    if nan.height and note is not None:
+        note(f"{nan.height} NaN or infinite value(s) are not drawn ({', '.join(sorted(set(nan['series'])))})")
     unknown = frame[x].null_count()
     frame = frame.filter(pl.col(x).is_not_null())
     if frame.height == 0:

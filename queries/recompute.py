@@ -73,6 +73,8 @@ def recompute(
             "(`geowh ingest`), or check --model and --db."
         )
 
+    _refuse_clipped(spectra, params)
+
     config = {"metrics": selected, "params": params}
     key = config_key(config)
     started_at = utcnow()
@@ -101,3 +103,30 @@ def recompute(
     return (
         pl.DataFrame(metrics).group_by("model", "metric", maintain_order=True).agg(pl.len().alias("rows"))
     )
+
+
+# Parameters that count eigenvalues: past a spectrum's length they are clipped to it.
+RANK_PARAMS = ("fit_start", "fit_end", "r2_start", "r2_end", "max_components")
+
+
+def _refuse_clipped(spectra: pl.DataFrame, params: Mapping[str, Any]) -> None:
+    """Refuse a rank parameter longer than a spectrum it would be computed from.
+
+    The metric would quietly use the spectrum's length instead, while the variant is named after
+    the value given (`alpha_req@fit_end=99999999999`): a name that says what was not computed.
+    """
+    ranked = {k: v for k, v in params.items() if k in RANK_PARAMS and v is not None}
+    if not ranked:
+        return
+    lengths = spectra.with_columns(pl.col("eigenvalues").list.len().alias("n"))
+    shortest = lengths.sort("n").row(0, named=True)
+    for name, value in ranked.items():
+        if isinstance(value, int) and value > shortest["n"]:
+            where = f"{shortest['model']} {shortest['checkpoint']} (probe {shortest['probe']}, layer {shortest['layer']})"
+            fix = "0 (the full spectrum)" if name == "max_components" else f"≤ {shortest['n']}"
+            raise InputError(
+                f"{name}={value} is past the end of the spectra it would be computed from: {where} has "
+                f"{shortest['n']} eigenvalues, so the result would be clipped to that but stored under {name}={value}. "
+                f"Give {name} {fix}, or recompute a --model whose spectra are longer"
+            )
+

@@ -40,3 +40,15 @@ def test_the_ingest_command_builds_its_config_from_every_option_it_has():
     names = {f.name for f in fields(IngestConfig)} - {"geometry"}
     assert names <= set(_options("ingest"))
     assert config_of({"n": 7, "max_len": 9, "probe": "x.txt"}) == IngestConfig(probe="x.txt", n=7, max_len=9)
+
+
+def test_subsets_smaller_than_the_minimum_part_are_refused_and_say_so():
+    # issue 18: --subsets 32 --n 64 stored RankMe 1.0 measured on 2-row parts
+    from geowh.errors import InputError
+    from geowh.ingest.config import MIN_SUBSET_ROWS, IngestConfig
+
+    with pytest.raises(InputError, match=f"parts of 2 of the --n 64 sequences; a part needs at least {MIN_SUBSET_ROWS}"):
+        IngestConfig(n=64, subsets=32)
+    assert IngestConfig(n=64, subsets=4).subsets == 4  # parts of 16
+    with pytest.raises(InputError, match="--subsets ≤ 3"):
+        IngestConfig(n=63, subsets=4)

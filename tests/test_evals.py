@@ -212,3 +212,26 @@ def test_import_evals_prints_every_model_whole_at_80_columns(tmp_path):
     shown = {line.split("│")[1].strip() for line in lines if line.startswith("│")}
     assert shown == set(PYTHIA_MODELS)
     assert "shots" in done.stdout and "imported" in done.stdout
+
+
+@pytest.mark.parametrize("raw, what", [('"0.9"', "not a number"), ('"high"', "not a number"),
+                                       ("NaN", "NaN or infinite"), ("1e999", "NaN or infinite"),
+                                       ("-Infinity", "NaN or infinite")])
+def test_a_string_nan_or_infinite_score_is_refused_in_one_line_and_nothing_is_written(cli, tmp_path, raw, what):
+    # Skipping such a value imported the task without its score; 1e999 went in as infinity.
+    path = tmp_path / "results_2025-01-15T10-00-00.json"
+    text = json.dumps(CURRENT).replace('"acc,none": 0.893', f'"acc,none": {raw}', 1)
+    assert text != json.dumps(CURRENT)
+    path.write_text(text)
+    with pytest.raises(InputError, match=f"results.sciq.acc,none is .*{what}"):
+        read_results(path)
+    result = cli(["import-evals", path, "--db", tmp_path / "w.duckdb"])
+    assert result.exit_code == 1 and what in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_a_string_stderr_other_than_n_a_is_refused(tmp_path):
+    path = tmp_path / "results_2025-01-15T10-00-00.json"
+    path.write_text(json.dumps(CURRENT).replace('"acc_stderr,none": 0.00978', '"acc_stderr,none": "0.01"', 1))
+    with pytest.raises(InputError, match="results.sciq.acc_stderr,none is \"0.01\", not a number"):
+        read_results(path)

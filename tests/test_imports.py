@@ -163,3 +163,57 @@ def test_import_metrics_replace_in_the_cli(cli, wh, tmp_path):
     refused = cli(["import-metrics", path, "--db", wh.path])
     assert refused.exit_code == 1 and "--replace" in refused.output and "Traceback" not in refused.output
     assert cli(["import-metrics", path, "--db", wh.path, "--replace"]).exit_code == 0
+
+
+def test_an_import_never_changes_the_step_tokens_or_stage_of_a_measured_checkpoint(wh, tmp_path):
+    # issue 18: `run,5,foo,1,step0,123,sft` moved an ingested checkpoint to step 5 of sft, no --replace needed
+    measured(wh)
+    path = tmp_path / "long.csv"
+    path.write_text("model,step,metric,value,checkpoint,tokens,stage\nmy-run,0,bar,2,step0,0,pretrain\n"
+                    "my-run,5,foo,1,step100,123,sft\n")
+    before = {t: wh.table(t).sort(pl.all()) for t in ("metrics", "runs", "checkpoints")}
+    for replace in (False, True):
+        with pytest.raises(InputError, match=r"long.csv, line 3: 1 checkpoint\(s\) an ingest measured would change, "
+                                             r"e.g. my-run step100 \(step 100, tokens None, stage None; the file says step 5"):
+            import_metrics(wh, path, replace=replace)
+        for table, frame in before.items():
+            assert wh.table(table).sort(pl.all()).equals(frame), table
+
+
+def test_an_import_that_agrees_with_a_measured_checkpoint_adds_its_metrics_and_leaves_the_checkpoint(wh, tmp_path):
+    measured(wh)
+    wh.execute("UPDATE checkpoints SET stage = 'pretrain', stage_order = 0, tokens = 4e8")
+    path = tmp_path / "long.csv"
+    path.write_text("model,step,metric,value,stage\nmy-run,100,foo,1.5,pretrain\nmy-run,200,foo,2.5,\n")
+    import_metrics(wh, path)
+    rows = wh.query("SELECT checkpoint, step, tokens, stage FROM checkpoints ORDER BY step").rows()
+    assert rows == [("step100", 100, 4e8, "pretrain"), ("step200", 200, None, None)]
+    foo = wh.query("SELECT checkpoint, value FROM metrics WHERE metric = 'foo' ORDER BY checkpoint").rows()
+    assert foo == [("step100", 1.5), ("step200", 2.5)]
+
+
+@pytest.mark.parametrize("line, what", [
+    ("m,1.5,rankme,3.0,,,", "a step that is not a whole number"),
+    ("m,2,step,3.0,,,", "a metric name that is empty or a column's"),
+    ("m,2,Model,3.0,,,", "a metric name that is empty or a column's"),
+    ("m,2,stage_order,3.0,,,", "a metric name that is empty or a column's"),
+    ("m,2,rankme,3.0,-0.1,,", "a negative stderr"),
+    ("m,2,rankme,3.0,,-1,", "a negative layer"),
+    ("m,2,rankme,3.0,,1.5,", "a layer that is not a whole number"),
+    ("m,2,rankme,3.0,,,cls", "an unknown pooling"),
+])
+def test_rows_that_would_be_stored_wrong_are_refused_with_their_line(wh, cli, tmp_path, line, what):
+    path = tmp_path / "long.csv"
+    path.write_text(f"model,step,metric,value,stderr,layer,pooling\nm,1,rankme,3.5,0.1,2,last\n{line}\n")
+    with pytest.raises(InputError, match=f"long.csv, line 3: {what}"):
+        import_metrics(wh, path)
+    result = cli(["import-metrics", path, "--db", wh.path])
+    assert result.exit_code == 1 and what in result.output and "Traceback" not in result.output
+    assert not wh.path.exists()
+
+
+def test_a_wide_column_named_like_a_key_is_refused_not_stored_as_a_metric(wh, tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text("model,step,rankme,stage_order\nm,1,3.5,0\n")
+    with pytest.raises(InputError, match="line 2: a metric name that is empty or a column's"):
+        import_metrics(wh, path)

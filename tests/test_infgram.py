@@ -348,3 +348,25 @@ def test_cli_builds_queries_and_records_the_index(cli, corpus, tmp_path):
     assert row["index_dir"] == str(out.resolve()) and row["tokenizer"] == str(PYTHIA_TOKENIZER)
     bad = cli(["index", "query", tmp_path / "nope", "x"])
     assert bad.exit_code == 1 and "error" in bad.output
+
+
+@pytest.mark.parametrize("damage", ["empty table", "cut table", "cut offsets", "header"])
+def test_an_index_whose_files_do_not_match_their_header_is_refused_not_answered_with_zero(index, tmp_path, cli, damage):
+    # issue 18: an index whose table.0 was empty answered count 0 with exit 0
+    copy = tmp_path / "damaged"
+    shutil.copytree(index.directory, copy)
+    if damage == "empty table":
+        (copy / "table.0").write_bytes(b"")
+    elif damage == "cut table":
+        data = (copy / "table.0").read_bytes()
+        (copy / "table.0").write_bytes(data[: len(data) // 2])
+    elif damage == "cut offsets":
+        data = (copy / "offset.0").read_bytes()
+        (copy / "offset.0").write_bytes(data[:-8])
+    else:
+        meta = json.loads((copy / "geowh-index.json").read_text())
+        (copy / "geowh-index.json").write_text(json.dumps(meta | {"documents": meta["documents"] + 1}))
+    with pytest.raises(InputError, match="rebuild the index"):
+        Index(copy)
+    result = cli(["index", "query", copy, "Return the"])
+    assert result.exit_code == 1 and "rebuild the index" in result.output and "Traceback" not in result.output

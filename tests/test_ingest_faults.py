@@ -218,6 +218,7 @@ def test_staleness_asks_this_host_and_trusts_another_for_a_while():
 BAD = [
     ["--n", "0"], ["--n", "-5"], ["--max-len", "0"], ["--min-len", "-1"], ["--layers", "first"], ["--layers", ","],
     ["--pooling", "max"], ["--pooling", ""], ["--subsets", "1"], ["--subsets", "-2"], ["--subsets", "100", "--n", "50"],
+    ["--subsets", "32", "--n", "64"],
     ["--seed", "-1"], ["--batch-size", "0"], ["--checkpoints", ","], ["--checkpoints", " , "], ["--dtype", "fp8"],
 ]
 

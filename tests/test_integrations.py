@@ -234,3 +234,110 @@ def test_the_readme_shows_the_three_ways_of_a_live_run():
     section = section[: section.index("\n### ", 5)]
     for way in ("geowh watch ", "GeometryCallback(", "GeometryProbe(", ".measure(model, step"):
         assert way in section, way
+
+
+def _small_trainer(tmp_path, model, tok, callback, steps=6):
+    """A real HF Trainer over `model` for `steps` steps of 2 sequences whose ids the model embeds."""
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    vocab = model.get_input_embeddings().num_embeddings
+    data = [{"input_ids": r["input_ids"] % vocab, "labels": r["input_ids"] % vocab} for r in _dataset(tok, 2 * steps)]
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=2,
+                             save_strategy="no", logging_steps=100, report_to=[], use_cpu=True, disable_tqdm=True)
+    torch.manual_seed(0)
+    return Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+                   processing_class=tok, callbacks=[callback])
+
+
+@pytest.mark.slow
+def test_a_tokenizer_larger_than_the_model_is_refused_at_train_begin_before_any_step(tmp_path):
+    # issue 18: the Pythia tokenizer (50k ids) with a 1,000-token model killed the training with
+    # IndexError at the first measurement, after steps were spent, and recorded nothing
+    from tiny import tiny_model
+
+    from geowh.errors import InputError
+    from geowh.integrations import GeometryCallback
+
+    model = tiny_model(layers=1, d=32, heads=2, vocab=1000).train()
+    callback = GeometryCallback(write_docs(tmp_path / "docs.txt", limit=60), db=tmp_path / "w.duckdb", every=2,
+                                n=16, max_len=32)
+    trainer = _small_trainer(tmp_path, model, tokenizer(), callback)
+    with pytest.raises(InputError, match="the model embeds only 1,000 tokens.*the tokenizer the model was built for"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and callback.measured == []
+
+
+@pytest.mark.slow
+def test_a_measurement_that_fails_later_is_recorded_and_logged_and_the_training_goes_on(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import geowh.ingest.measurements.geometry as engine
+    from tiny import tiny_model
+
+    from geowh.integrations import GeometryCallback
+    from geowh.warehouse import Warehouse
+
+    geometry, calls = engine.geometry_rows, []
+
+    def second_fails(*args, **kwargs):  # a bug inside the measurement, of a type geowh does not expect
+        calls.append(1)
+        if len(calls) == 2:
+            raise IndexError("index out of range in self")
+        return geometry(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "geometry_rows", second_fails)
+    model = tiny_model(layers=1, d=32, heads=2).train()
+    callback = GeometryCallback(write_docs(tmp_path / "docs.txt", limit=60), db=tmp_path / "w.duckdb", every=2,
+                                n=16, max_len=32)
+    trainer = _small_trainer(tmp_path, model, tokenizer(), callback)
+    with caplog.at_level(logging.WARNING, logger="geowh.integrations.trainer"):
+        trainer.train()
+    assert trainer.state.global_step == 6  # the failure at step 4 stopped nothing
+    assert [m["step"] for m in callback.measured] == [2, 6]
+    runs = Warehouse(tmp_path / "w.duckdb").query("SELECT checkpoint, status, error FROM runs ORDER BY started_at")
+    assert runs["checkpoint"].to_list() == ["step2", "step4", "step6"]
+    assert runs["status"].to_list() == ["ok", "failed", "ok"]
+    assert "IndexError: index out of range in self" in runs["error"][1]
+    assert any("step 4 failed, training goes on" in r.getMessage() for r in caplog.records)
+
+
+def test_the_probe_refuses_a_negative_or_fractional_step_and_records_nothing(tmp_path):
+    from tiny import tiny_model
+
+    from geowh.errors import InputError
+    from geowh.integrations import GeometryProbe
+    from geowh.warehouse import Warehouse
+
+    probe = GeometryProbe(tokenizer(), write_docs(tmp_path / "docs.txt", limit=40), db=tmp_path / "w.duckdb",
+                          name="loop", n=8, max_len=16)
+    model = tiny_model(layers=1, d=32, heads=2)
+    for step in (-5, 1.5, float("nan"), "7"):
+        with pytest.raises(InputError, match="a step is a whole number ≥ 0"):
+            probe.measure(model, step)
+    with pytest.raises(InputError, match="tokens"):
+        probe.measure(model, 3, tokens=-1)
+    assert Warehouse(tmp_path / "w.duckdb").query("SELECT count(*) AS n FROM runs")["n"].item() == 0
+    assert probe.measure(model, 3.0)["checkpoint"] == "step3"  # a whole float is a step
+
+
+def test_the_probe_refuses_a_model_whose_positions_are_fewer_than_its_sequences_or_whose_weights_are_not_loaded(tmp_path):
+    import torch
+    from tiny import tiny_model
+
+    from geowh.errors import InputError
+    from geowh.integrations import GeometryProbe
+
+    docs = write_docs(tmp_path / "docs.txt", limit=40)
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("gpt2", layers=1, d=32, heads=2)
+    config.n_positions = 16  # learned absolute positions: a 17th token has no embedding
+    short = AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(InputError, match="sequences of 32 tokens, but the model takes at most 16 positions: pass max_len=16"):
+        GeometryProbe(tokenizer(), docs, name="loop", n=8, max_len=32, model=short)
+    assert GeometryProbe(tokenizer(), docs, name="loop", n=8, max_len=16, model=short).measure(short, 1)["rankme"] > 0
+    with torch.device("meta"):
+        ghost = tiny_model(layers=1, d=32, heads=2)
+    with pytest.raises(InputError, match="meta device"):
+        GeometryProbe(tokenizer(), docs, name="loop", n=8, max_len=16, model=ghost)

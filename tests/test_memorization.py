@@ -266,6 +266,15 @@ def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index
     assert stats["items"] == 24 and stats["excluded"] == sum(1 for r in rows if r["excluded"])
 
 
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_index_stats_refuses_a_limit_below_one_instead_of_dropping_the_last_item(cli, tmp_path, qa_file, qa_index, limit):
+    # issue 18: --limit -1 silently used 29 of 30 items
+    result = cli(["index", "stats", qa_index.directory, "--task", qa_file, "--db", tmp_path / "w.duckdb", "--limit", limit])
+    assert result.exit_code == 1 and f"--limit {limit}: give a whole number of items" in result.output
+    assert "Traceback" not in result.output
+    assert len(load_task(str(qa_file), 23)[1]) == 23
+
+
 def test_index_stats_runs_in_a_fresh_process_with_a_table_that_fits_80_columns(tmp_path, qa_file, qa_index):
     import os
     import subprocess

@@ -180,3 +180,34 @@ def test_a_full_disk_anywhere_else_is_one_line_not_a_traceback(cli, db, monkeypa
     one_line_error(cli(["info", "--db", db]), "No space left on device", "/somewhere/file")
     monkeypatch.setattr(Warehouse, "info", lambda self: 1 / 0)
     assert isinstance(cli(["info", "--db", db]).exception, ZeroDivisionError)  # a bug keeps its traceback
+
+
+def test_a_temporary_left_by_a_killed_process_is_removed_by_the_next_write_and_a_live_ones_is_kept(tmp_path):
+    # issue 18: kill -9 during `index build` left an 11 MB partial folder that reruns never removed
+    import signal
+
+    code = ("import os, signal, sys\nfrom geowh.outputs import output_path\n"
+            "with output_path(sys.argv[1], folder=True) as tmp:\n"
+            "    (tmp / 'table.0').write_bytes(b'x' * 1000)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = tmp_path / "index"
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True)
+    assert done.returncode == -signal.SIGKILL
+    orphans = list(tmp_path.glob(".index.*.partial"))
+    assert len(orphans) == 1 and (orphans[0] / "table.0").exists()
+    running = tmp_path / orphans[0].name.replace(orphans[0].name.split(".")[2].split("@")[0], str(os.getpid()), 1)
+    running.mkdir()  # a concurrent build of this very process: still being written
+    with output_path(out, folder=True) as tmp:
+        (tmp / "table.0").write_bytes(b"whole")
+    assert not orphans[0].exists() and running.exists()
+    assert (out / "table.0").read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_export_to_an_empty_folder_name_is_refused_not_written_into_the_current_folder(cli, db, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    one_line_error(cli(["export", name, "--db", db]), "empty")
+    with pytest.raises(Exception, match="empty"):
+        Warehouse(db).export(name)
+    assert sorted(tmp_path.iterdir()) == before

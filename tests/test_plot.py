@@ -89,3 +89,27 @@ def test_the_terminal_plot_shades_the_phases_in_order(two_models):
     bare = io.StringIO()
     plot(two_models, "pythia-410m", "rankme", terminal=True, stream=bare, size=(90, 14), shade_phases=False)
     assert not set("·░▒") & set(bare.getvalue()) and "phases:" not in bare.getvalue()
+
+
+def _nan_series(wh, values):
+    from test_warehouse import checkpoint_rows
+
+    for step, value in enumerate(values):
+        wh.write(checkpoint_rows(checkpoint=f"step{step}", step=step, metrics={"rankme": value, "alpha_req": 0.5}))
+
+
+def test_an_all_nan_series_is_nothing_to_plot_not_twelve_points(wh, cli, tmp_path):
+    # issue 18: `plot` of an all-NaN series reported "12 points" and drew an empty panel
+    _nan_series(wh, [float("nan")] * 12)
+    with pytest.raises(InputError, match="all 12 value.s. of rankme are NaN"):
+        plot(wh, "m", "rankme", out=tmp_path / "fig.png")
+    result = cli(["plot", "--model", "m", "--metric", "rankme", "--out", tmp_path / "fig.png", "--db", wh.path])
+    assert result.exit_code == 1 and "are NaN" in result.output and not (tmp_path / "fig.png").exists()
+
+
+def test_nan_values_are_left_out_of_the_points_and_said(wh, tmp_path):
+    _nan_series(wh, [3.0, float("nan"), 2.5, 2.0])
+    notes = []
+    points = plot(wh, "m", "rankme", out=tmp_path / "fig.png", note=notes.append)
+    assert points["step"].to_list() == [0, 2, 3]
+    assert any("1 NaN or infinite value(s) are not drawn (rankme)" in n for n in notes)

@@ -91,3 +91,16 @@ def test_the_command_recomputes_and_reports_json(wh, tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "no stored spectra" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "none.duckdb").exists()
+
+
+@pytest.mark.parametrize("params, named", [({"fit_end": 99999999999}, "fit_end=99999999999"),
+                                           ({"fit_start": 10, "fit_end": 301}, "fit_end=301"),
+                                           ({"max_components": 5000}, "max_components=5000")])
+def test_a_rank_past_the_end_of_a_spectrum_is_refused_not_clipped_under_its_name(wh, params, named):
+    # issue 18: the fit was clipped to the 300 eigenvalues, and stored as alpha_req@fit_end=99999999999
+    stored(wh, checkpoints=2, d=300)
+    before = wh.query("SELECT count(*) AS n FROM metrics")["n"].item()
+    with pytest.raises(InputError, match=f"{named} is past the end of the spectra.*has 300 eigenvalues"):
+        recompute(wh, model="m", **params)
+    assert wh.query("SELECT count(*) AS n FROM metrics")["n"].item() == before
+    assert recompute(wh, model="m", fit_start=10, fit_end=300).height == 2  # the last rank itself is fine

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -16,7 +18,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from geowh.errors import InputError, OutputError, WarehouseError
+from geowh.errors import GeowhError, InputError, OutputError, WarehouseError
 from geowh.outputs import check_output, output_path
 from geowh.settings import settings
 from geowh.signals import deferred
@@ -356,7 +358,8 @@ class Warehouse:
         with self.connect(read_only=True) as con:
             return _run_read_only(con, statement, params)
 
-    def sql(self, statement: str, read: Sequence[str | Path] = (), missing_ok: bool = False) -> pl.DataFrame:
+    def sql(self, statement: str, read: Sequence[str | Path] = (), missing_ok: bool = False,
+            timeout: float | None = None) -> pl.DataFrame:
         """A user's SQL, run in DuckDB's own sandbox so that it can only read.
 
         The warehouse is opened read-only; external access is off except for the files and
@@ -365,19 +368,26 @@ class Warehouse:
         Statements that write are refused before they run, with a clear message. A missing
         file is an error, unless `missing_ok`: then the statement runs on an empty warehouse
         in memory, sandboxed alike.
+
+        The query can always be stopped: Ctrl-C or SIGTERM (a KeyboardInterrupt) interrupts it
+        inside DuckDB, and after `timeout` seconds (None or 0: no limit) it is interrupted and
+        refused with a WarehouseError. Either way the file is released at once, so an ingest
+        waiting for it goes on.
         """
         refuse_writes(statement)
         readable = _readable(read)
+        if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
+            raise InputError(f"--timeout {timeout}: give a number of seconds ≥ 0 (0: no limit)")
         if self.path.exists() or not missing_ok:
             with self.connect(read_only=True) as con:
                 _sandbox(con, readable)
-                return _run_read_only(con, statement, None)
+                return _run_interruptible(con, statement, timeout or None)
         con = duckdb.connect(":memory:")
         try:
             for migration in migrations():
                 con.execute(migration.sql)
             _sandbox(con, readable)
-            return _run_read_only(con, statement, None)
+            return _run_interruptible(con, statement, timeout or None)
         finally:
             con.close()
 
@@ -465,6 +475,8 @@ class Warehouse:
         written, so a failure (a full disk, Ctrl-C) leaves no partial file. Files already in
         `directory` are kept unless `force`.
         """
+        if not str(directory).strip():  # Path("") is the current folder: never a folder the user named
+            raise OutputError("export needs a folder name (got an empty one): e.g. geowh export ./parquet")
         out = Path(directory)
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out} exists and is not a folder: give a folder to export into")
@@ -604,6 +616,53 @@ def _run_read_only(con: duckdb.DuckDBPyConnection, statement: str, params) -> pl
     except duckdb.Error as e:
         message = str(e).splitlines()[0]
         raise WarehouseError(f"query failed: {message}") from None
+
+
+def _run_interruptible(con: duckdb.DuckDBPyConnection, statement: str, timeout: float | None) -> pl.DataFrame:
+    """`statement`'s rows, run in a worker thread so that a signal or the timeout can stop it.
+
+    While DuckDB executes, the calling thread is inside C code and a Python signal handler
+    would only run once the query ends (never, for an endless one). So the query runs in a
+    worker and this thread waits in short slices, where Ctrl-C and SIGTERM arrive; either, or
+    the deadline, calls DuckDB's `interrupt()`, which ends the query within milliseconds.
+    """
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["frame"] = _run_read_only(con, statement, None)
+        except BaseException as e:  # handed to the waiting thread, which raises it
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    # An Event, not Thread.join: a join cut by a signal can later return before the thread ends
+    # (Python < 3.13), and closing the connection under a running query fails.
+    worker = threading.Thread(target=work, name="geowh-sql", daemon=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    worker.start()
+    try:
+        while not done.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                con.interrupt()
+                done.wait()
+                raise WarehouseError(
+                    f"the query ran longer than its limit of {timeout:g} s and was stopped: "
+                    "pass --timeout SECONDS for a longer one (0: no limit), or write the rows with --out FILE (no limit)"
+                )
+    except BaseException as e:
+        if not done.is_set():
+            con.interrupt()
+            with deferred():  # a second Ctrl-C must not leave the query running under a closing connection
+                done.wait()
+        if not isinstance(e, GeowhError):
+            # the CLI's line on Ctrl-C: a query writes nothing, so there is nothing to resume
+            e.detail = "the query was interrupted; nothing was written"  # type: ignore[attr-defined]
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["frame"]
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, statement: str, params=None) -> pl.DataFrame:

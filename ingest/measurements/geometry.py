@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geowh.ingest.config import IngestConfig
+from geowh.errors import InputError
+from geowh.ingest.config import MIN_SUBSET_ROWS, IngestConfig
 from geowh.ingest.engine.plan import Measurement, Meter, Plan, Rows
 from geowh.ingest.sources.probes import Probe, ProbeTexts
 
@@ -89,6 +90,9 @@ def geometry_rows(loaded, probe: Probe, config: IngestConfig, meter: Meter) -> R
     d, m = loaded.d_model, len(probe)
     full = {k: Covariance(d) for k in keys}
     k_parts = config.subsets
+    if k_parts and m // k_parts < MIN_SUBSET_ROWS:  # the probe had fewer usable documents than --n
+        raise InputError(f"--subsets {k_parts}: the probe has {m} usable sequences, {m // k_parts} per part; a part "
+                         f"needs at least {MIN_SUBSET_ROWS}: use fewer parts, or a probe with more documents")
     part_of = np.random.default_rng(config.seed).permutation(m) % k_parts if k_parts else None
     parts = {k: [Covariance(d) for _ in range(k_parts)] for k in keys} if k_parts else {}
     saved = {k: np.zeros((m, d), dtype=np.float32) for k in keys} if config.save_features else {}

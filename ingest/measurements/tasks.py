@@ -76,6 +76,9 @@ def load_task(task: str, limit: int | None = None) -> tuple[str, list[QAItem]]:
     A local file's key is `{stem}-{first 12 hex digits of its sha256}`, so a changed file never
     reuses another's cached ∞-gram rows. `limit` keeps the first N items.
     """
+    # items[:-1] would quietly drop the last item: a limit is a count of items, ≥ 1
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"--limit {limit}: give a whole number of items, at least 1 (or leave it out for all)")
     if task in TASKS:
         key, items = task, TASKS[task].load(TASKS[task])
     else:
