@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch 2.13.0 from PyPI is the CPU build here; install a CUDA build first for a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test
+.PHONY: demo test test-slow browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,5 +17,19 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the main job, offline: train, index, ingest, phases, plots
 	$(BIN)/geowh demo runs/demo --db demo.duckdb
 
-test: $(VENV)/.installed  ## the whole test suite, offline, on the CPU
-	$(BIN)/python -m pytest
+# The suite in two tiers, both run by CI (.ci/run): `test` is everything but the tests marked
+# slow (minutes on 2 cores), `test-slow` the slow tier: the fault-injection trials (kill -9,
+# signals, a reader holding the file, a full disk), Ray's SIGTERM and packaging.
+test: $(VENV)/.installed browser  ## the test suite without the slow tier, offline, on the CPU
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(VENV)/.installed browser  ## the slow tier: fault injection, signals, packaging
+	$(BIN)/python -m pytest -m slow
+
+# The report's browser test (tests/test_report.py) loads the HTML in headless Chromium: Debian's
+# package, installed here where we are root with apt-get; elsewhere the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; } || \
+	  echo "note: chromium is not installed and could not be; the report's browser test will skip"

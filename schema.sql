@@ -228,3 +228,84 @@ SELECT m.model, m.checkpoint, c.stage, c.step, c.tokens, m.probe AS task, m.inde
        m.value, (m.params ->> '$.n')::INTEGER AS n, m.params, m.run_id
 FROM metrics m JOIN checkpoints c USING (model, checkpoint)
 WHERE m.index_dir IS NOT NULL;
+
+-- migration 6: results keyed by their definitions; where a series comes from; table keys
+-- A geometry run records the fingerprint of the metric definitions it measured with (the
+-- registry's names, outputs, defaults and versions), which is also part of its config key: a
+-- re-ingest after a definition changed measures again instead of skipping. The git commit of
+-- the code is recorded but not keyed (a commit that changes no definition changes no number).
+-- A series records its source, and each local checkpoint the fingerprint of its weights, so that
+-- another run cannot be mistaken for one already stored under the same model name.
+--
+-- `-- key TABLE (COLUMNS)` declares how a row of TABLE is identified when it is written again
+-- (`merged`: a dimension table, where a column the new row leaves NULL keeps its old value;
+-- otherwise the new row replaces the old one). A new table declares its key in its migration.
+
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS definitions TEXT;  -- fingerprint of the metric definitions (names, outputs, defaults, versions) a geometry or recompute run used; NULL for other kinds and for runs before migration 6
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS code_commit TEXT;  -- git commit of the geowh checkout that ran it, with -dirty when it had uncommitted changes; NULL when geowh was installed from a package
+ALTER TABLE models ADD COLUMN IF NOT EXISTS source TEXT;  -- where the series comes from: hf://repo or file:///folder (resolved); another source under the same model name is refused
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS fingerprint TEXT;  -- content of the weights: sha256 over the safetensors headers (local folders) or the hub commit; NULL when not known
+
+-- key models (model) merged
+-- key checkpoints (model, checkpoint) merged
+-- key probes (probe) merged
+-- key runs (run_id)
+-- key spectra (model, checkpoint, probe, layer, pooling)
+-- key metrics (model, checkpoint, probe, layer, pooling, index_dir, metric)
+-- key evals (model, checkpoint, task, metric, filter, num_fewshot)
+-- key phases (model, probe, layer, pooling, basis, phase_index)
+-- key indexes (index_dir)
+-- key infgram_items (index_dir, task, item)
+-- key memorization_items (model, checkpoint, task, item)
+
+-- migration 7: fit diagnostics and the FLOPs axis
+-- Every αReQ value with the quality of its power-law fit, and the rule that flags it:
+--   no fit  the value is NaN (too few positive eigenvalues: metrics.params.reason says why);
+--   short   fewer than 20 eigenvalues entered the fit (a spectrum narrower than the fit range);
+--   poor    R² of the fitted line below 0.9 over the R² range, or R² undefined;
+--   ok      otherwise; NULL when neither R² nor the fit range is known (an import that names neither).
+-- `trajectories` shows the flag of its `alpha_req` as the column `alpha_req_fit`.
+
+ALTER TABLE phases ADD COLUMN IF NOT EXISTS start_flops DOUBLE;  -- training FLOPs (6 · models.parameters · tokens) at the first checkpoint; NULL when parameters or tokens are unknown
+ALTER TABLE phases ADD COLUMN IF NOT EXISTS end_flops DOUBLE;  -- training FLOPs at the last checkpoint; NULL when parameters or tokens are unknown
+
+-- One row per αReQ value (alpha_req, and the variants `geowh recompute` adds as alpha_req@…):
+-- model, checkpoint, step, tokens, probe, layer, pooling, metric, alpha_req, r2 (the partner
+-- alpha_req_r2 value), fit_start and fit_end (1-based ranks actually fitted), n_fit_points
+-- (eigenvalues used), n_zero_excluded, r2_start and r2_end (ranks of the R² range) and flag.
+CREATE OR REPLACE VIEW alpha_req_fits AS
+SELECT a.model, a.checkpoint, c.step, c.tokens, a.probe, a.layer, a.pooling, a.metric,
+       a.value AS alpha_req,
+       r.value AS r2,
+       (a.params -> '$.fit_range' ->> 0)::INTEGER AS fit_start,
+       (a.params -> '$.fit_range' ->> 1)::INTEGER AS fit_end,
+       (a.params ->> '$.n_fit_points')::INTEGER AS n_fit_points,
+       (a.params ->> '$.n_zero_excluded')::INTEGER AS n_zero_excluded,
+       (a.params -> '$.r2_range' ->> 0)::INTEGER AS r2_start,
+       (a.params -> '$.r2_range' ->> 1)::INTEGER AS r2_end,
+       CASE
+           WHEN a.value IS NULL OR isnan(a.value) THEN 'no fit'
+           WHEN (a.params ->> '$.n_fit_points')::INTEGER < 20 THEN 'short'
+           WHEN r.value IS NOT NULL AND (isnan(r.value) OR r.value < 0.9) THEN 'poor'
+           WHEN r.value IS NOT NULL THEN 'ok'
+           WHEN (a.params ->> '$.n_fit_points') IS NOT NULL THEN 'poor'
+       END AS flag
+FROM metrics a
+JOIN checkpoints c USING (model, checkpoint)
+LEFT JOIN metrics r
+       ON r.model = a.model AND r.checkpoint = a.checkpoint AND r.probe IS NOT DISTINCT FROM a.probe
+      AND r.layer IS NOT DISTINCT FROM a.layer AND r.pooling IS NOT DISTINCT FROM a.pooling
+      AND r.index_dir IS NULL AND r.metric = 'alpha_req_r2' || substr(a.metric, 10)
+WHERE a.index_dir IS NULL AND (a.metric = 'alpha_req' OR a.metric LIKE 'alpha_req@%');
+
+CREATE OR REPLACE VIEW trajectories AS
+SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe, m.layer, m.pooling,
+       max(m.value) FILTER (WHERE m.metric = 'rankme') AS rankme,
+       max(m.value) FILTER (WHERE m.metric = 'alpha_req') AS alpha_req,
+       any_value(f.flag) AS alpha_req_fit
+FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+LEFT JOIN alpha_req_fits f
+       ON f.model = m.model AND f.checkpoint = m.checkpoint AND f.probe IS NOT DISTINCT FROM m.probe
+      AND f.layer IS NOT DISTINCT FROM m.layer AND f.pooling IS NOT DISTINCT FROM m.pooling AND f.metric = 'alpha_req'
+WHERE m.index_dir IS NULL
+GROUP BY ALL;

@@ -57,6 +57,18 @@ class Metric:
     fn: Callable[..., tuple[Any, dict[str, Any]]]
     defaults: dict[str, Any]
     outputs: tuple[str, ...]
+    version: int = 1
+    """Bumped when the function computes something else for the same parameters (a formula
+    fixed): with the name, outputs and defaults it makes the metric's fingerprint, and a
+    changed fingerprint makes `geowh ingest` measure finished checkpoints again."""
+
+    def definition(self) -> dict[str, Any]:
+        """What decides this metric's numbers: the part of the registry stored with every run."""
+        return {"outputs": list(self.outputs), "defaults": self.defaults, "version": self.version}
+
+    @property
+    def fingerprint(self) -> str:
+        return _hash(self.definition())
 
 
 @dataclass
@@ -71,11 +83,13 @@ class MetricValue:
 REGISTRY: dict[str, Metric] = {}
 
 
-def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None):
+def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None, version: int = 1):
     """Register `fn` under its name. Its keyword-only parameters (with defaults) are the
     metric's params; it gets the cleaned spectrum (descending, ≥ 0, numerical zeros set to
     0) and returns (value, extra) or ({output: value}, extra) for several outputs, where
     `extra` holds what was derived (components used, ranges clipped, a `reason` for NaN).
+    Change what `fn` computes and you bump `version` (its defaults are tracked by themselves):
+    the runs measured before are then shown stale (`geowh info`) and measured again.
     """
 
     def register(fn: Callable) -> Callable:
@@ -90,10 +104,39 @@ def metric(fn: Callable | None = None, *, outputs: Sequence[str] | None = None):
             fn=fn,
             defaults=defaults,
             outputs=tuple(outputs or (name,)),
+            version=version,
         )
         return fn
 
     return register(fn) if fn is not None else register
+
+
+def _hash(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def definitions(names: Iterable[str] | None = None) -> dict[str, str]:
+    """{metric: fingerprint} of the registered metrics (all, or `names`): what a run stores in
+    its config, so that `geowh info` can name the metrics whose definition changed since."""
+    return {name: REGISTRY[name].fingerprint for name in (sorted(REGISTRY) if names is None else sorted(names))}
+
+
+def definitions_fingerprint(names: Iterable[str] | None = None) -> str:
+    """One fingerprint of the registered metrics' definitions (all, or `names`): part of an
+    ingest's config key and its `runs.definitions`. It changes when a metric is added, removed,
+    renamed, or changes its outputs, a default or its version; nothing else changes it (not a
+    commit that leaves the definitions alone)."""
+    return _hash(definitions(names))
+
+
+def registered(output: str) -> str | None:
+    """The registered metric that writes `output` (`alpha_req_r2` → alpha_req; a recomputed
+    variant `rankme@max_components=all` → rankme), or None for a name the registry does not make."""
+    base = output.split("@", 1)[0]
+    return next((m.name for m in REGISTRY.values() if base in m.outputs), None)
 
 
 def _degenerate(lam: np.ndarray) -> str | None:
@@ -364,3 +407,46 @@ def gram_eigenvalues(x: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     lam = np.where(lam > max(lam[0], 0.0) * d * _EPS64, lam, 0.0)
     return np.ascontiguousarray(lam[: min(n, d)])
 
+
+
+# --------------------------------------------------------------------------------------
+# The isotropic baseline
+# --------------------------------------------------------------------------------------
+
+
+def isotropic_spectrum(n: int, d: int, grid: int = 20_001) -> np.ndarray:
+    """The covariance spectrum that n samples of isotropic Gaussian features in d dimensions give:
+    what a trajectory looks like when the geometry is random (length d, largest first).
+
+    Computed, not sampled: the centred covariance of n rows has n − 1 degrees of freedom, and
+    its min(n − 1, d) nonzero eigenvalues follow the Marchenko–Pastur law of ratio
+    r = min/max; the eigenvalue of rank k is the law's quantile at upper-tail probability
+    (k − ½)/min, the rest are 0. Scale is irrelevant (every metric is scale-free). At n = 2,000
+    and d = 256 its RankMe and αReQ match a sampled Gaussian matrix's within 1 % (tests).
+    """
+    n, d = _check_rank("n", n), _check_rank("d", d)
+    if n < 3:
+        raise InputError(f"the isotropic baseline needs at least 3 samples; got n={n}.")
+    m = n - 1
+    p, q = min(m, d), max(m, d)
+    r = p / q
+    a, b = (1 - math.sqrt(r)) ** 2, (1 + math.sqrt(r)) ** 2
+    # x = (a + b)/2 − (b − a)/2 · cos θ makes the density's square-root edges smooth:
+    # f(x) dx = ((b − a)/2)² sin²θ / (2π r x) dθ, integrable by the trapezoid rule.
+    theta = np.linspace(0.0, math.pi, grid)
+    x = (a + b) / 2 - (b - a) / 2 * np.cos(theta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dens = np.where(x > 0, ((b - a) / 2) ** 2 * np.sin(theta) ** 2 / (2 * math.pi * r * x), 0.0)
+    if r == 1.0:  # a = 0: the integrand's limit at θ = 0 is finite (sin²θ / (1 − cos θ) → 2)
+        dens[0] = ((b - a) / 2) ** 2 * 2 / (2 * math.pi * (b - a) / 2)
+    cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(theta))])
+    cdf /= cdf[-1]
+    ranks = np.arange(1, p + 1)
+    lam = np.interp(1.0 - (ranks - 0.5) / p, cdf, x)
+    return np.concatenate([lam, np.zeros(d - p)])
+
+
+def isotropic_baseline(n: int, d: int, names: Iterable[str] = ("rankme", "alpha_req")) -> dict[str, float]:
+    """{metric: value} of `isotropic_spectrum(n, d)`, with the default parameters: the
+    reference a trajectory is drawn against (`geowh plot --baseline`, the report)."""
+    return metrics_dict(compute_metrics(isotropic_spectrum(n, d), list(names)))

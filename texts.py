@@ -23,13 +23,24 @@ def iter_documents(path: Path) -> Iterator[tuple[str, int]]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        file = pq.ParquetFile(path)
+        import pyarrow as pa
+
+        try:
+            file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
+                             "write it again, or give a .txt or .jsonl file") from None
         if "text" not in file.schema_arrow.names:
             raise InputError(f"{path} has no `text` column (columns: {', '.join(file.schema_arrow.names)})")
+        if not pa.types.is_string(kind := file.schema_arrow.field("text").type) and not pa.types.is_large_string(kind):
+            raise InputError(f"the `text` column of {path} holds {kind}, not strings: store the documents as strings")
         per_row = path.stat().st_size / max(file.metadata.num_rows, 1)
-        for batch in file.iter_batches(columns=["text"], batch_size=4096):
-            for text in batch.column(0).to_pylist():
-                yield text or "", int(per_row)
+        try:
+            for batch in file.iter_batches(columns=["text"], batch_size=4096):
+                for text in batch.column(0).to_pylist():
+                    yield text or "", int(per_row)
+        except (pa.ArrowException, OSError) as e:  # a file damaged after its footer
+            raise InputError(f"{path} is damaged ({str(e).splitlines()[0]}): write it again") from None
         return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -43,6 +54,9 @@ def iter_documents(path: Path) -> Iterator[tuple[str, int]]:
                 text = json.loads(raw)["text"]
             except (ValueError, KeyError, TypeError):
                 raise InputError(f"{path}:{number} is not a JSON object with a `text` field") from None
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"{path}:{number}: `text` is a {type(text).__name__}, not a string: "
+                                 "store each document as a JSON string")
             yield text or "", len(raw)
 
 

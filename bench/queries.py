@@ -62,7 +62,7 @@ def build(path: Path, models: int, layers: int, metrics: int) -> int:
                                                  WHEN t < log10(4001) THEN 1.2 - 0.5 * (t - log10(65)) / (log10(4001) - log10(65))
                                                  ELSE 0.7 + 0.25 * (t - log10(4001)) / (log10(143001) - log10(4001)) END) * (1 + noise)
                      ELSE noise END,
-                   NULL, NULL, 'bench'
+                   NULL, NULL, 'bench', NULL  -- stderr, params, run_id, index_dir (migration 5)
             FROM (SELECT step, log10(step + 1) AS t FROM steps) s, range({models}) a(m), range({layers}) b(l), names n,
                  LATERAL (SELECT 0.02 * ((hash(m, s.step, l, n.metric) % 2000)::DOUBLE / 1000 - 1) * 1.7 AS noise)
             ORDER BY 1, 3, 4, 6""")

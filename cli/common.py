@@ -26,7 +26,19 @@ from geowh.outputs import output_path
 from geowh.signals import handle_signals, interrupted_by
 
 
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# The machine, not geowh: what happened and what to do, by errno.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free some space, then run this again",
+    errno.EDQUOT: "free some space (the disk quota is used up), then run this again",
+    errno.EROFS: "the file system is read-only: choose a path on a writable one",
+    errno.EACCES: "fix the permissions, or choose another path",
+    errno.EPERM: "fix the permissions, or choose another path",
+    errno.ENAMETOOLONG: "shorten the name (at most 255 bytes per file or folder name)",
+}
+
+# Commands whose finished work survives a Ctrl-C (each checkpoint, step or file is committed as
+# it completes) and which resume when run again; any other command stopped has written nothing.
+_RESUMING = {"ingest", "memorize", "watch", "train-mini", "demo"}
 
 
 class _Group(TyperGroup):
@@ -48,7 +60,7 @@ class _Group(TyperGroup):
                 if e.errno not in _ENVIRONMENT_ERRNOS:
                     raise
                 where = f" ({e.filename})" if e.filename else ""
-                err_console().print(f"[bold red]error:[/] {escape(e.strerror + where)}: free space or fix the path, then run this again",
+                err_console().print(f"[bold red]error:[/] {escape(e.strerror + where)}: {_ENVIRONMENT_ERRNOS[e.errno]}",
                                     highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except (KeyboardInterrupt, Exception) as e:
@@ -56,7 +68,10 @@ class _Group(TyperGroup):
                 if stop is None:
                     raise
                 # A library may have wrapped the KeyboardInterrupt (DuckDB does): the signal decides.
-                detail = getattr(e, "detail", None) or "what had finished is stored; run the command again to resume"
+                detail = getattr(e, "detail", None) or (
+                    "what had finished is stored; run the command again to resume"
+                    if ctx.invoked_subcommand in _RESUMING else "it did not finish and left nothing half-written; run it again"
+                )
                 err_console().print(f"[bold red]stopped[/] by {stop}: {escape(detail)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(stop.exit_code) from None
 

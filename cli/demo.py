@@ -61,6 +61,15 @@ def demo(
     from geowh.settings import settings
 
     if shipped:
+        # It trains nothing, so a training option given with it would be silently ignored.
+        given = [option for option, value, default in (
+            ("OUT", out, None), ("--steps", steps, _D.steps), ("--minutes", minutes, _D.minutes), ("--long", long, False),
+            ("--n", n, _D.n), ("--qa-items", qa_items, _D.qa_items), ("--device", device, _D.device),
+            ("--threads", threads, _D.threads),
+        ) if value != default]
+        if given:
+            raise InputError(f"--shipped trains nothing and loads the measured --long run into --db: "
+                             f"leave out {', '.join(given)}")
         _print_shipped(load_shipped(db), json_)
         return
     config = None

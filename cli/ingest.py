@@ -115,6 +115,11 @@ def ingest(
             f"{summary.count('ok')} ok, {summary.count('skipped')} skipped (already done), "
             f"{summary.failed} failed → {summary.db}"
         )
+        if summary.remeasured:
+            err_console().print(
+                f"measured again: {', '.join(summary.remeasured)}, whose stored metrics came from older metric "
+                "definitions (docs/metrics.md)", highlight=False, soft_wrap=True,
+            )
     if summary.failed:
         raise typer.Exit(1)
 

@@ -9,12 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from geowh.errors import InputError
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
-
-
-def _given(**options) -> dict:
-    """The options given on the command line: one not given leaves the library's default in place."""
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _note(message: str) -> None:
@@ -23,7 +19,7 @@ def _note(message: str) -> None:
 
 Probe = Annotated[Optional[str], typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]
 Layer = Annotated[Optional[int], typer.Option(help="Layer, hidden_states index (default: the last).")]
-XAxis = Annotated[str, typer.Option("--x", help="Training-time axis, logarithmic: step or tokens.")]
+XAxis = Annotated[str, typer.Option("--x", help="Training-time axis, logarithmic: step, tokens or flops (6 · parameters · tokens).")]
 
 
 @app.command("import-evals")
@@ -77,23 +73,32 @@ def phases(
     probe: Probe = None,
     layer: Layer = None,
     pooling: Annotated[Optional[str], typer.Option(help="Pooling: last or mean (default: last).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Signal to segment: rankme, alpha_req or both (default: both).")] = None,
+    metric: Annotated[str, typer.Option(help="Signal to segment: rankme, alpha_req or both.")] = "both",
     x: XAxis = "step",
+    layers: Annotated[Optional[str], typer.Option(help="Phase map: segment every layer (all) or these (0,6,12); one row per layer.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Store the phases in the warehouse (--no-store only reads).")] = True,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
     """Segment a trajectory into warmup, entropy-seeking and compression-seeking phases (stored in `phases`).
 
-    Example: geowh phases --model olmo-7b --metric both --json
+    Example: geowh phases --model olmo-7b --metric both --json;  geowh phases --model olmo-7b --layers all
     """
-    from geowh.queries import phases as run
+    from geowh.queries import phase_map, phases as run
     from geowh.warehouse import Warehouse
 
-    found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, x=x, store=store, note=_note,
-                **_given(metric=metric))
+    if layers is not None:
+        if layer is not None:
+            raise InputError("pass --layer L (one trajectory) or --layers all (a phase map), not both")
+        found = phase_map(Warehouse(db), model, probe=probe, pooling=pooling, layers=layers, metric=metric, x=x,
+                          store=store, note=_note)
+    else:
+        found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store,
+                    note=_note)
     if json_:
         print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
+    elif layers is not None:
+        render_frame(_phase_map_rows(found, x), title=f"{found['model'][0]}  phase map  basis={metric}  x={x}")
     else:
         import polars as pl
 
@@ -104,9 +109,27 @@ def phases(
                  f"end_{x}": f"end {x}", "delta_rankme": "Δ rankme", "delta_alpha_req": "Δ αReQ"}
         if found["matches_paper"].is_not_null().any():
             shown["matches_paper"] = "as paper"
-        render_frame(found.select(pl.col(k).alias(v) for k, v in shown.items()),
-                     title=f"{first['model']}  {where + ' ' if where else ''}basis={first['basis']}",
-                     optional=["stage", "#"])
+        flagged = [json.loads(e).get("alpha_req_fits_flagged", 0) for e in found["evidence"]]
+        table = found.select(pl.col(k).alias(v) for k, v in shown.items())
+        if any(flagged):  # αReQ values from short or poor fits (docs/metrics.md#fit-diagnostics)
+            table = table.with_columns(pl.Series("flagged fits", flagged))
+        render_frame(table, title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
+                     optional=["stage", "#", "flagged fits"])
+
+
+def _phase_map_rows(found, x: str):
+    """One row per layer: its phases in order and the boundaries between them on the x axis."""
+    import polars as pl
+
+    from geowh.cli.common import number
+
+    rows = []
+    for (layer,), part in found.group_by(["layer"], maintain_order=True):
+        ends = part[f"end_{x}"].to_list()[:-1]
+        flagged = sum(json.loads(e).get("alpha_req_fits_flagged", 0) for e in part["evidence"].to_list())
+        rows.append({"layer": layer, "phases": " → ".join(part["phase"].to_list()),
+                     f"boundaries ({x})": ", ".join(number(v) for v in ends if v is not None) or "–", "flagged fits": flagged})
+    return pl.DataFrame(rows)
 
 
 @app.command()
@@ -114,8 +137,9 @@ def correlate(
     model: Annotated[str, typer.Option(help="Model(s), comma-separated: pythia-410m,pythia-1b.")],
     x: Annotated[str, typer.Option("--x", help="Series: a metric name (alpha_req) or eval:TASK/METRIC.")],
     y: Annotated[str, typer.Option("--y", help="Series: a metric name or eval:TASK/METRIC (eval:sciq/acc).")],
-    method: Annotated[Optional[str], typer.Option(help="spearman, pearson or kendall (default: spearman).")] = None,
-    join: Annotated[Optional[str], typer.Option(help="exact (same step) or nearest (nearest log step); default: exact.")] = None,
+    method: Annotated[str, typer.Option(help="spearman, pearson or kendall.")] = "spearman",
+    join: Annotated[str, typer.Option(help="exact (same step) or nearest (nearest on the log --axis).")] = "exact",
+    axis: Annotated[str, typer.Option(help="Axis --join nearest pairs on: step, tokens or flops (--x names a series here).")] = "step",
     probe: Probe = None,
     layer: Layer = None,
     fewshot: Annotated[Optional[int], typer.Option(help="Few-shot count of eval series (default: 0, or the only one).")] = None,
@@ -129,24 +153,26 @@ def correlate(
     from geowh.queries import correlate as run
     from geowh.warehouse import Warehouse
 
-    found = run(Warehouse(db), model, x, y, probe=probe, layer=layer, fewshot=fewshot, note=_note,
-                **_given(method=method, join=join))
+    found = run(Warehouse(db), model, x, y, method=method, join=join, probe=probe, layer=layer, fewshot=fewshot,
+                note=_note, axis=axis)
     if json_:
         print_json(found.drop("join").to_dicts())
     else:
-        render_frame(found.rename({"p_value": "p value"}), title=f"{found['method'].first() or ''} correlation", optional=["method", "join"])
+        render_frame(found.rename({"p_value": "p value"}), title=f"{method} correlation", optional=["method", "join"])
 
 
 @app.command()
 def plot(
     model: Annotated[str, typer.Option(help="Model(s), comma-separated; several are overlaid.")],
-    metric: Annotated[Optional[str], typer.Option(help="Metrics, comma-separated (default: rankme,alpha_req).")] = None,
+    metric: Annotated[str, typer.Option(help="Metrics, comma-separated.")] = "rankme,alpha_req",
     eval_: Annotated[Optional[str], typer.Option("--eval", help="Eval series TASK/METRIC, comma-separated (sciq/acc).")] = None,
     x: XAxis = "step",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Image file to write: .png, .pdf or .svg.")] = None,
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw in the terminal (plotext) instead.")] = False,
     probe: Probe = None,
     layer: Layer = None,
+    layers: Annotated[Optional[str], typer.Option(help="Draw the layer × checkpoint heatmap of every layer (all) or these (0,6,12), phase boundaries marked.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also draw isotropic random features of the same n and d (dashed).")] = False,
     force: Force = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
@@ -158,9 +184,33 @@ def plot(
     from geowh.queries import plot as run
     from geowh.warehouse import Warehouse
 
-    points = run(Warehouse(db), model, evals=eval_ or (), **_given(metrics=metric), x=x, out=None if terminal else out, terminal=terminal,
-                 probe=probe, layer=layer, note=_note, force=force)
+    points = run(Warehouse(db), model, metric, eval_ or (), x=x, out=None if terminal else out, terminal=terminal,
+                 probe=probe, layer=layer, note=_note, force=force, layers=layers, baseline=baseline)
     if json_:
         print_json({"out": None if terminal else str(out), "points": points.height})
     elif out is not None and not terminal:
         err_console().print(f"wrote {out} ({points.height} points)")
+
+
+@app.command()
+def report(
+    model: Annotated[Optional[str], typer.Option(help="Model(s), comma-separated (default: every model with metrics or evals).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained: opens offline).")] = Path("report.html"),
+    metric: Annotated[str, typer.Option(help="Trajectory panels, comma-separated metric names.")] = "rankme,alpha_req",
+    force: Force = False,
+    db: Db = DEFAULT_DB,
+    json_: Json = False,
+) -> None:
+    """Write one interactive HTML report: trajectories, spectra, per-layer heatmaps, evals, phases, provenance.
+
+    Example: geowh report --model pythia-410m,pythia-1b --out report.html
+    """
+    from geowh.queries import report as run
+    from geowh.warehouse import Warehouse
+
+    summary = run(Warehouse(db), out, models=model, metrics=metric, force=force, note=_note)
+    if json_:
+        print_json(summary.to_dict())
+    else:
+        err_console().print(f"wrote {out} ({summary.bytes / 1e6:.1f} MB: {len(summary.models)} model(s), "
+                            f"{summary.checkpoints} checkpoints, {len(summary.charts)} charts)")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Json, app, print_json, render_frame
+from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
 
 
 @app.command()
@@ -65,12 +65,22 @@ def recompute(
     """Recompute metrics from the stored spectra with other parameters (no model, no forward pass);
     stored as new rows named after the parameters, `alpha_req@fit_end=200,fit_start=10`.
 
+    With --metric and no parameter, backfills those metrics with their current definition under
+    their own name: a metric added since the ingest, or one `geowh info` lists as stale.
+
     Example: geowh recompute --model pythia-160m --fit-start 10 --fit-end 200
+
+    Example: geowh recompute --metric participation_ratio
     """
     from geowh.queries.recompute import recompute as run
 
     params = _given(max_components=max_components, fit_start=fit_start, fit_end=fit_end, r2_end=r2_end)
     summary = run(db, model=model, names=metric, **params)
+    left = summary.unique("model")["skipped_spectra"].sum() if "skipped_spectra" in summary.columns else 0
+    if left:
+        err_console().print(
+            f"note: {left} spectra measured with --subsets were left as they are "
+            "(their values are means over subsets, which are not stored): ingest them again to refresh", highlight=False)
     if json_:
         print_json(summary.to_dicts())
     else:

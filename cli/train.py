@@ -41,6 +41,9 @@ def train_mini(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on the weight matrices (Pythia: 0.01).")] = _D.weight_decay,
     checkpoints: Annotated[int, typer.Option(help="Evenly spaced checkpoints after the log-spaced early ones.")] = _D.checkpoints,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="Forward precision: auto (bf16 autocast on a GPU or a CPU with native bf16 units), float32, bfloat16.")
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the data split, initialisation and batches.")] = _D.seed,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: Json = False,
@@ -60,7 +63,7 @@ def train_mini(
         layers=layers, d_model=d_model, vocab=vocab, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,
         lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, seed=seed, corpus=tuple(str(p) for p in corpus or ()), checkpoints=checkpoints,
     )
-    summary = run(out, config, minutes=minutes, steps=steps, device=device,
+    summary = run(out, config, minutes=minutes, steps=steps, device=device, dtype=dtype,
                   report=None if quiet or json_ else RichTrainReport())
     if json_:
         print_json(summary.to_dict())

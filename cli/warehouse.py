@@ -58,7 +58,7 @@ def sql(
 
 @app.command()
 def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
-    """What the warehouse holds: models, checkpoints, probes and row counts.
+    """What the warehouse holds: models, checkpoints, probes, row counts, and metric rows made by older definitions.
 
     Example: geowh info --json
     """
@@ -79,6 +79,13 @@ def info(db: Db = DEFAULT_DB, json_: Json = False) -> None:
     render_frame(models.rename(lambda c: c.replace("_", " ").replace("checkpoints", "check points")), title="models")
     render_frame(pl.DataFrame(summary["probes"]), title="probes")
     render_frame(pl.DataFrame({"table": list(summary["tables"]), "rows": list(summary["tables"].values())}), title="tables")
+    if summary["stale_metrics"]:
+        render_frame(pl.DataFrame(summary["stale_metrics"]), title="metric rows made by older definitions")
+        console().print(
+            "refresh them from the stored spectra with `geowh recompute --model MODEL --metric METRIC`, or ingest "
+            "again with the same options (finished checkpoints are measured again when a definition changed)",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -63,6 +63,10 @@ def watch(
             f"{summary.count('ok')} ok, {summary.count('skipped')} skipped (already done), {summary.failed} failed "
             f"→ {summary.db}" + (" (stopped)" if summary.stopped == "stopped" else ""), highlight=False,
         )
+    if summary.stopped == "stopped":  # by Ctrl-C, as an ingest stopped by it: exit 130
+        err_console().print("[bold red]stopped[/] by SIGINT: what had finished is stored; run the command again to resume",
+                            highlight=False)
+        raise typer.Exit(128 + signal.SIGINT)
     if summary.failed:
         raise typer.Exit(1)
 

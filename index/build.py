@@ -78,6 +78,12 @@ def load_tokenizer(name_or_path: str | Path, **kwargs):
     """A Hugging Face tokenizer by hub id or local folder (`kwargs`: `from_pretrained`'s, such as a
     revision); never adds special tokens for us. The one place geowh loads a tokenizer: a
     checkpoint's (ingest/sources/models.py) comes through here too."""
+    if not Path(name_or_path).expanduser().exists():
+        from geowh.ingest.sources.series import require_hub
+
+        # One line at once, not a minute of retries; before importing transformers, which alone
+        # takes seconds.
+        require_hub(f"load the tokenizer {name_or_path}")
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
@@ -264,7 +270,14 @@ def read_meta(directory: str | Path, tokenizer: str | None = None) -> IndexMeta:
     meta_path = directory / META_FILE
     if meta_path.exists():
         known = {f.name for f in fields(IndexMeta)}
-        meta = IndexMeta(**{k: v for k, v in json.loads(meta_path.read_text()).items() if k in known})
+        try:
+            recorded = json.loads(meta_path.read_text())
+            meta = IndexMeta(**{k: v for k, v in recorded.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as e:  # truncated, not an object, fields missing
+            raise InputError(
+                f"{meta_path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                f"build the index again with `geowh index build`"
+            ) from None
         if tokenizer is not None and tokenizer != meta.tokenizer:
             meta = IndexMeta(**{**asdict(meta), "tokenizer": tokenizer})
         return meta

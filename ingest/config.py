@@ -45,6 +45,8 @@ class IngestConfig:
         from geowh.ingest.features.extract import parse_poolings
         from geowh.ingest.sources.models import DTYPES
 
+        if self.geometry and isinstance(self.n, int) and self.n == 1:
+            raise InputError("--n 1: a spectrum needs at least 2 probe sequences; give --n 2 or more")
         for option, value, least in (("--n", self.n, 1), ("--max-len", self.max_len, 1), ("--min-len", self.min_len, 0),
                                      ("--seed", self.seed, 0), ("--batch-size", self.batch_size, 1)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
@@ -68,6 +70,21 @@ class IngestConfig:
             raise InputError(f"--dtype {self.dtype}: use one of {', '.join(DTYPES)}")
         if not str(self.probe).strip():
             raise InputError("--probe is empty: give fineweb, wikitext, or a .txt/.jsonl/.parquet file")
+        if self.save_features is not None:
+            _check_folder_path("--save-features", self.save_features)
+
+
+def _check_folder_path(option: str, path: str) -> None:
+    """A folder that can be created or exists: refused now, not after hours of computing."""
+    from pathlib import Path
+
+    here = Path(path).expanduser()
+    for place in (here, *here.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is" if place == here else f"lies under {place}, which is"
+                raise InputError(f"{option} {path} {what} a file, not a folder: give a folder to save the features in")
+            return
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import GeowhError, InputError
-from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe
+from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe, log_spectrum
 
 try:
     from lightning.pytorch import Callback
@@ -91,6 +91,7 @@ class GeometryLightningCallback(Callback):
             return
         self.measured.append(values)
         pl_module.log_dict({k: values[k] for k in LOGGED if k in values}, rank_zero_only=True)
+        log_spectrum(trainer.loggers, values.get("eigenvalues", []), step)
 
     def _model_of(self, pl_module):
         if callable(self.model):

@@ -210,7 +210,61 @@ def summarize(result) -> dict[str, Any]:
         "probe": result.run["probe"], "layer": layer, "pooling": pooling, "seconds": round(result.seconds, 3),
     }
     out |= {r["metric"]: r["value"] for r in metrics if r["layer"] == layer and r["pooling"] == pooling}
+    spectrum = next((r for r in result.rows.get("spectra", []) if r["layer"] == layer and r["pooling"] == pooling), None)
+    out["eigenvalues"] = spectrum["eigenvalues"] if spectrum is not None else []
     return out
+
+
+SPECTRUM_TAG = "geowh/log10_eigenvalue_ratio"
+"""The name the eigenspectrum is logged under: log10(λ/λ₁) of the positive eigenvalues."""
+
+
+def log_spectrum(reporters, eigenvalues, step: int) -> list[str]:
+    """Send the eigenspectrum to each reporter that accepts one, beside the scalars: a histogram
+    of log10(λ/λ₁) to a TensorBoard writer, a (rank, eigenvalue) table to W&B. `reporters` are
+    the trainer's callbacks (transformers) or loggers (Lightning); returns the kinds reached.
+    Never raises: a reporter that fails is logged and skipped, as a failed measurement is (the
+    spectrum is a picture of the training, never a reason to stop it)."""
+    import logging
+
+    import numpy as np
+
+    lam = np.asarray(eigenvalues, dtype=float)
+    lam = lam[lam > 0]
+    if lam.size == 0:
+        return []
+    reached = []
+    for reporter in reporters:
+        try:
+            reached += _send_spectrum(reporter, lam, step)
+        except Exception:  # noqa: BLE001 — a reporter's own failure (a closed writer, W&B offline)
+            logging.getLogger(__name__).exception("geowh: the spectrum could not be logged to %s",
+                                                  type(reporter).__name__)
+    return reached
+
+
+def _send_spectrum(reporter, lam, step: int) -> list[str]:
+    import numpy as np
+
+    reached = []
+    # transformers' TensorBoardCallback holds `tb_writer`; Lightning's TensorBoardLogger its `experiment`.
+    writer = getattr(reporter, "tb_writer", None)
+    if writer is None and type(reporter).__name__ == "TensorBoardLogger":
+        writer = reporter.experiment
+    if writer is not None and hasattr(writer, "add_histogram"):
+        writer.add_histogram(SPECTRUM_TAG, np.log10(lam / lam[0]), step)
+        writer.flush()
+        reached.append("tensorboard")
+    rows = [[i + 1, float(v)] for i, v in enumerate(lam)]
+    wandb = getattr(reporter, "_wandb", None)  # transformers' WandbCallback
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        # commit=False: it joins the scalars the trainer logs for this step right after.
+        wandb.log({"geowh/eigenspectrum": wandb.Table(columns=["rank", "eigenvalue"], data=rows)}, commit=False)
+        reached.append("wandb")
+    elif type(reporter).__name__ == "WandbLogger":
+        reporter.log_table("geowh/eigenspectrum", columns=["rank", "eigenvalue"], data=rows, step=step)
+        reached.append("wandb")
+    return reached
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from geowh.errors import GeowhError
-from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe
+from geowh.integrations.probe import DEFAULT_MAX_LEN, DEFAULT_N, LOGGED, GeometryProbe, log_spectrum
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class GeometryCallback(TrainerCallback):
             return
         self.measured.append(values)
         self.pending = {k: values[k] for k in LOGGED if k in values}
+        log_spectrum(_callbacks(self), values.get("eigenvalues", []), state.global_step)
 
     def _tokens(self, args, state) -> float | None:
         if self.seq_len:
@@ -126,6 +127,17 @@ class GeometryCallback(TrainerCallback):
             return float(state.global_step * per_step * self.seq_len)
         seen = getattr(state, "num_input_tokens_seen", 0)
         return float(seen) if seen else None
+
+
+def _callbacks(callback: TrainerCallback) -> list:
+    """The trainer's callbacks (its reporters among them): the list that holds `callback` beside
+    the DefaultFlowCallback (found as `_go_before_reporters` finds it)."""
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    for holder in gc.get_referrers(callback):
+        if isinstance(holder, list) and any(isinstance(c, DefaultFlowCallback) for c in holder):
+            return [c for c in holder if c is not callback]
+    return []
 
 
 def _go_before_reporters(callback: TrainerCallback) -> None:

@@ -19,7 +19,7 @@ import polars as pl
 from scipy import stats
 
 from geowh.errors import InputError
-from geowh.queries.series import Note, load_series, models_arg, pick_series
+from geowh.queries.series import FLOPS_PER_PARAM_TOKEN, Note, check_axis, load_series, models_arg, pick_series, require_axis
 from geowh.warehouse import Warehouse
 
 METHODS = ("spearman", "pearson", "kendall")
@@ -52,21 +52,25 @@ def series_values(
     wh: Warehouse, model: str, series: Series, probe: str | None = None, layer: int | None = None,
     pooling: str | None = None, fewshot: int | None = None, note: Note = None,
 ) -> pl.DataFrame:
-    """One series of one model: stage, step, value (NaN/null dropped), in training order."""
+    """One series of one model: stage, step, tokens, flops, value (NaN/null dropped), in training order."""
     if series.metric is not None:
         pick = pick_series(wh, model, [series.metric], probe, layer, pooling, note)
         frame = load_series(wh, pick, [series.metric]).rename({series.metric: "value"})
     else:
         frame = _eval_values(wh, model, series, fewshot, note)
     return frame.select(
-        pl.col("stage").fill_null("pretrain"), "step", pl.col("value").cast(pl.Float64)
+        pl.col("stage").fill_null("pretrain"), "step", pl.col("tokens").cast(pl.Float64), pl.col("flops").cast(pl.Float64),
+        pl.col("value").cast(pl.Float64),
     ).filter(pl.col("value").is_not_null() & pl.col("value").is_not_nan() & pl.col("step").is_not_null())
 
 
-def pair(x: pl.DataFrame, y: pl.DataFrame, join: str = "exact", tolerance: float = 0.1) -> pl.DataFrame:
-    """Paired values (stage, step_x, step_y, x, y) of two series of one model."""
+def pair(x: pl.DataFrame, y: pl.DataFrame, join: str = "exact", tolerance: float = 0.1,
+         axis: str = "step") -> pl.DataFrame:
+    """Paired values (stage, step_x, step_y, x, y) of two series of one model. `nearest` pairs on
+    the log of `axis` (step + 1; tokens or FLOPs + their first positive value)."""
     if join not in JOINS:
         raise InputError(f"--join must be exact or nearest, not {join!r}")
+    check_axis(axis)
     x = x.rename({"value": "x"}).unique(["stage", "step"], keep="first", maintain_order=True)
     y = y.rename({"value": "y"}).unique(["stage", "step"], keep="first", maintain_order=True)
     if join == "exact":
@@ -76,8 +80,14 @@ def pair(x: pl.DataFrame, y: pl.DataFrame, join: str = "exact", tolerance: float
     # nearest on log step: the sparser series leads, so no point is used for two partners.
     swap = y.height < x.height
     lead, other = (y, x) if swap else (x, y)
-    lead = lead.with_columns(pl.col("step").alias("step_lead"), (pl.col("step") + 1).log10().alias("t")).sort("t")
-    other = other.with_columns(pl.col("step").alias("step_other"), (pl.col("step") + 1).log10().alias("t")).sort("t")
+    if axis == "step":
+        shift = 1.0
+    else:
+        positive = pl.concat([lead[axis], other[axis]]).filter(pl.concat([lead[axis], other[axis]]) > 0)
+        shift = float(positive.min()) if positive.len() else 1.0
+        lead, other = lead.drop_nulls(axis), other.drop_nulls(axis)
+    lead = lead.with_columns(pl.col("step").alias("step_lead"), (pl.col(axis) + shift).log10().alias("t")).sort("t")
+    other = other.with_columns(pl.col("step").alias("step_other"), (pl.col(axis) + shift).log10().alias("t")).sort("t")
     joined = lead.drop("step").join_asof(
         other.drop("step"), on="t", by="stage", strategy="nearest", tolerance=tolerance, check_sortedness=False
     ).drop_nulls(["x", "y"]).unique("step_other", keep="first", maintain_order=True)
@@ -114,20 +124,27 @@ def correlate(
     fewshot: int | None = None,
     tolerance: float = 0.1,
     note: Note = None,
+    axis: str = "step",
 ) -> pl.DataFrame:
     """Correlation of series `x` and `y` across each model's checkpoints, one row per model:
     model, x, y, method, rho, p_value, n (pairs), join.
+
+    `axis` (step, tokens or flops = 6 · parameters · tokens) is the log training-time axis on
+    which `join="nearest"` pairs checkpoints within `tolerance` decades.
 
     >>> correlate(wh, "pythia-410m,pythia-1b", "alpha_req", "eval:sciq/acc")
     """
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     sx, sy = Series.parse(x), Series.parse(y)
+    check_axis(axis)
     rows = []
     for model in models_arg(models):
+        if join == "nearest":
+            require_axis(wh, model, axis, option="--axis")
         vx = series_values(wh, model, sx, probe, layer, pooling, fewshot, note)
         vy = series_values(wh, model, sy, probe, layer, pooling, fewshot, note)
-        pairs = pair(vx, vy, join, tolerance)
+        pairs = pair(vx, vy, join, tolerance, axis)
         if pairs.height < 3 and note is not None:
             note(f"{model}: only {pairs.height} checkpoint(s) have both {x} and {y}"
                  + ("; try --join nearest" if join == "exact" else ""))
@@ -157,9 +174,11 @@ def _eval_values(wh: Warehouse, model: str, series: Series, fewshot: int | None,
     if note is not None and (found["num_fewshot"].n_unique() > 1 and fewshot is None or len(filters) > 1):
         note(f"{model}: {series.text} taken {shots}-shot, filter {filter_}")
     return wh.query(
-        """
-        SELECT coalesce(c.stage, 'pretrain') AS stage, coalesce(c.step, e.step) AS step, e.value
+        f"""
+        SELECT coalesce(c.stage, 'pretrain') AS stage, coalesce(c.step, e.step) AS step, c.tokens,
+               {FLOPS_PER_PARAM_TOKEN}.0 * mo.parameters * c.tokens AS flops, e.value
         FROM evals e LEFT JOIN checkpoints c ON c.model = e.model AND c.checkpoint = e.checkpoint
+        LEFT JOIN models mo ON mo.model = e.model
         WHERE e.model = ? AND e.task = ? AND e.metric = ? AND e.num_fewshot = ? AND e.filter = ?
         ORDER BY step
         """,

@@ -22,13 +22,16 @@ The method (docs/phases.md has the full write-up):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
 
 from geowh.errors import InputError
-from geowh.queries.series import Note, Pick, check_axis, load_series, log_axis, pick_series
+from geowh.queries.series import (
+    Note, Pick, check_axis, fit_flags, load_series, log_axis, pick_series, require_axis,
+)
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 
 METHOD = "pwlinear-bic-v1"
@@ -41,7 +44,7 @@ COLUMNS = {
     "model": pl.String, "probe": pl.String, "layer": pl.Int32, "pooling": pl.String, "basis": pl.String,
     "phase_index": pl.Int32, "phase": pl.String, "stage": pl.String, "matches_paper": pl.Boolean,
     "start_step": pl.Int64, "end_step": pl.Int64, "start_tokens": pl.Float64, "end_tokens": pl.Float64,
-    "delta_rankme": pl.Float64, "delta_alpha_req": pl.Float64, "evidence": pl.String,
+    "start_flops": pl.Float64, "end_flops": pl.Float64, "delta_rankme": pl.Float64, "delta_alpha_req": pl.Float64, "evidence": pl.String,
 }
 
 
@@ -167,7 +170,7 @@ def phases(
     """The phases of a model's RankMe/αReQ trajectory, one row per phase (stored in `phases`).
 
     `metric` picks the signal the change points are found on (rankme, alpha_req or both);
-    `x` the training-time axis (step or tokens, logarithmic). Without probe/layer, the model's
+    `x` the training-time axis (step, tokens or training FLOPs = 6 · parameters · tokens, logarithmic). Without probe/layer, the model's
     probe with the most checkpoints and its last layer are used (`note` is told when there was a
     choice). Raises InputError when the trajectory has too few checkpoints.
     """
@@ -179,12 +182,56 @@ def phases(
         wh.migrate()  # it will write: upgrade an older file as every writer does (readers never do)
     needed = ["rankme", "alpha_req"] if metric == "both" else [metric]
     pick = pick_series(wh, model, needed, probe, layer, pooling, note)
+    require_axis(wh, model, x)
     series = load_series(wh, pick, ["rankme", "alpha_req"])
+    series = series.join(fit_flags(wh, pick), on="checkpoint", how="left")
     series = series.filter(pl.all_horizontal(pl.col(m).is_not_null() & pl.col(m).is_not_nan() for m in needed))
     rows = phase_rows(series, pick, metric, x, params)
     if store:
         _store(wh, pick, metric, x, params, rows)
     return rows
+
+
+def phase_map(
+    wh: Warehouse,
+    model: str,
+    probe: str | None = None,
+    pooling: str | None = None,
+    layers: str | Sequence[int] = "all",
+    metric: str = "both",
+    x: str = "step",
+    params: PhaseParams = PhaseParams(),
+    store: bool = True,
+    note: Note = None,
+) -> pl.DataFrame:
+    """The phases of every ingested layer (`layers="all"`, or a list): `phases` per layer, one
+    row per (layer, phase), each layer's rows stored as `phases` stores them. A layer whose
+    trajectory cannot be segmented (too few checkpoints) is left out and `note` is told why.
+    Answers: does the warmup collapse, or the compression, reach the top layers first?
+    """
+    check_axis(x)
+    needed = ["rankme", "alpha_req"] if metric == "both" else [metric]
+    pick = pick_series(wh, model, needed, probe, None, pooling)  # every layer: no "using layer" note
+    found = wh.query(
+        f"SELECT DISTINCT layer FROM metrics WHERE model = ? AND probe IS NOT DISTINCT FROM ? "
+        f"AND pooling IS NOT DISTINCT FROM ? AND layer IS NOT NULL AND metric IN ({', '.join('?' * len(needed))}) "
+        "ORDER BY layer",
+        [pick.model, pick.probe, pick.pooling, *needed],
+    )["layer"].to_list()
+    wanted = found if layers == "all" else [int(v) for v in (layers.split(",") if isinstance(layers, str) else layers)]
+    if missing := [v for v in wanted if v not in found]:
+        raise InputError(f"{pick.model} has no layer {', '.join(map(str, missing))} for probe {pick.probe} "
+                         f"(its layers: {', '.join(map(str, found)) or 'none'})")
+    frames = []
+    for layer in wanted:
+        try:
+            frames.append(phases(wh, pick.model, pick.probe, layer, pick.pooling, metric, x, params, store))
+        except InputError as e:
+            if note is not None:
+                note(f"layer {layer} left out: {e}")
+    if not frames:
+        raise InputError(f"no layer of {pick.model} could be segmented: ingest more checkpoints")
+    return pl.concat(frames)
 
 
 def phase_rows(series: pl.DataFrame, pick: Pick, basis: str, x: str, params: PhaseParams) -> pl.DataFrame:
@@ -280,10 +327,26 @@ def _row(frame: pl.DataFrame, s: int, e: int, label: str, stage: str | None, mat
         "phase": label, "stage": stage if stage is not None else (stages[e] or "pretrain"), "matches_paper": matches,
         "start_step": frame["step"][s], "end_step": frame["step"][e],
         "start_tokens": frame["tokens"][s], "end_tokens": frame["tokens"][e],
+        "start_flops": _at(frame, "flops", s), "end_flops": _at(frame, "flops", e),
         "delta_rankme": _round(d_rankme), "delta_alpha_req": _round(d_alpha),
         "evidence": json.dumps({"start_checkpoint": frame["checkpoint"][s], "end_checkpoint": frame["checkpoint"][e],
-                                **evidence}),
+                                **evidence, **_fit_evidence(frame, s, e)}),
     }
+
+
+def _fit_evidence(frame: pl.DataFrame, s: int, e: int) -> dict:
+    """How many of the phase's αReQ values come from a flagged fit (short or poor: schema.sql migration 7)."""
+    if "alpha_req_fit" not in frame.columns:
+        return {}
+    flags = [f for f in frame["alpha_req_fit"][s : e + 1].to_list() if f not in (None, "ok")]
+    found = {"alpha_req_fits_flagged": len(flags)}
+    if flags:
+        found["alpha_req_fit_flags"] = {f: flags.count(f) for f in sorted(set(flags))}
+    return found
+
+
+def _at(frame: pl.DataFrame, column: str, i: int):
+    return frame[column][i] if column in frame.columns else None
 
 
 def _store(wh: Warehouse, pick: Pick, basis: str, x: str, params: PhaseParams, rows: pl.DataFrame) -> None:

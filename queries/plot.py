@@ -21,7 +21,7 @@ from geowh.errors import GeowhError, InputError
 from geowh.outputs import check_output, output_path
 from geowh.queries.correlate import Series, series_values
 from geowh.queries.phases import phases as find_phases
-from geowh.queries.series import Note, check_axis, load_series, models_arg, pick_series
+from geowh.queries.series import FLOPS_PER_PARAM_TOKEN, Note, baseline_of, check_axis, load_series, models_arg, pick_series, require_axis
 from geowh.warehouse import Warehouse
 
 # Image formats `--out` may name (by its extension); matplotlib writes each without extra packages.
@@ -50,12 +50,13 @@ def plot_frame(
         raise InputError("nothing to plot: pass --metric rankme,alpha_req and/or --eval sciq/acc")
     parts = []
     for model in models_arg(models):
+        require_axis(wh, model, x)
         if metrics:
             pick = pick_series(wh, model, metrics, probe, layer, None, note)
             wide = load_series(wh, pick, metrics)
             for m in metrics:
                 parts.append(wide.select(pl.lit(model).alias("model"), pl.lit(m).alias("series"),
-                                         pl.col("stage").fill_null("pretrain"), "step", "tokens",
+                                         pl.col("stage").fill_null("pretrain"), "step", "tokens", "flops",
                                          pl.col(m).cast(pl.Float64).alias("value")))
         for e in evals:
             try:
@@ -66,10 +67,12 @@ def plot_frame(
                 if note is not None:
                     note(f"{model}: {e} not drawn ({error})")
                 continue
-            tokens = wh.query("SELECT step, tokens FROM checkpoints WHERE model = ? AND step IS NOT NULL", [model])
+            tokens = wh.query(
+                f"SELECT c.step, c.tokens, {FLOPS_PER_PARAM_TOKEN}.0 * m.parameters * c.tokens AS flops FROM checkpoints c "
+                "LEFT JOIN models m USING (model) WHERE c.model = ? AND c.step IS NOT NULL", [model])
             values = values.join(tokens.unique("step"), on="step", how="left")
             parts.append(values.select(pl.lit(model).alias("model"), pl.lit(e).alias("series"), "stage", "step",
-                                       pl.col("tokens").cast(pl.Float64), "value"))
+                                       pl.col("tokens").cast(pl.Float64), pl.col("flops").cast(pl.Float64), "value"))
     frame = pl.concat(parts, how="vertical_relaxed").filter(pl.col("value").is_not_null())
     # NaN is a value to polars but no point to a plot: an all-NaN series was "12 points" of nothing
     nan = frame.filter(~pl.col("value").is_finite())
@@ -103,11 +106,18 @@ def plot(
     size: tuple[int, int] | None = None,
     note: Note = None,
     force: bool = False,
+    layers: str | Sequence[int] | None = None,
+    baseline: bool = False,
 ) -> pl.DataFrame:
     """Draw trajectories to an image (`out`: .png, .pdf or .svg) or the terminal; returns the points drawn.
 
-    `out` is written whole or not at all; an existing file is replaced only with `force`.
+    `layers="all"` (or a list) draws instead, per model and metric, the layer × checkpoint
+    heatmap with each layer's phase boundaries marked (`phase_map`, computed, not stored).
+    `baseline` adds, per model, the metric of isotropic random features of the same n and d
+    (dashed). `out` is written whole or not at all; an existing file is replaced only with `force`.
     """
+    if layers is not None:
+        return plot_layers(wh, models, metrics, x, out, terminal, probe, layers, stream, size, note, force)
     if out is None and not terminal:
         raise InputError("say where to draw: --out fig.png or --terminal")
     if out is not None:
@@ -121,12 +131,27 @@ def plot(
     frame = plot_frame(wh, models, metrics, evals, x, probe, layer, note)
     names = models_arg(models)
     spans = _phase_spans(wh, names, x, probe, layer, note) if shade_phases and _names(metrics) else {}
+    refs = _baselines(wh, names, _names(metrics), probe, layer, note) if baseline else {}
     if terminal:
-        _terminal(frame, spans, x, stream or sys.stdout, size)
+        _terminal(frame, spans, x, stream or sys.stdout, size, refs)
     if out is not None:
         with output_path(out, force=force, protect=[wh.path]) as tmp:
-            _image(frame, spans, x, tmp, out.suffix.lower().lstrip("."))
+            _image(frame, spans, x, tmp, out.suffix.lower().lstrip("."), refs)
     return frame
+
+
+def _baselines(wh: Warehouse, models: list[str], metrics: list[str], probe, layer, note: Note) -> dict[tuple[str, str], float]:
+    """{(model, metric): value of the isotropic baseline at the model's n and d}."""
+    refs = {}
+    for model in models:
+        pick = pick_series(wh, model, metrics, probe, layer)
+        found = baseline_of(wh, pick, metrics)
+        if found is None:
+            if note is not None:
+                note(f"{model}: no spectrum stored, so no isotropic baseline (it needs n and d)")
+            continue
+        refs.update({(model, m): found[m] for m in metrics if m in found and np.isfinite(found[m])})
+    return refs
 
 
 def _phase_spans(wh: Warehouse, models: list[str], x: str, probe, layer, note: Note) -> dict[str, pl.DataFrame]:
@@ -143,7 +168,9 @@ def _phase_spans(wh: Warehouse, models: list[str], x: str, probe, layer, note: N
     return spans
 
 
-def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Path, fmt: str) -> None:
+def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Path, fmt: str,
+           refs: dict[tuple[str, str], float] | None = None) -> None:
+    refs = refs or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,6 +188,9 @@ def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Pat
             part = frame.filter((pl.col("model") == model) & (pl.col("series") == name)).sort(x)
             ax.plot(part[x].to_numpy(), part["value"].to_numpy(), marker=".", markersize=3, linewidth=1.2,
                     color=colours[i % len(colours)], label=model)
+            if (model, name) in refs:
+                ax.axhline(refs[(model, name)], linestyle="--", linewidth=0.9, color=colours[i % len(colours)],
+                           label=f"{model}: isotropic random, same n, d ({refs[(model, name)]:.4g})")
             if model in spans:
                 band = (0.0, 1.0) if len(models) == 1 else (i * 0.04, (i + 1) * 0.04)
                 for row in spans[model].iter_rows(named=True):
@@ -173,6 +203,8 @@ def _image(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, out: Pat
         ax.grid(True, which="major", alpha=0.3)
     axes[-1, 0].set_xlabel(f"{x} (symlog: linear below {linthresh:g}, logarithmic above)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
+    if refs and not any("isotropic" in label for label in labels):  # the first panel may have no baseline (an eval)
+        handles += [h for ax in axes[1:, 0] for h, lab in zip(*ax.get_legend_handles_labels()) if "isotropic" in lab][:len(models)]
     shown = {row["phase"] for s in spans.values() for row in s.iter_rows(named=True)}
     handles += [Patch(color=c, alpha=0.6, label=p) for p, c in PHASE_COLOURS.items() if p in shown]
     axes[0, 0].legend(handles=handles, fontsize=8, loc="best")
@@ -188,7 +220,7 @@ PHASE_MARKS = {"warmup": "·", "entropy-seeking": "░", "compression-seeking": 
 
 
 def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, stream: TextIO,
-              size: tuple[int, int] | None) -> None:
+              size: tuple[int, int] | None, refs: dict[tuple[str, str], float] | None = None) -> None:
     """One plotext panel per series, built one after the other (x = log10(step + 1), real steps as ticks).
 
     Phases are shaded as in the image: across the panel for one model, a thin band at the bottom
@@ -229,6 +261,11 @@ def _terminal(frame: pl.DataFrame, spans: dict[str, pl.DataFrame], x: str, strea
             signal.label(model)
             signal.lines(True)
             fig.draw(signal)
+            if refs and (model, name) in refs:  # the isotropic baseline: a dotted line across the panel
+                ref = fig.signal([0.0, top], [refs[(model, name)]] * 2, marker="dot")
+                ref.label(f"{model} isotropic")
+                ref.lines(True)
+                fig.draw(ref)
         fig.ruler("x").ticks([float(np.log10(v + offset)) for v in shown], [f"{v:.3g}" for v in shown])
         fig.label(f"{x} (log axis of {x} + {offset:g})", axis="x")
         panels.append(fig.build().string(colorless=colourless).rstrip("\n"))
@@ -262,3 +299,147 @@ def _first_positive(values: pl.Series) -> float:
 def _names(value: str | Sequence[str]) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     return [v.strip() for v in items if v and v.strip()]
+
+
+# -- layer × checkpoint heatmaps ------------------------------------------------------------------
+
+# From low to high: the terminal heatmap's cells, and the mark of a phase boundary.
+SHADES = " ░▒▓█"
+BOUNDARY = "┃"
+
+
+def layer_frame(wh: Warehouse, model: str, metrics: Sequence[str], probe: str | None = None,
+                layers: str | Sequence[int] = "all", note: Note = None) -> pl.DataFrame:
+    """layer, checkpoint, step, tokens, flops, metric, value of every layer of one model's probe
+    and pooling (picked as for phases), in training order."""
+    pick = pick_series(wh, model, metrics, probe, None, None, None)
+    frame = wh.query(
+        f"""
+        SELECT m.layer, m.checkpoint, c.step, c.tokens, {FLOPS_PER_PARAM_TOKEN}.0 * mo.parameters * c.tokens AS flops,
+               m.metric, m.value, coalesce(c.stage_order, 0) AS stage_order
+        FROM metrics m JOIN checkpoints c USING (model, checkpoint) LEFT JOIN models mo USING (model)
+        WHERE m.model = ? AND m.probe IS NOT DISTINCT FROM ? AND m.pooling IS NOT DISTINCT FROM ?
+          AND m.layer IS NOT NULL AND m.index_dir IS NULL AND m.metric IN ({', '.join('?' * len(metrics))})
+        ORDER BY stage_order, c.step, m.checkpoint, m.layer
+        """,
+        [pick.model, pick.probe, pick.pooling, *metrics],
+    )
+    if layers != "all":
+        wanted = [int(v) for v in (layers.split(",") if isinstance(layers, str) else layers)]
+        frame = frame.filter(pl.col("layer").is_in(wanted))
+    if frame["layer"].n_unique() < 2:
+        raise InputError(f"{pick.model} has {frame['layer'].n_unique()} layer(s) with {', '.join(metrics)} for probe "
+                         f"{pick.probe}: a layer heatmap needs several (ingest with --layers all)")
+    return frame
+
+
+def plot_layers(wh: Warehouse, models, metrics, x: str, out: Path | None, terminal: bool, probe: str | None,
+                layers: str | Sequence[int], stream: TextIO | None, size, note: Note, force: bool) -> pl.DataFrame:
+    """The layer × checkpoint heatmap of each model and metric, each layer's phase boundaries marked."""
+    from geowh.queries.phases import phase_map
+
+    check_axis(x)
+    metrics = _names(metrics) or ["rankme", "alpha_req"]
+    panels = []
+    for model in models_arg(models):
+        require_axis(wh, model, x)
+        frame = layer_frame(wh, model, metrics, probe, layers, note)
+        try:
+            found = phase_map(wh, model, probe, None, layers, x=x, store=False)
+            bounds = {layer: part[f"start_{x}"].to_list()[1:] for (layer,), part in found.group_by(["layer"])}
+        except GeowhError as e:
+            if note is not None:
+                note(f"{model}: phase boundaries not marked ({e})")
+            bounds = {}
+        for m in metrics:
+            part = frame.filter(pl.col("metric") == m)
+            if part.height:
+                panels.append((model, m, part, bounds))
+    if not panels:
+        raise InputError(f"none of {', '.join(metrics)} is stored per layer")
+    if terminal:
+        (stream or sys.stdout).write("\n\n".join(_text_heatmap(*p, x, (size or (100, 16))[0]) for p in panels) + "\n")
+    if out is not None:
+        with output_path(out, force=force, protect=[wh.path]) as tmp:
+            _heatmap_image(panels, x, tmp, out.suffix.lower().lstrip("."))
+    return pl.concat([p[2].with_columns(pl.lit(p[0]).alias("model")) for p in panels], how="vertical_relaxed")
+
+
+def _grid(part: pl.DataFrame, x: str) -> tuple[list[int], list, np.ndarray]:
+    """Layers (ascending), x values of the checkpoints (training order) and values (layer, checkpoint)."""
+    order = part.select("checkpoint", x).unique("checkpoint", maintain_order=True)
+    layers = sorted(part["layer"].unique().to_list())
+    wide = part.pivot(on="layer", index="checkpoint", values="value", aggregate_function="first")
+    wide = order.join(wide, on="checkpoint", how="left")
+    values = np.array([wide[str(layer)].cast(pl.Float64).fill_null(np.nan).to_numpy() for layer in layers])
+    return layers, order[x].to_list(), values
+
+
+def _heatmap_image(panels, x: str, out: Path, fmt: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels) + 0.6), squeeze=False)
+    for ax, (model, metric, part, bounds) in zip(axes[:, 0], panels):
+        layers, xs, values = _grid(part, x)
+        image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                          extent=(-0.5, len(xs) - 0.5, layers[0] - 0.5, layers[-1] + 0.5))
+        fig.colorbar(image, ax=ax, label=metric, pad=0.01)
+        for layer in layers:
+            for b in bounds.get(layer, []):
+                if b in xs:  # the boundary sits on the first checkpoint of the next phase
+                    k = xs.index(b) - 0.5
+                    ax.plot([k, k], [layer - 0.5, layer + 0.5], color="white", linewidth=2.5)
+                    ax.plot([k, k], [layer - 0.5, layer + 0.5], color="black", linewidth=1)
+        ticks = np.unique(np.linspace(0, len(xs) - 1, min(len(xs), 10)).round().astype(int))
+        ax.set_xticks(ticks, [_short(xs[i]) for i in ticks], fontsize=8)
+        ax.set_yticks(layers if len(layers) <= 16 else layers[:: max(1, len(layers) // 12)])
+        ax.set_ylabel("layer")
+        ax.set_title(f"{model}: {metric} per layer (lines: phase boundaries)", fontsize=10)
+    axes[-1, 0].set_xlabel(f"{x} (one column per checkpoint)")
+    fig.tight_layout()
+    try:
+        fig.savefig(out, dpi=120, format=fmt)
+    finally:
+        plt.close(fig)
+
+
+def _text_heatmap(model: str, metric: str, part: pl.DataFrame, bounds: dict, x: str, width: int) -> str:
+    """One character per checkpoint (SHADES from the lowest value to the highest), a row per layer
+    (top layer first), BOUNDARY where a layer's next phase starts."""
+    layers, xs, values = _grid(part, x)
+    cols = min(len(xs), max(10, width - 12))
+    take = np.unique(np.linspace(0, len(xs) - 1, cols).round().astype(int))  # checkpoints shown
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lines = [f"{model}: {metric} per layer ({SHADES[1]} low … {SHADES[-1]} high: {low:.4g} … {high:.4g}; "
+             f"{BOUNDARY} phase boundary)"]
+    for r in range(len(layers) - 1, -1, -1):
+        starts = {min(range(len(take)), key=lambda j: abs(take[j] - xs.index(b))) for b in bounds.get(layers[r], []) if b in xs}
+        row = []
+        for j, k in enumerate(take):
+            v = values[r, k]
+            if j in starts:
+                row.append(BOUNDARY)
+            elif not np.isfinite(v):
+                row.append(" ")
+            else:
+                level = 0 if high == low else (v - low) / (high - low)
+                row.append(SHADES[1 + min(int(level * (len(SHADES) - 1)), len(SHADES) - 2)])
+        lines.append(f"{layers[r]:>5} │" + "".join(row))
+    first, last = _short(xs[take[0]]), _short(xs[take[-1]])
+    lines.append(" " * 7 + first + " " * max(1, len(take) - len(first) - len(last)) + last)
+    lines.append(" " * 7 + f"{x}, one column per checkpoint")
+    return "\n".join(lines)
+
+
+def _short(v) -> str:
+    if v is None:
+        return "?"
+    v = float(v)
+    for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.4g}"

@@ -19,7 +19,10 @@ from geowh.warehouse import Warehouse, canonical_model
 
 Note = Callable[[str], None] | None
 
-X_AXES = ("step", "tokens")
+X_AXES = ("step", "tokens", "flops")
+# Training compute per token, forward and backward (Kaplan et al. 2020): FLOPs = 6 · N · D, the
+# axis of the paper's iso-FLOP figures, so models of different sizes line up.
+FLOPS_PER_PARAM_TOKEN = 6
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,14 @@ def pick_series(
 
 def load_series(wh: Warehouse, pick: Pick, metrics: Sequence[str]) -> pl.DataFrame:
     """The trajectory, one row per checkpoint in training order: checkpoint, stage, stage_order,
-    step, tokens and one column per metric."""
+    step, tokens, flops (6 · parameters · tokens, null where either is unknown) and one column per metric."""
     pivots = ", ".join(f"max(m.value) FILTER (WHERE m.metric = ?) AS {_ident(name)}" for name in metrics)
     return wh.query(
         f"""
-        SELECT m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, {pivots}
+        SELECT m.checkpoint, c.stage, c.stage_order, c.step, c.tokens,
+               {FLOPS_PER_PARAM_TOKEN}.0 * any_value(mo.parameters) * c.tokens AS flops, {pivots}
         FROM metrics m JOIN checkpoints c ON c.model = m.model AND c.checkpoint = m.checkpoint
+        LEFT JOIN models mo ON mo.model = m.model
         WHERE m.model = ? AND m.probe IS NOT DISTINCT FROM ? AND m.layer IS NOT DISTINCT FROM ?
           AND m.pooling IS NOT DISTINCT FROM ? AND m.metric IN ({', '.join('?' * len(metrics))})
         GROUP BY m.checkpoint, c.stage, c.stage_order, c.step, c.tokens
@@ -105,6 +110,32 @@ def load_series(wh: Warehouse, pick: Pick, metrics: Sequence[str]) -> pl.DataFra
         """,
         [*metrics, pick.model, pick.probe, pick.layer, pick.pooling, *metrics],
     )
+
+
+def fit_flags(wh: Warehouse, pick: Pick) -> pl.DataFrame:
+    """checkpoint, alpha_req_fit: the flag of each αReQ fit of the trajectory (view alpha_req_fits)."""
+    return wh.query(
+        "SELECT checkpoint, flag AS alpha_req_fit FROM alpha_req_fits WHERE model = ? AND metric = 'alpha_req' "
+        "AND probe IS NOT DISTINCT FROM ? AND layer IS NOT DISTINCT FROM ? AND pooling IS NOT DISTINCT FROM ?",
+        [pick.model, pick.probe, pick.layer, pick.pooling],
+    )
+
+
+def baseline_of(wh: Warehouse, pick: Pick, metrics: Sequence[str]) -> dict | None:
+    """The metrics of isotropic random features of the trajectory's n and d (its most common
+    spectrum shape): {"n", "d", metric: value}; None when no spectrum is stored (an import)."""
+    from geowh.spectrum_math import REGISTRY, isotropic_baseline
+
+    shape = wh.query(
+        "SELECT n_samples, d, count(*) AS k FROM spectra WHERE model = ? AND probe IS NOT DISTINCT FROM ? "
+        "AND layer IS NOT DISTINCT FROM ? AND pooling IS NOT DISTINCT FROM ? GROUP BY ALL ORDER BY k DESC, d DESC LIMIT 1",
+        [pick.model, pick.probe, pick.layer, pick.pooling],
+    )
+    if shape.height == 0:
+        return None
+    n, d = int(shape["n_samples"][0]), int(shape["d"][0])
+    names = [m for m in REGISTRY if any(m == x or any(o == x for o in REGISTRY[m].outputs) for x in metrics)]
+    return {"n": n, "d": d, **isotropic_baseline(n, d, names)}
 
 
 def log_axis(values: np.ndarray, axis: str) -> np.ndarray:
@@ -120,7 +151,30 @@ def log_axis(values: np.ndarray, axis: str) -> np.ndarray:
 
 def check_axis(x: str) -> None:
     if x not in X_AXES:
-        raise InputError(f"--x must be step or tokens, not {x!r}")
+        raise InputError(f"--x must be step, tokens or flops, not {x!r}")
+
+
+def require_axis(wh: Warehouse, model: str, x: str, option: str = "--x") -> None:
+    """Refuse `--x flops` for a model whose parameter count or tokens are unknown, naming it."""
+    check_axis(x)
+    if x != "flops":
+        return
+    known = wh.query("SELECT parameters FROM models WHERE model = ?", [model])
+    if known.height == 0 or known["parameters"][0] is None:
+        raise InputError(
+            f"{option} flops needs the parameter count of {model} (FLOPs = 6 · parameters · tokens) and models.parameters "
+            f"is unknown for it (an import names none; an ingest records it): use {option} step or tokens"
+        )
+    missing = wh.query(
+        "SELECT count(*) AS n FROM checkpoints WHERE model = ? AND tokens IS NULL AND checkpoint IN "
+        "(SELECT checkpoint FROM metrics WHERE model = ?)",
+        [model, model],
+    )["n"][0]
+    if missing:
+        raise InputError(
+            f"{option} flops needs the tokens seen at each checkpoint of {model} (FLOPs = 6 · parameters · tokens) and "
+            f"{missing} of its checkpoints have none recorded (checkpoints.tokens): use {option} step"
+        )
 
 
 def _missing(wh: Warehouse, model, metrics, probe, layer, pooling) -> str:

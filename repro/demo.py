@@ -224,8 +224,11 @@ def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSum
     with stage("ingest", "ingest: geometry + memorization per checkpoint"):
         events = say.ingest_events()
         with events or nullcontext():
+            # fp32 features: the demo's models are narrow (d 32–128), and in their warmup
+            # collapse bf16 rounds away the spectrum's tail, where αReQ is fitted (run A of
+            # docs/metrics.md: αReQ 7.1 in fp32, 3.0 in bf16); their forward is cheap anyway.
             summary = ingest(str(out), IngestConfig(probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len,
-                                                    device=cfg.device),
+                                                    device=cfg.device, dtype="float32"),
                              Selection(name=cfg.name), db=wh.path, events=events,
                              options={"memorization": task["file"], "index": index["directory"]})
         ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),

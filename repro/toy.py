@@ -24,6 +24,7 @@ main series shows warmup (RankMe 3 → 1), entropy-seeking (→ 2.7) and compres
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -96,7 +97,8 @@ class ToyConfig:
             raise InputError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.init not in INITS:
             raise InputError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
-        if self.lr <= 0 or self.init_scale <= 0 or self.steps < 1:
+        # `not x > 0` also refuses NaN, which every comparison calls false.
+        if not 0 < self.lr < math.inf or not 0 < self.init_scale < math.inf or self.steps < 1:
             raise InputError(f"lr and init_scale must be positive and steps ≥ 1; got lr={self.lr}, "
                              f"init_scale={self.init_scale}, steps={self.steps}")
 
@@ -177,7 +179,11 @@ def train(config: ToyConfig) -> Trajectory:
         if step in record:
             loss = -(q * log_p).sum() / n if config.loss == "ce" else 0.5 * (grad * grad).sum() * n
             steps.append(step)
-            spectra.append(Covariance(config.d).update(theta.T).eigenvalues())
+            try:
+                spectra.append(Covariance(config.d).update(theta.T).eigenvalues())
+            except InputError:  # NaN or overflowing weights: the training, not the features' dtype, is at fault
+                raise InputError(f"the toy diverged before step {step} (its weights overflowed): lower --lr "
+                                 f"(now {config.lr:g}) or --init-scale (now {config.init_scale:g})") from None
             losses.append(float(loss))
         if step == config.steps:
             break
@@ -198,7 +204,7 @@ def series(config: ToyConfig = ToyConfig(), controls: bool = True) -> dict[str, 
 def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, list[dict]]:
     """Train one toy series; its rows for Warehouse.write: models, probes, checkpoints, runs,
     spectra, metrics (RankMe and the other registered metrics, sigma_k, loss)."""
-    from geowh.spectrum_math import compute_metrics
+    from geowh.spectrum_math import compute_metrics, definitions, definitions_fingerprint
     from geowh.warehouse import utcnow
 
     started_at = utcnow()
@@ -229,7 +235,8 @@ def run_toy(config: ToyConfig = ToyConfig(), model: str = MODEL) -> dict[str, li
                     "sequences": config.samples, "seed": config.seed, "content_hash": traj.targets_hash}],
         "checkpoints": checkpoints,
         "runs": [run_row(run_id, KIND, model, "ok", packages=("numpy_version",), checkpoint=None,
-                         probe=probe, config_key=config.key, config=asdict(config), device="cpu", dtype="float64",
+                         probe=probe, config_key=config.key, config=asdict(config) | {"definitions": definitions()},
+                         definitions=definitions_fingerprint(), device="cpu", dtype="float64",
                          started_at=started_at, finished_at=utcnow(),
                          stage_seconds={"train": round(traj.seconds, 3), "metrics": round(time.perf_counter() - t, 3)})],
         "spectra": spectra,

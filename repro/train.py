@@ -181,6 +181,7 @@ def train_mini(
     minutes: float | None = None,
     steps: int | None = None,
     device: str = "auto",
+    dtype: str = "auto",
     report: TrainReport | None = None,
 ) -> TrainSummary:
     """Train (or resume, or reuse) a mini Pythia in `out`; the budget is `steps` or else `minutes` (default 10).
@@ -188,6 +189,9 @@ def train_mini(
     The budget covers the whole call, data preparation included (the first build of the
     default corpus takes a minute or more of it). Data, tokenizer and model initialisation
     are seeded: the same config gives the same run, up to floating-point nondeterminism.
+    `dtype` is the precision of the forward pass (`autocast_dtype`: auto = bf16 autocast on a
+    capable GPU or CPU, float32, bfloat16); it is fixed in the plan when the run starts, so a
+    resumed run keeps it.
     Progress goes to `report` (a TrainReport); without one the call prints nothing.
 
     Example:
@@ -204,6 +208,7 @@ def train_mini(
     if minutes is not None and minutes <= 0:
         raise InputError("--minutes must be positive")
     dev = resolve_device(device)
+    amp = autocast_dtype(dtype, dev)
     log = report or TrainReport()
 
     saved = _load_saved(out, config, steps)
@@ -225,10 +230,12 @@ def train_mini(
     probe = _live_probe(out, tokenizer, config, log)
 
     model, optimizer, start = _model_and_optimizer(out, config, tokenizer, dev)
+    if saved["plan"] is not None:
+        amp = saved["plan"].get("dtype", amp)  # the dtype the run started with
     status = "resumed" if start > 0 else "trained"
     if start == 0 and not (out / "step0" / "config.json").is_file():
         t = time.monotonic()
-        row = _log_row(0, None, model, eval_batch, 0, config, started) | _geometry(probe, model, 0, config)
+        row = _log_row(0, None, model, eval_batch, 0, config, started, amp) | _geometry(probe, model, 0, config)
         _save_checkpoint(out, 0, model, tokenizer, optimizer, log_row=row)
         save_seconds = time.monotonic() - t
     else:
@@ -239,7 +246,7 @@ def train_mini(
         if steps is not None:
             total, step_seconds = steps, None
         else:
-            step_seconds = _calibrate(model, optimizer, tokens, config, dev, log)
+            step_seconds = _calibrate(model, optimizer, tokens, config, dev, log, amp)
             budget = 60 * (minutes if minutes is not None else 10.0)
             total = plan_steps(budget - (time.monotonic() - started), step_seconds, save_seconds, config.checkpoints)
         plan = {
@@ -249,6 +256,7 @@ def train_mini(
             "checkpoint_steps": checkpoint_steps(total, config.checkpoints),
             "tokens_per_step": config.batch_size * config.seq_len,
             "device": device_name(dev),
+            "dtype": amp,
             "parameters": _parameters(model),
         }
         saved["plan"] = plan
@@ -257,7 +265,7 @@ def train_mini(
     save_at = set(plan["checkpoint_steps"])
 
     log.info(
-        f"training {_parameters(model):,} parameters on {device_name(dev)}: steps {start + 1}…{total}, "
+        f"training {_parameters(model):,} parameters on {device_name(dev)} ({amp}): steps {start + 1}…{total}, "
         f"{len(save_at)} checkpoints → {out}"
     )
     losses: list[float] = []
@@ -266,11 +274,11 @@ def train_mini(
             lr = lr_at(step, total, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = _train_step(model, optimizer, _batch(tokens, step, config), config, dev)
+            loss = _train_step(model, optimizer, _batch(tokens, step, config), config, dev, amp)
             losses.append(loss)
             advance(loss, lr)
             if step in save_at:
-                row = _log_row(step, sum(losses) / len(losses), model, eval_batch, lr, config, started)
+                row = _log_row(step, sum(losses) / len(losses), model, eval_batch, lr, config, started, amp)
                 row |= _geometry(probe, model, step, config)
                 advance.geometry(row)
                 _save_checkpoint(out, step, model, tokenizer, optimizer, log_row=row)
@@ -465,12 +473,37 @@ def _model_and_optimizer(out: Path, config: TrainConfig, tokenizer, dev):
     return model, optimizer, start
 
 
-def _train_step(model, optimizer, batch, config: TrainConfig, dev) -> float:
+TRAIN_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def autocast_dtype(dtype: str, dev) -> str:
+    """train-mini's `--dtype` resolved for `dev`: `bfloat16` (autocast) or `float32`.
+
+    `auto` is bf16 autocast where `--dtype auto` of an ingest picks bf16: a GPU that supports
+    it, or a CPU with native bf16 matrix units (`cpu_native_bf16`); the weights, the optimizer
+    and the loss stay fp32 either way.
+    """
+    from geowh.ingest.sources.models import resolve_dtype
+
+    if dtype not in TRAIN_DTYPES:
+        raise InputError(f"--dtype {dtype}: use one of {', '.join(TRAIN_DTYPES)}")
+    return str(resolve_dtype(dtype, dev)).removeprefix("torch.")
+
+
+def _autocast(dev, amp: str):
+    import torch
+
+    if amp == "auto":
+        amp = autocast_dtype("auto", dev)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bfloat16")
+
+
+def _train_step(model, optimizer, batch, config: TrainConfig, dev, amp: str = "auto") -> float:
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(batch).to(dev)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    with _autocast(dev, amp):
         logits = model(input_ids=x[:, :-1]).logits  # (batch, seq, vocab)
     loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
     optimizer.zero_grad(set_to_none=True)
@@ -484,14 +517,14 @@ def _train_step(model, optimizer, batch, config: TrainConfig, dev) -> float:
     return value
 
 
-def _eval_loss(model, batch, dev) -> float | None:
+def _eval_loss(model, batch, dev, amp: str = "auto") -> float | None:
     import torch
     import torch.nn.functional as F
 
     if batch is None:
         return None
     model.eval()
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    with torch.no_grad(), _autocast(dev, amp):
         x = torch.from_numpy(batch).to(dev)
         logits = model(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).item()
@@ -499,31 +532,32 @@ def _eval_loss(model, batch, dev) -> float | None:
     return loss
 
 
-def _calibrate(model, optimizer, tokens, config: TrainConfig, dev, log: TrainReport) -> float:
+def _calibrate(model, optimizer, tokens, config: TrainConfig, dev, log: TrainReport, amp: str = "auto") -> float:
     """Seconds per step, timed on throwaway copies of the model and optimizer."""
     import torch
 
     with log.status("timing a few steps to plan the schedule"):
         trial_model = copy.deepcopy(model)
         trial_opt = _optimizer(trial_model, config)
-        _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED, config), config, dev)  # allocations
+        _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED, config), config, dev, amp)  # allocations
         times: list[float] = []
         while len(times) < CALIBRATION_STEPS and sum(times) < CALIBRATION_SECONDS:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t = time.monotonic()
-            _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED + 1 + len(times), config), config, dev)
+            _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED + 1 + len(times), config), config, dev, amp)
             times.append(time.monotonic() - t)
         del trial_model, trial_opt
     return sorted(times)[len(times) // 2] * 1.05  # median, with a margin for evaluation and logging
 
 
-def _log_row(step: int, train_loss, model, eval_batch, lr: float, config: TrainConfig, started: float) -> dict:
+def _log_row(step: int, train_loss, model, eval_batch, lr: float, config: TrainConfig, started: float,
+             amp: str = "auto") -> dict:
     return {
         "step": step,
         "tokens": step * config.batch_size * config.seq_len,
         "train_loss": round(train_loss, 5) if train_loss is not None else None,
-        "eval_loss": _round(_eval_loss(model, eval_batch, next(model.parameters()).device)),
+        "eval_loss": _round(_eval_loss(model, eval_batch, next(model.parameters()).device, amp)),
         "lr": lr,
         "seconds": round(time.monotonic() - started, 2),
     }

@@ -322,6 +322,9 @@ print(json.dumps({{"listed": [r.label for r in series.checkpoints], "summary": s
     assert rows == [(0, "hf://tiny-org/tiny-pythia@step0"), (1000, "hf://tiny-org/tiny-pythia@step1000")]
     runs = Warehouse(tmp_path / "w.duckdb").query("select checkpoint, hub_commit from runs").rows()
     assert dict(runs) == commits and all(len(c) == 40 for c in commits.values())  # the resolved commit of each revision
+    prints = Warehouse(tmp_path / "w.duckdb").query("select checkpoint, fingerprint from checkpoints").rows()
+    assert dict(prints) == commits  # a hub checkpoint's content is its commit
+    assert Warehouse(tmp_path / "w.duckdb").query("select source from models").item() == "hf://tiny-org/tiny-pythia"
     snapshots = cache / "models--tiny-org--tiny-pythia" / "snapshots"
     assert not snapshots.exists() or not any(snapshots.iterdir())  # --evict emptied the cache
 

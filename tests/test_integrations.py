@@ -236,6 +236,79 @@ def test_the_readme_shows_the_three_ways_of_a_live_run():
         assert way in section, way
 
 
+def _histograms(logdir) -> dict[int, int]:
+    """{step: number of values} of the geowh spectrum histograms in a TensorBoard log folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from geowh.integrations.probe import SPECTRUM_TAG
+
+    found = {}
+    for events in sorted(p.parent for p in logdir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"histograms": 0})
+        acc.Reload()
+        if SPECTRUM_TAG in acc.Tags()["histograms"]:
+            found.update({e.step: int(e.histogram_value.num) for e in acc.Histograms(SPECTRUM_TAG)})
+    return found
+
+
+@pytest.mark.slow
+def test_the_callback_logs_the_eigenspectrum_to_tensorboard_beside_the_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+
+    from geowh.integrations import GeometryCallback
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(layers=1, d=32, heads=2))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, learning_rate=3e-3,
+        save_strategy="no", logging_steps=2, report_to=["tensorboard"],
+        use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    callback = GeometryCallback(write_docs(tmp_path / "docs.txt", limit=80), every=2, n=40, max_len=32, seq_len=SEQ)
+    Trainer(model=model, args=args, train_dataset=_dataset(tok, 16), data_collator=default_data_collator,
+            processing_class=tok, callbacks=[callback]).train()
+    positive = [sum(v > 0 for v in m["eigenvalues"]) for m in callback.measured]
+    assert [m["step"] for m in callback.measured] == [2, 4] and min(positive) > 10
+    assert _histograms(tmp_path / "out") == {2: positive[0], 4: positive[1]}  # the writer's folder: out/runs/…
+
+
+@pytest.mark.slow
+def test_the_lightning_callback_logs_the_eigenspectrum_to_tensorboard(tmp_path):
+    pytest.importorskip("lightning")
+    pytest.importorskip("tensorboard")
+    import lightning.pytorch as L
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tiny import tiny_model
+
+    from geowh.integrations import GeometryLightningCallback
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_model(layers=1, d=32, heads=2).train()
+
+        def training_step(self, batch, batch_idx):
+            return self.model(input_ids=batch, labels=batch).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    tok = tokenizer()
+    data = torch.stack([row["input_ids"] for row in _dataset(tok, 8)])
+    callback = GeometryLightningCallback(tok, write_docs(tmp_path / "docs.txt", limit=60), name="lit", every=2, n=40,
+                                         max_len=32)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=TensorBoardLogger(str(tmp_path / "tb")),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback])
+    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+    positive = sum(v > 0 for v in callback.measured[0]["eigenvalues"])
+    assert positive > 10 and _histograms(tmp_path / "tb") == {2: positive}
+
+
 def _small_trainer(tmp_path, model, tok, callback, steps=6):
     """A real HF Trainer over `model` for `steps` steps of 2 sequences whose ids the model embeds."""
     import torch
@@ -341,3 +414,30 @@ def test_the_probe_refuses_a_model_whose_positions_are_fewer_than_its_sequences_
         ghost = tiny_model(layers=1, d=32, heads=2)
     with pytest.raises(InputError, match="meta device"):
         GeometryProbe(tokenizer(), docs, name="loop", n=8, max_len=16, model=ghost)
+
+
+def test_a_reporter_that_fails_to_take_the_spectrum_is_skipped_and_logged(caplog):
+    import logging
+
+    from geowh.integrations.probe import log_spectrum
+
+    class Broken:
+        def add_histogram(self, *args):
+            raise OSError("the event file's disk is full")
+
+    class Writer:
+        def __init__(self):
+            self.seen = []
+
+        def add_histogram(self, tag, values, step):
+            self.seen.append((tag, len(values), step))
+
+        def flush(self):
+            pass
+
+    broken, writer = type("TensorBoardCallback", (), {"tb_writer": Broken()})(), Writer()
+    ok = type("TensorBoardCallback", (), {"tb_writer": writer})()
+    with caplog.at_level(logging.ERROR, logger="geowh.integrations.probe"):
+        assert log_spectrum([broken, ok], [4.0, 2.0, 1.0, 0.0], step=7) == ["tensorboard"]
+    assert writer.seen == [("geowh/log10_eigenvalue_ratio", 3, 7)]
+    assert any("could not be logged" in r.getMessage() for r in caplog.records)

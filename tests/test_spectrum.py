@@ -610,7 +610,7 @@ def test_a_10_by_40000_matrix_takes_megabytes_not_12_gib(tmp_path):
 def test_a_spectrum_that_does_not_fit_in_memory_is_refused_with_the_estimate(tmp_path, monkeypatch):
     np.save(tmp_path / "f.npy", np.ones((50, 40)))
     monkeypatch.setattr(spectrum, "available_bytes", lambda: 1000)
-    with pytest.raises(InputError, match=r"needs about 0\.0 GiB .*d x d covariance.*more than the 0\.0 GiB"):
+    with pytest.raises(InputError, match=r"needs about 0\.0 GiB .*d x d covariance.*more than 80% of the 0\.0 GiB"):
         metrics_of_file(tmp_path / "f.npy")
 
 

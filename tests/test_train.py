@@ -272,3 +272,20 @@ def test_a_run_on_the_gpu_saves_checkpoints_like_a_cpu_run(text_file, tmp_path):
         pytest.skip("no CUDA device")
     summary = train_mini(tmp_path / "gpu", TrainConfig(**TINY, corpus=(str(text_file),)), steps=4, device="cuda")
     assert summary.device.startswith("cuda") and summary.checkpoints[-1] == "step4"
+
+
+def test_a_bf16_run_is_reproducible_and_keeps_its_dtype_while_an_fp32_run_stays_fp32(run, text_file, tmp_path):
+    """Determinism holds per dtype: two bf16 runs end in the same weights, which differ from fp32's."""
+    from safetensors.torch import load_file
+
+    out, summary = run
+    assert summary["config"]["plan"]["dtype"] == "float32"  # the suite pins auto to fp32 (conftest)
+    config = TrainConfig(**TINY, corpus=(str(text_file),))
+    runs = [train_mini(tmp_path / f"bf16-{i}", config, steps=STEPS, dtype="bfloat16") for i in range(2)]
+    assert all(r.config["plan"]["dtype"] == "bfloat16" for r in runs)
+    a, b = (load_file(tmp_path / f"bf16-{i}" / f"step{STEPS}" / "model.safetensors") for i in range(2))
+    fp32 = load_file(out / f"step{STEPS}" / "model.safetensors")
+    assert all(a[k].dtype == fp32[k].dtype and a[k].equal(b[k]) for k in a)  # fp32 weights, same run twice
+    assert any(not a[k].allclose(fp32[k], atol=1e-6) for k in a)  # autocast did run in bf16
+    with pytest.raises(InputError, match="--dtype"):
+        train_mini(tmp_path / "bad", config, steps=STEPS, dtype="float8")

@@ -291,3 +291,39 @@ def test_hypothesis_metric_values_round_trip_exactly(tmp_path_factory, values, s
     assert back.keys() == written.keys()
     for step, value in written.items():
         assert (math.isnan(value) and math.isnan(back[step])) or back[step] == value
+
+
+def test_every_table_declares_its_key_in_schema_sql_and_writes_by_it(wh):
+    from geowh.warehouse.schema import schema_text, table_keys
+
+    keys = table_keys()
+    with duckdb.connect(":memory:") as con:
+        for m in migrations():
+            con.execute(m.sql)
+        columns = {}
+        for table, column in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal AND table_name IN "
+            "(SELECT table_name FROM duckdb_tables() WHERE NOT internal)"
+        ).fetchall():
+            columns.setdefault(table, set()).add(column)
+    for table in set(columns) - {"schema_migrations"}:
+        assert table in keys, f"{table} declares no `-- key` in schema.sql"
+        assert set(keys[table].columns) <= columns[table], table
+    assert "-- key metrics (model, checkpoint, probe, layer, pooling, index_dir, metric)" in schema_text()
+    assert {t for t, k in keys.items() if k.merged} == {"models", "checkpoints", "probes"}
+    # the key decides what a second write replaces: same key → one row, merged tables keep old columns
+    wh.write(checkpoint_rows(metrics={"rankme": 3.0}))
+    wh.write({"models": [{"model": "m", "family": None, "layers": 4}],
+              "metrics": [{"model": "m", "checkpoint": "step1", "probe": "p", "layer": 2, "pooling": "last",
+                           "metric": "rankme", "value": 5.0, "run_id": "m-step1"}]})
+    assert wh.query("select value from metrics")["value"].to_list() == [5.0]
+    assert wh.query("select family, layers from models").row(0) == ("local", 4)
+
+
+def test_a_table_without_a_declared_key_is_refused_not_written_blindly(wh, monkeypatch):
+    from geowh.warehouse import store
+
+    wh.write(checkpoint_rows())
+    monkeypatch.delitem(store.TABLE_KEYS, "metrics")
+    with pytest.raises(WarehouseError, match="declares no key"):
+        wh.write({"metrics": checkpoint_rows()["metrics"]})

@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def run_row(
 
     return {
         "run_id": run_id, "kind": kind, "model": model, "status": status, "geowh_version": __version__,
+        "code_commit": code_commit(),
     } | package_versions(packages) | this_process() | fields
 
 
@@ -74,6 +76,32 @@ def config_key(config: Mapping[str, Any]) -> str:
     The one key function: the ingest engine, toy runs and recompute key their runs with it.
     """
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@cache
+def code_commit() -> str | None:
+    """The git commit of the geowh checkout this process runs, `-dirty` appended when tracked
+    files differ from it; None when geowh is not run from its own checkout (an installed package,
+    no git). Recorded in every run row, never in a config key: a commit that changes no metric
+    definition changes no number, and must not make every checkpoint be measured again.
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]  # the package folder, the repository root in a checkout
+    if not (root / ".git").exists():  # installed into site-packages (or a checkout of something else)
+        return None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
 
 
 def this_process() -> dict:

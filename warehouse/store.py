@@ -23,24 +23,13 @@ from geowh.outputs import check_output, output_path
 from geowh.settings import settings
 from geowh.signals import deferred
 from geowh.warehouse.runs import running_rows
-from geowh.warehouse.schema import latest_version, migrations
+from geowh.warehouse.schema import latest_version, migrations, table_keys
 
-# How a row is identified when it is written again. Dimension tables are merged (a column the
-# new row leaves NULL keeps its old value); result tables are replaced row for row.
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "models": ("model",),
-    "checkpoints": ("model", "checkpoint"),
-    "probes": ("probe",),
-    "runs": ("run_id",),
-    "spectra": ("model", "checkpoint", "probe", "layer", "pooling"),
-    "metrics": ("model", "checkpoint", "probe", "layer", "pooling", "index_dir", "metric"),
-    "evals": ("model", "checkpoint", "task", "metric", "filter", "num_fewshot"),
-    "phases": ("model", "probe", "layer", "pooling", "basis", "phase_index"),
-    "indexes": ("index_dir",),
-    "infgram_items": ("index_dir", "task", "item"),
-    "memorization_items": ("model", "checkpoint", "task", "item"),
-}
-MERGED_TABLES = {"models", "checkpoints", "probes"}
+# How a row is identified when it is written again: declared in schema.sql with the table
+# (`-- key TABLE (COLUMNS) [merged]`). Dimension tables are merged (a column the new row leaves
+# NULL keeps its old value); result tables are replaced row for row.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {table: key.columns for table, key in table_keys().items()}
+MERGED_TABLES = {table for table, key in table_keys().items() if key.merged}
 
 # Columns of `trajectories` that are not metrics; a metric with one of these names is skipped.
 TRAJECTORY_KEYS = ("model", "checkpoint", "stage", "stage_order", "step", "tokens", "probe", "layer", "pooling")
@@ -175,6 +164,21 @@ class Warehouse:
             )
         self._migrated = True
 
+    def _check_whole(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read every column of every table once: a file cut short (a copy, a full disk) still opens
+        and tells its schema version from its first blocks, so without this `migrate` would call it
+        up to date. Costs one pass over the file; only `migrate` asks for it."""
+        for schema, table in con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall():
+            try:
+                con.execute(f'SELECT max(hash(COLUMNS(*))) FROM "{schema}"."{table}"').fetchall()
+            except duckdb.IOException as e:
+                if "read enough bytes" not in str(e):
+                    raise
+                raise WarehouseError(
+                    f"{self.path} is truncated (table {table} cannot be read: {str(e).splitlines()[0]}). "
+                    "Restore it from a backup, or rebuild it with the commands that wrote it"
+                ) from None
+
     def _damaged(self, e: duckdb.Error) -> WarehouseError:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         return WarehouseError(
@@ -198,6 +202,13 @@ class Warehouse:
             except duckdb.IOException as e:
                 if _disk_full(e):
                     raise self._full(e) from None
+                if (denied := _denied(e)) is not None:
+                    raise WarehouseError(
+                        f"{self.path} cannot be {'read' if read_only else 'written'}: {denied}. "
+                        + ("Make the file readable, or point --db elsewhere" if read_only else
+                           "This command writes to the warehouse: make the file and its folder writable, or point "
+                           "--db at a copy in a writable place (reading commands such as sql and info work as it is)")
+                    ) from None
                 if "lock" not in str(e).lower():
                     raise WarehouseError(
                         f"{self.path} is not a readable DuckDB warehouse ({e}); "
@@ -255,7 +266,12 @@ class Warehouse:
                     )
                     con.commit()
                 except duckdb.Error as e:
-                    con.rollback()
+                    try:
+                        con.rollback()
+                    except duckdb.Error:  # a failed commit (a full disk) has already ended the transaction
+                        pass
+                    if _disk_full(e):
+                        raise self._full(e) from None
                     raise WarehouseError(
                         f"migration {migration.version} ({migration.title}) of {self.path} failed: {e}; "
                         "the file is unchanged by it"
@@ -263,7 +279,11 @@ class Warehouse:
             if applied and applied < latest_version():  # a migration that redefines the view drops its later metric columns
                 _refresh_trajectories(con)
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as e:  # closing checkpoints the WAL, which a full disk refuses
+                if not _disk_full(e):
+                    raise
         self._migrated = True
 
     def migrate(self) -> tuple[int, int]:
@@ -277,6 +297,7 @@ class Warehouse:
         con = self._open(read_only=True)
         try:
             before = _schema_version(con)
+            self._check_whole(con)
         except duckdb.Error as e:
             raise self._damaged(e) from None
         finally:
@@ -429,6 +450,41 @@ class Warehouse:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def measured_before(self, kind: str, model: str, settings_key: str, config_key: str) -> set[str]:
+        """Checkpoints of `model` with an ok run of this kind and settings but another config key:
+        measured by older metric definitions (`Plan.settings_key`; runs written before definitions
+        were recorded have the settings key as their config key)."""
+        if not self.path.exists():
+            return set()
+        if not self._migrated:
+            self._migrate()
+        with self.connect(read_only=True) as con:
+            rows = con.execute(
+                "SELECT DISTINCT checkpoint FROM runs WHERE kind = ? AND model = ? AND status = 'ok' AND config_key <> ? "
+                "AND (config_key = ? OR json_extract_string(config, '$.settings_key') = ?)",
+                [kind, model, config_key, settings_key, settings_key],
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def stored_series(self, model: str) -> tuple[str | None, dict[str, tuple[str | None, str | None]]]:
+        """(models.source, {checkpoint: (checkpoints.source, fingerprint of a measured one)}) of `model` as stored;
+        (None, {}) when the warehouse holds none of it. Asked by writers before they write, so an
+        older file is migrated here as a write would."""
+        if not self.path.exists():
+            return None, {}
+        if not self._migrated:
+            self._migrate()
+        with self.connect(read_only=True) as con:
+            source = con.execute("SELECT source FROM models WHERE model = ?", [model]).fetchall()
+            # a fingerprint counts once something was measured from those weights: a checkpoint that
+            # only failed (corrupt, half-copied) may be repaired and ingested again
+            checkpoints = con.execute(
+                "SELECT checkpoint, source, CASE WHEN EXISTS (SELECT 1 FROM runs r WHERE r.model = c.model "
+                "AND r.checkpoint = c.checkpoint AND r.status = 'ok') THEN fingerprint END "
+                "FROM checkpoints c WHERE model = ?", [model]
+            ).fetchall()
+        return (source[0][0] if source else None), {c: (where, fp) for c, where, fp in checkpoints}
+
     def info(self) -> dict[str, Any]:
         """What the warehouse holds: schema version, row counts, models and probes."""
         with self.connect(read_only=True) as con:
@@ -453,6 +509,7 @@ class Warehouse:
                 interrupted = con.execute("SELECT count(*) FROM runs WHERE status = 'interrupted'").fetchall()[0][0]
                 running = running_rows(con)
                 version = _schema_version(con)
+                stale = _stale_metrics(con)
             except duckdb.Error as e:
                 raise self._damaged(e) from None
         return {
@@ -466,6 +523,9 @@ class Warehouse:
             "running_runs": sum(not stale for _, stale in running),
             "models": models.to_dicts(),
             "probes": probes.to_dicts(),
+            # metric rows measured by another definition than the registry's now (docs/metrics.md)
+            "stale_metric_rows": sum(s["rows"] for s in stale),
+            "stale_metrics": stale,
         }
 
     def export(self, directory: str | Path, force: bool = False) -> list[Path]:
@@ -518,11 +578,60 @@ class Warehouse:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def _stale_metrics(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Per model and metric, the rows measured by another definition of the metric than the
+    registry's now (its fingerprint in the run's config differs), or by a run that recorded
+    none (written before geowh kept them). Imported values are not geowh's definitions: left out.
+    """
+    from geowh.spectrum_math import definitions, registered  # numpy only, and only here
+
+    if "definitions" not in _columns(con, "runs"):  # an older schema: read-only commands refuse it anyway
+        return []
+    groups = con.execute(
+        """
+        SELECT m.model, m.metric, r.kind, json_extract(r.config, '$.definitions')::VARCHAR AS defs,
+               count(*) AS n, count(DISTINCT m.checkpoint) AS checkpoints
+        FROM metrics m JOIN runs r USING (run_id)
+        WHERE m.index_dir IS NULL AND r.kind <> 'import'
+        GROUP BY ALL ORDER BY m.model, m.metric
+        """
+    ).fetchall()
+    current = definitions()
+    stale: dict[tuple[str, str], dict[str, Any]] = {}
+    for model, name, kind, defs, n, checkpoints in groups:
+        base = registered(name)
+        stored = json.loads(defs) if defs and defs != "null" else None
+        if base is None:
+            # a metric the registry no longer makes, written by a run that measured with the registry
+            if stored is None or name == "probe_loss":
+                continue
+            why = "no longer registered"
+        elif stored is None:
+            why = "measured before geowh recorded metric definitions"
+        elif stored.get(base) != current[base]:
+            why = "its definition changed since" if base in stored else "measured before the metric was registered"
+        else:
+            continue
+        entry = stale.setdefault((model, name), {"model": model, "metric": name, "rows": 0, "checkpoints": 0, "why": why})
+        entry["rows"] += n
+        entry["checkpoints"] += checkpoints
+    return list(stale.values())
+
+
 def lock_holder(error: BaseException) -> str:
     """Who holds the file, as DuckDB's lock error names it: `PID 123 (python3.11)`."""
     if m := _LOCK_HOLDER.search(str(error)):
         return f"PID {m[2]} ({Path(m[1]).name})"
     return "another process"
+
+
+def _denied(error: BaseException) -> str | None:
+    """'Permission denied' or 'Read-only file system' when DuckDB's IOException says so, else None."""
+    text = str(error)
+    for reason in ("Permission denied", "Read-only file system"):
+        if reason.lower() in text.lower():
+            return reason
+    return None
 
 
 def _disk_full(error: BaseException) -> bool:
@@ -710,6 +819,8 @@ def _json_value(value: Any) -> str | None:
 
 
 def _upsert(con, table: str, frame: pl.DataFrame) -> None:
+    if table not in TABLE_KEYS:
+        raise WarehouseError(f"table {table} declares no key in schema.sql (`-- key {table} (COLUMNS)`): geowh cannot write it")
     keys = TABLE_KEYS[table]
     con.register("_new_rows", frame)
     try:
@@ -752,8 +863,13 @@ def _refresh_trajectories(con) -> None:
         f"""
         CREATE OR REPLACE VIEW trajectories AS
         SELECT c.model, m.checkpoint, c.stage, c.stage_order, c.step, c.tokens, m.probe, m.layer, m.pooling,
-               {pivots}
+               {pivots},
+               any_value(f.flag) AS alpha_req_fit  -- the flag of the αReQ fit (schema.sql migration 7)
         FROM metrics m JOIN checkpoints c USING (model, checkpoint)
+        LEFT JOIN alpha_req_fits f
+               ON f.model = m.model AND f.checkpoint = m.checkpoint AND f.probe IS NOT DISTINCT FROM m.probe
+              AND f.layer IS NOT DISTINCT FROM m.layer AND f.pooling IS NOT DISTINCT FROM m.pooling
+              AND f.metric = 'alpha_req'
         WHERE m.index_dir IS NULL  -- memorization scores: the `memorization` view
         GROUP BY ALL
         """

@@ -29,6 +29,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from geowh.errors import CheckpointError, GeowhError, InputError
@@ -76,8 +77,9 @@ class RayExecutor:
             try:
                 # Workers' output stays in Ray's logs: a terminal shows geowh's progress, and a
                 # checkpoint's error comes back with its result.
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                with _quiet_stderr(address != "local"):
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise InputError(
                     f"--ray {address}: cannot connect ({str(e).splitlines()[0][:200]}); start a cluster with "
@@ -170,20 +172,58 @@ def _get(ray, ref):
         raise _Lost(str(e).splitlines()[0]) from None
 
 
+@contextmanager
+def _quiet_stderr(quiet: bool = True) -> Iterator[None]:
+    """Nothing written to the process's stderr (fd 2) in the block: Ray's C++ core logs each retry
+    of an address that does not answer as Ray there (20 lines) before the error geowh reports in one."""
+    if not quiet:
+        yield
+        return
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _check_reachable(address: str) -> None:
     """Refuse an address where nothing listens: Ray itself retries a dead one for many minutes."""
     if address in ("local", "auto"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT).close()
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT) as conn:
+            # Ray's head (and its client server) speaks gRPC: HTTP/2, whose server answers a client's
+            # preface with a SETTINGS frame. A port that accepts and stays silent (another program)
+            # would keep ray.init waiting for many minutes.
+            conn.sendall(HTTP2_PREFACE)
+            frame = conn.recv(9)
     except ValueError:
         raise InputError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT") from None
     except OSError as e:
+        why = "it accepts connections but does not answer" if isinstance(e, TimeoutError) else e.strerror or e
         raise InputError(
-            f"--ray {address}: nothing answers there ({e.strerror or e}); start the cluster's head with "
+            f"--ray {address}: nothing answers there as Ray ({why}); start the cluster's head with "
             "`ray start --head` and give the address it prints, or use --ray local"
         ) from None
+    if len(frame) < 4 or frame[3] != 0x4:  # the frame type of SETTINGS
+        raise InputError(
+            f"--ray {address}: what answers there is not Ray (no HTTP/2 from it); give the address "
+            "`ray start --head` prints, or use --ray local"
+        )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""The client connection preface of HTTP/2 and an empty SETTINGS frame."""
 
 
 def _ray():

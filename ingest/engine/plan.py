@@ -105,19 +105,47 @@ class Plan:
         d = asdict(self.config)
         d.update(kind=self.kind, dtype=self.dtype, requested_dtype=self.config.dtype)
         d["measurements"] = {m.name: m.config for m in self.measurements}
+        d["definitions"] = self.definitions
         return d
 
     @property
+    def definitions(self) -> dict[str, str] | None:
+        """{metric: fingerprint} of the metric registry a geometry run measures with; None without geometry."""
+        from geowh.spectrum_math import definitions
+
+        return definitions() if self.config.geometry else None
+
+    @property
     def config_key(self) -> str:
-        """What decides "already done": the measurements' configs, the resolved dtype, the tokenizer."""
+        """The hash that decides "already done": the measurements' configs, the resolved dtype, the
+        tokenizer and, for geometry, the metric definitions (`settings_key` is the same without them)."""
+        return self._key(with_definitions=True)
+
+    @property
+    def settings_key(self) -> str:
+        """The config key without the metric definitions: how a re-ingest finds checkpoints measured
+        by older definitions."""
+        return self._key(with_definitions=False)
+
+    def _key(self, with_definitions: bool) -> str:
         keyed = {"kind": self.kind, "dtype": self.dtype, "tokenizer": self.config.tokenizer,
                  "measurements": {m.name: m.config for m in self.measurements}}
+        if self.config.geometry and with_definitions:  # another definition is another result (a commit is not: runs.code_commit)
+            keyed["definitions"] = self.definitions_key
         return config_key(keyed)
+
+    @property
+    def definitions_key(self) -> str | None:
+        """`runs.definitions`: one fingerprint of `definitions`."""
+        from geowh.spectrum_math import definitions_fingerprint
+
+        return definitions_fingerprint() if self.config.geometry else None
 
     def run_row(self, ref: CheckpointRef, run_id: str, status: str, **fields: Any) -> dict:
         probe = next((m.probe for m in self.measurements if m.probe), None)
         return run_row(run_id, self.kind, ref.model, status, checkpoint=ref.label, probe=probe,
-                       config_key=self.config_key, config=self.config_dict) | fields
+                       config_key=self.config_key, config=self.config_dict | {"settings_key": self.settings_key},
+                       definitions=self.definitions_key) | fields
 
 
 @dataclass

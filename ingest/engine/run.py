@@ -35,7 +35,7 @@ from geowh.errors import CheckpointError
 from geowh.ingest.config import IngestConfig, Selection
 from geowh.ingest.engine.executors import Executor, Serial
 from geowh.ingest.engine.plan import CheckpointResult, Measurement, Meter, Plan, Rows, load_options, plan_ingest
-from geowh.ingest.sources.series import CheckpointRef, Series
+from geowh.ingest.sources.series import CheckpointRef, Series, check_source
 from geowh.signals import interrupted_by
 
 
@@ -95,7 +95,10 @@ def process_checkpoint(
                 loaded.release()
         else:
             device, dtype, commit, models_row = None, None, None, plan.series.models_row()
-    rows = {"models": [models_row], "checkpoints": [ref.row()], **rows}
+    checkpoint = ref.row() | ({"fingerprint": commit} if commit else {})  # a hub checkpoint is its commit
+    if status != "ok":  # weights that could not be measured (corrupt, half-copied) are no reference
+        checkpoint["fingerprint"] = None
+    rows = {"models": [models_row], "checkpoints": [checkpoint], **rows}
     elapsed = time.perf_counter() - clock
     run = plan.run_row(
         ref,
@@ -169,6 +172,8 @@ class IngestSummary(CheckpointTally):
     db: str
     checkpoints: list[dict] = field(default_factory=list)
     """One entry per selected checkpoint: checkpoint, step, status (ok, failed, skipped), seconds, tokens_per_s, error."""
+    remeasured: list[str] = field(default_factory=list)
+    """Checkpoints done before with the same settings but older metric definitions, measured again."""
 
 
 class Events:
@@ -290,11 +295,15 @@ def run(
     _import_now(plan.series)
     probe = next((m.probe for m in plan.measurements if m.probe), None)
     summary = IngestSummary(plan.series.model, probe, plan.config_key, str(wh.path))
+    check_source(plan.series, *wh.stored_series(plan.series.model), force=force)  # never another run's name
     wh.close_stale_runs(plan.series.model)
     if shared:
         wh.write(shared)
     done = set() if force else wh.completed(plan.kind, plan.series.model, plan.config_key)
     todo = [r for r in plan.series.checkpoints if r.label not in done]
+    if not force and plan.config.geometry:  # said, not silent: a definition changed since they were measured
+        before = wh.measured_before(plan.kind, plan.series.model, plan.settings_key, plan.config_key)
+        summary.remeasured = [r.label for r in todo if r.label in before]
     for ref in plan.series.checkpoints:
         if ref.label in done:
             summary.checkpoints.append(_entry(ref, "skipped"))

@@ -87,8 +87,13 @@ def _whole(path: Path) -> bool:
             header = json.loads(f.read(length))
         except ValueError:
             return False
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    return size == 8 + length + max(ends, default=0)
+    try:
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return size == 8 + length + max(ends, default=0)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        # A header that parses but is not a safetensors header never becomes one: the file is
+        # not being written but damaged, and loading it fails the checkpoint with the reason.
+        return True
 
 
 def _shards_present(folder: Path) -> bool:
@@ -191,7 +196,11 @@ def _scan(root: Path, settle: float) -> tuple[list, list[str]]:
     """The run's checkpoints (as `geowh ingest` lists them) that are complete, and the labels of the others."""
     from geowh.ingest.sources.series import is_checkpoint_dir, local_step, resolve_series
 
-    children = [p for p in root.iterdir() if p.is_dir()]
+    try:
+        children = [p for p in root.iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"the run folder {root} disappeared while being watched: what was ingested is stored; "
+                         "watch it again once it is back") from None
     if not is_checkpoint_dir(root) and not any(local_step(p.name) is not None or is_checkpoint_dir(p) for p in children):
         return [], []  # no checkpoint yet: training has not saved one
     now = time.time()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ POOLINGS = ("last", "mean")
 CPU_TOKEN_BUDGET = 32768
 # Upper bound on tokens per batch on a GPU (memory permitting).
 GPU_TOKEN_BUDGET = 262_144
+# Where base models keep their final norm (GPT-NeoX, Llama/OLMo-2, GPT-2): the module whose
+# output is the last hidden state, run in fp32 when the model is not (`fp32_final_norm`).
+FINAL_NORMS = ("final_layer_norm", "norm", "ln_f")
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,24 @@ def auto_token_budget(model, device, hidden_states: bool) -> int:
     return int(max(512, min(GPU_TOKEN_BUDGET, 0.6 * free / per_token)))
 
 
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+"""Names of a learned absolute position table (GPT-2, OPT, GPT-Neo, BERT-style models)."""
+
+
+def learned_positions(model) -> int | None:
+    """How many positions `model` has learned embeddings for; None for relative positions (RoPE, ALiBi).
+
+    A longer sequence indexes past the table: an IndexError deep in torch on a CPU, a device-side
+    assert on a GPU. Models with rotary positions have no table and are not limited here.
+    """
+    import torch
+
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, torch.nn.Embedding):
+            return int(module.num_embeddings) - int(getattr(module, "offset", 0))  # OPT keeps 2 extra rows
+    return None
+
+
 def extract_features(
     model,
     ids: Sequence[Sequence[int]],
@@ -196,16 +218,22 @@ def extract_features(
     lengths = [len(s) for s in ids]
     if not lengths or min(lengths) == 0:
         raise InputError("every probe sequence needs at least one token")
+    if (positions := learned_positions(model)) is not None and max(lengths) > positions:
+        raise InputError(
+            f"probe sequences have up to {max(lengths)} tokens, but this model learned only {positions} positions "
+            f"(a sequence longer than that has no position embedding): rerun with --max-len {positions}"
+        )
     total = sum(lengths)
     budget = auto_token_budget(model, device, need_all)
     pending = plan_batches(lengths, batch_size=batch_size, token_budget=budget)
     done = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), fp32_final_norm(model):
         while pending:
             indices = pending.pop(0)
             batch = collate(ids, indices, pad_id, padding_side)
             try:
-                out = _forward(model, batch, device, layers, poolings, n_layers, need_all, accepts_positions, head)
+                out = _forward(model, batch, device, layers, poolings, n_layers, need_all, accepts_positions, head,
+                               causal_padding=padding_side == "right")
             except torch.cuda.OutOfMemoryError:
                 if len(indices) == 1:
                     raise CheckpointError(
@@ -230,14 +258,47 @@ def extract_features(
             yield out
 
 
-def _forward(model, batch: Batch, device, layers, poolings, n_layers, need_all, accepts_positions, head) -> Extracted:
+@contextmanager
+def fp32_final_norm(model) -> Iterator[None]:
+    """While the block runs, a bf16/fp16 model's final norm computes in fp32 and returns fp32.
+
+    The last hidden state is what geometry measures: rounded to bf16's 8-bit mantissa, every
+    feature carries a relative error of ~0.4 %, a noise floor that reshapes the small
+    eigenvalues of the spectrum's tail, where αReQ is fitted (on a trained d = 16 model, αReQ
+    read 6.4 in fp32 and 33.5 in bf16 without this). A fp32 copy of the norm is applied to
+    the fp32 upcast of its input; the bf16 body keeps its speed, and the norm costs O(d) per
+    token. Models in fp32, or without a known final norm, are left as they are.
+    """
+    import copy
+
+    import torch
+
+    norm = next((getattr(model, name) for name in FINAL_NORMS if isinstance(getattr(model, name, None), torch.nn.Module)), None)
+    parameter = next(model.parameters(), None)
+    if norm is None or parameter is None or parameter.dtype == torch.float32:
+        yield
+        return
+    norm32 = copy.deepcopy(norm).float()
+    handle = norm.register_forward_hook(lambda module, args, output: norm32(args[0].float()))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _forward(model, batch: Batch, device, layers, poolings, n_layers, need_all, accepts_positions, head,
+             causal_padding: bool = False) -> Extracted:
     import torch
 
     mask = batch.attention_mask.to(device, non_blocking=True)
     kwargs = {"input_ids": batch.input_ids.to(device, non_blocking=True), "use_cache": False}
-    # A batch without padding (common: sorted by length, many texts hit max_len) needs no mask,
-    # which lets attention take its causal fast path.
-    if not bool(batch.attention_mask.all()):
+    # A batch without padding needs no mask, and neither does one padded on the right: in a
+    # causal model a real token attends only to the tokens before it, all real, and its
+    # positions are 0, 1, … as unpadded. Without a mask attention takes its causal fast path
+    # (SDPA's flash kernel); with one it materialises (batch, heads, seq, seq) scores, which on
+    # the CPU made batches slower than one sequence at a time (bench/extract.py). Pooling and
+    # the loss read real tokens only.
+    if not causal_padding and not bool(batch.attention_mask.all()):
         kwargs["attention_mask"] = mask
         if accepts_positions:
             kwargs["position_ids"] = batch.position_ids.to(device, non_blocking=True)
@@ -271,6 +332,9 @@ def next_token_nll(head, hidden, input_ids, mask) -> tuple[float, int]:
     states = hidden[:, :-1][pairs]  # (k, d)
     targets = input_ids[:, 1:][pairs]  # (k,)
     total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+    weight = next(head.parameters(), None)
+    if weight is not None:
+        states = states.to(weight.dtype)  # the final norm's output may be fp32 (`fp32_final_norm`)
     for i in range(0, len(targets), LOSS_CHUNK):
         logits = head(states[i : i + LOSS_CHUNK]).float()  # (chunk, vocab)
         total += torch.nn.functional.cross_entropy(logits, targets[i : i + LOSS_CHUNK], reduction="sum")

@@ -469,6 +469,14 @@ def spectrum_bytes(n: int, d: int) -> tuple[str, int]:
     return "covariance", 8 * (2 * d * d + 2 * min(n, CHUNK_ROWS) * d)
 
 
+BLAS_BUFFERS = 512 * 2**20
+"""OpenBLAS's own work buffers (tens of MB per thread), allowed for generously: an allocation
+OpenBLAS cannot get inside a kernel is a SIGSEGV, not an error Python could report."""
+HEADROOM = 0.8
+"""Of the memory available, the share a spectrum may plan to use: the estimate is of the large
+arrays only, and other processes allocate meanwhile."""
+
+
 def available_bytes() -> int | None:
     """Memory the system can give without swapping (MemAvailable), or None where unknown."""
     try:
@@ -492,20 +500,28 @@ def spectrum_of_file(path: str | Path, *, key: str | None = None, chunk_rows: in
     x = load_features(path, key=key)
     n, d = x.shape
     how, needed = spectrum_bytes(n, d)
+    # A memory-mapped .npy is read from the page cache as it streams; any other format is held whole.
+    held = 0 if isinstance(x, np.memmap) else x.nbytes
     free = available_bytes()
-    if free is not None and needed > free:
-        raise InputError(
-            f"the spectrum of {Path(path).name} ({n:,} x {d:,}) needs about {needed / 2**30:.1f} GiB "
-            f"({'the n x n Gram matrix' if how == 'gram' else 'the d x d covariance'}), more than the "
-            f"{free / 2**30:.1f} GiB of memory available: use fewer rows or columns (pool or project the "
-            "features), or a machine with more memory."
+    what = "the n x n Gram matrix" if how == "gram" else "the d x d covariance"
+
+    def too_large(detail: str) -> InputError:
+        return InputError(
+            f"the spectrum of {Path(path).name} ({n:,} x {d:,}) needs about {needed / 2**30:.1f} GiB ({what}), "
+            f"{detail}: use fewer rows or columns (pool or project the features), or a machine with more memory."
         )
-    if how == "gram":
-        return gram_eigenvalues(x, chunk_rows)
-    cov = Covariance(d)
-    for i in range(0, n, chunk_rows):
-        cov.update(x[i : i + chunk_rows])
-    return cov.eigenvalues()
+
+    if free is not None and needed + BLAS_BUFFERS > HEADROOM * (free + held):  # what loading the file took is counted in
+        raise too_large(f"more than {HEADROOM:.0%} of the {(free + held) / 2**30:.1f} GiB of memory available")
+    try:
+        if how == "gram":
+            return gram_eigenvalues(x, chunk_rows)
+        cov = Covariance(d)
+        for i in range(0, n, chunk_rows):
+            cov.update(x[i : i + chunk_rows])
+        return cov.eigenvalues()
+    except MemoryError:  # other processes took the memory meanwhile
+        raise too_large("more than this machine could give now") from None
 
 
 def metric_values_of_file(

@@ -8,6 +8,8 @@ Failures to get or read weights become `CheckpointError`s that say which checkpo
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,13 +103,15 @@ def resolve_device(device: str = "auto"):
 
 
 def resolve_dtype(dtype: str, device) -> Any:
-    """`auto` → bfloat16 on a GPU that supports it, else float32."""
+    """`auto` → bfloat16 on a GPU that supports it or a CPU with native bf16 matrix units, else float32."""
     import torch
 
     if dtype not in DTYPES:
         raise InputError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_native_bf16():
             return torch.bfloat16
         return torch.float32
     return getattr(torch, dtype)
@@ -116,6 +120,36 @@ def resolve_dtype(dtype: str, device) -> Any:
 def dtype_name(dtype) -> str:
     """`float32` for torch.float32 (or the name itself): how runs and configs name a dtype."""
     return str(dtype).removeprefix("torch.")
+
+
+# CPU flags of native bf16 matrix arithmetic: AVX512-BF16 dot products, AMX tiles. Without
+# them bf16 is emulated through fp32 and runs slower than fp32 itself.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (so `auto` picks bf16 on it).
+
+    Asked of the hardware, not the CPU's name: torch's own capability query where it has one,
+    else the flags of /proc/cpuinfo. `GEOWH_CPU_BF16=0` (or `1`) overrides the answer: the
+    tests pin it to 0 so that their reference numbers stay fp32 on any machine.
+    """
+    import os
+
+    override = os.environ.get("GEOWH_CPU_BF16", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    import torch
+
+    queries = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    queries = [q for q in queries if q is not None]
+    if queries:
+        return any(bool(q()) for q in queries)
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def device_name(device) -> str:
@@ -149,6 +183,10 @@ def load_tokenizer(ref: CheckpointRef, fallback: str | Path | None = None):
         if ref.path is not None and Path(where).is_dir() and not _has_tokenizer(Path(where)):
             errors.append(f"{where}: no tokenizer files")
             continue
+        if not kwargs and not Path(where).expanduser().exists():  # a hub id given as --tokenizer
+            from geowh.ingest.sources.series import require_hub
+
+            require_hub(f"load the tokenizer {where}")
         try:
             tokenizer = by_name(where, **kwargs)
             break
@@ -193,10 +231,22 @@ def load_checkpoint(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    stamps = {}
     if ref.path is not None:
-        _check_folder(ref)
+        try:
+            _check_folder(ref)
+            stamps = _stamps(ref.path)
+        except OSError as e:  # an unreadable folder fails this checkpoint, not the whole ingest
+            raise CheckpointError(f"cannot read the checkpoint folder {ref.path} ({e.strerror or e}): "
+                                  "fix its permissions, or leave it out with --checkpoints") from None
+    else:
+        _check_cached(ref)
     where, kwargs = _where(ref)
     cls = AutoModelForCausalLM if with_head else AutoModel
+    if stamps and _can_read_whole():
+        # Read the weights, do not map them: a mapped file cut short by a writer (a training saving
+        # over it) kills the process with SIGBUS; a read one gives an error that names it.
+        kwargs["disable_mmap"] = True
     with quiet_transformers():
         tok = load_tokenizer(ref, tokenizer)
         try:
@@ -213,6 +263,11 @@ def load_checkpoint(
                 model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
         except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
             raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
+    if stamps and (changed := [p for p, stamp in _stamps(ref.path).items() if stamps.get(p) != stamp]):
+        raise CheckpointError(
+            f"{changed[0]} changed while it was being read (a training or a copy writing it?): "
+            "ingest this checkpoint again once it is complete"
+        )
     # transformers fills tensors absent from the files with random values: that is a broken checkpoint.
     if missing := info.get("missing_keys"):
         names = sorted(missing)
@@ -241,6 +296,36 @@ def to_device(loaded: Loaded, device) -> Loaded:
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
+def _can_read_whole() -> bool:
+    """Whether this transformers can read weights instead of mapping them (`disable_mmap`, 5.x)."""
+    from transformers import PreTrainedModel
+
+    return "disable_mmap" in inspect.signature(PreTrainedModel.from_pretrained).parameters
+
+
+def _stamps(folder: Path) -> dict[Path, tuple[int, int, int]]:
+    """(inode, size, mtime) of each weight file: whether one changed while it was read."""
+    found = {}
+    for pattern in WEIGHT_FILES:
+        for path in folder.glob(pattern):
+            st = path.stat()
+            found[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _check_cached(ref: CheckpointRef) -> None:
+    """Offline, a hub checkpoint must be in the local cache; say that, not "no tokenizer"."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if ref.repo is None or not constants.HF_HUB_OFFLINE:
+        return
+    if not isinstance(try_to_load_from_cache(ref.repo, "config.json", revision=ref.revision or "main"), str):
+        raise CheckpointError(
+            f"{ref.repo} at {ref.revision or 'main'} is not in the local hub cache and HF_HUB_OFFLINE is set: "
+            "download it once online (or unset HF_HUB_OFFLINE), or leave it out with --checkpoints"
+        )
+
+
 def _check_folder(ref: CheckpointRef) -> None:
     """A local checkpoint folder must hold a config and weights; say so before blaming the tokenizer."""
     if not ref.path.is_dir():
@@ -254,6 +339,15 @@ def _check_folder(ref: CheckpointRef) -> None:
         raise CheckpointError(
             f"checkpoint folder {ref.path} {empty}: it holds no model files; "
             "save or copy the checkpoint again, or leave it out with --checkpoints"
+        )
+    try:
+        config = json.loads((ref.path / "config.json").read_bytes())
+    except ValueError as e:
+        config = e
+    if not isinstance(config, dict):  # else the tokenizer, which reads it first, is blamed
+        raise CheckpointError(
+            f"{ref.path / 'config.json'} is not a JSON object ({_short(config) if isinstance(config, Exception) else type(config).__name__}): "
+            "the checkpoint is damaged; save or copy it again, or leave it out with --checkpoints"
         )
 
 

@@ -115,6 +115,10 @@ def _registry_texts(source: ProbeSource, pool: int) -> ProbeTexts:
 
 
 def _stream(source: ProbeSource, count: int) -> list[str]:
+    from geowh.ingest.sources.series import require_hub
+
+    # One line at once, not half a minute of retries; before importing datasets, which takes seconds.
+    require_hub(f"stream the probe {source.dataset}")
     from datasets import load_dataset
 
     try:
@@ -176,6 +180,11 @@ def tokenize_probe(
     if not usable:
         raise InputError(
             f"no document of probe {texts.name} has more than --min-len {min_len} tokens: lower --min-len"
+        )
+    if len(usable) < 2:
+        raise InputError(
+            f"only one document of probe {texts.name} has more than --min-len {min_len} tokens, and a spectrum "
+            "needs at least 2: give a probe with more documents, or lower --min-len"
         )
     if n < len(usable):
         picks = np.sort(np.random.default_rng(seed).choice(len(usable), size=n, replace=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
 import json
 import math
 import os
@@ -27,6 +28,9 @@ from geowh.warehouse.names import (
     parse_step,
     parse_tokens,
 )
+
+
+_SAMPLE = 65536  # bytes of weights read from each end of a file for its fingerprint
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,35 @@ class CheckpointRef:
             "stage": self.stage,
             "stage_order": self.stage_order,
             "source": self.source,
+            "fingerprint": self.fingerprint(),
         }
+
+    def fingerprint(self) -> str | None:
+        """What the weights of a local checkpoint are (`checkpoints.fingerprint`): sha256 over each
+        weight file's name, size, safetensors header and first and last 64 KiB of data. The header
+        alone is the same for two runs of one architecture; the sampled bytes tell them apart, at
+        the cost of two small reads per file. None for a hub checkpoint (its hub commit is
+        recorded once loaded) and for a folder without weights or that cannot be read."""
+        if self.path is None:
+            return None
+        digest, found = hashlib.sha256(), False
+        try:
+            for file in sorted(self.path.iterdir()):
+                if file.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+                    continue
+                size = file.stat().st_size
+                with file.open("rb") as f:
+                    head = f.read(8)
+                    if file.suffix == ".safetensors" and len(head) == 8:
+                        head += f.read(min(int.from_bytes(head, "little"), 100_000_000))
+                    head += f.read(_SAMPLE)
+                    f.seek(max(size - _SAMPLE, 0))
+                    tail = f.read(_SAMPLE)
+                digest.update(b"\0".join([file.name.encode(), str(size).encode(), head, tail, b""]))
+                found = True
+        except OSError:  # unreadable: its load fails and says so
+            return None
+        return digest.hexdigest()[:16] if found else None
 
     def describe(self) -> dict:
         """What `geowh checkpoints` shows."""
@@ -95,9 +127,20 @@ class Series:
     """Where the tokenizer comes from when checkpoints lack one (hub id or local path)."""
     skipped: tuple[str, ...] = ()
     """Revisions or folders seen but not understood as checkpoints (e.g. `main`)."""
+    folder: Path | None = None
+    """The run folder of a local series (resolved); None for a hub series."""
+
+    @property
+    def source(self) -> str | None:
+        """Where the series comes from (`models.source`): file:///run/folder or hf://repo; another
+        source is refused under the same model name."""
+        if self.folder is not None:
+            return self.folder.as_uri()
+        return f"hf://{self.hub_repo}" if self.hub_repo else None
 
     def models_row(self) -> dict:
-        return {"model": self.model, "family": self.family, "hub_repo": self.hub_repo, "tokenizer": self.tokenizer}
+        return {"model": self.model, "family": self.family, "hub_repo": self.hub_repo, "tokenizer": self.tokenizer,
+                "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -113,6 +156,58 @@ class Family:
 
     def describe(self) -> dict:
         return {"family": self.name, "description": self.description, "models": list(self.models), "example": self.example}
+
+
+def check_source(series: Series, stored_source: str | None, stored: dict[str, tuple[str | None, str | None]],
+                 force: bool = False) -> None:
+    """Refuse to mistake `series` for another one stored under its model name.
+
+    `stored_source` and `stored` ({checkpoint: (source, fingerprint)}) are what the warehouse
+    holds of the name (`Warehouse.stored_series`). Another source (folder or hub repo) claiming
+    the name is refused, `--force` or not; a local checkpoint whose weights changed since it was
+    stored (a new run written into the same folder) is refused unless `force` (which measures it
+    again). The same source resumes. Rows stored before sources were recorded name their
+    checkpoints' sources, from which the series' is read.
+    """
+    current = series.source
+    before = {stored_source} if stored_source else _series_sources(where for where, _ in stored.values())
+    if current and before and current not in before:
+        before = sorted(before)[0]
+        raise InputError(
+            f"the model name {series.model!r} already holds the series from {_shown(before)}, and "
+            f"{_shown(current)} is another source: give this one its own name with --name NAME "
+            f"(or ingest {_shown(before)} to resume the stored series)"
+        )
+    if force:
+        return
+    for ref in series.checkpoints:
+        was = stored.get(ref.label, (None, None))[1]
+        if ref.path is None or was is None:
+            continue
+        now = ref.fingerprint()
+        if now is not None and now != was:
+            raise InputError(
+                f"{ref.path} has changed since it was stored as {series.model} {ref.label} (its weights' fingerprint "
+                f"was {was}, is {now}): a new run in the same folder? give it its own name with --name NAME, "
+                "or replace the stored rows with --force"
+            )
+
+
+def _series_sources(checkpoint_sources) -> set[str]:
+    """The sources a series stored before sources were recorded may have come from, read from its
+    checkpoints' (file:///run/step1 → file:///run, or the folder itself when it was ingested
+    alone; hf://repo@rev → hf://repo). Empty when none says (live, imported)."""
+    found = set()
+    for where in checkpoint_sources:
+        if where and where.startswith("file://"):
+            found |= {where.rsplit("/", 1)[0], where}
+        elif where and where.startswith("hf://"):
+            found.add(where.split("@", 1)[0])
+    return found
+
+
+def _shown(source: str) -> str:
+    return source.removeprefix("file://") if source.startswith("file://") else source
 
 
 # -- Pythia ------------------------------------------------------------------------------------
@@ -333,7 +428,7 @@ def _local(model: str, name: str | None = None, **_) -> Series:
         step = local_step(root.name)
         series_name = name or (root.parent.name if step is not None else root.name)
         ref = CheckpointRef(series_name, root.name, step, parse_tokens(root.name), path=root)
-        return Series(series_name, "local", (ref,), tokenizer=None)
+        return Series(series_name, "local", (ref,), tokenizer=None, folder=root.parent if step is not None else root)
     series_name = name or root.name
     per_step = _tokens_per_step(root)
     refs, skipped = [], []
@@ -353,7 +448,7 @@ def _local(model: str, name: str | None = None, **_) -> Series:
             "with a config.json inside): point at the run folder or at one checkpoint"
         )
     refs.sort(key=lambda r: (r.step is None, r.step or 0, r.label))
-    return Series(series_name, "local", tuple(refs), tokenizer=None, skipped=tuple(skipped))
+    return Series(series_name, "local", tuple(refs), tokenizer=None, skipped=tuple(skipped), folder=root)
 
 
 def _tokens_per_step(root: Path) -> int | None:
