@@ -143,7 +143,7 @@ def watch(
     if interval <= 0 or settle < 0 or (until_idle is not None and until_idle < 0):
         raise InputError("--interval must be positive, --settle and --until-idle at least 0")
     config = config or IngestConfig()
-    measurements = (*build(config, options or {}, skip={getattr(m, "name", "") for m in measurements}), *measurements)
+    shared: tuple | None = None  # the measurements, built at the first checkpoint and kept for the others
     tell = on_event or (lambda event: None)
     stop = stop or (lambda: False)
     wh = as_warehouse(db)
@@ -159,8 +159,11 @@ def watch(
                 summary.stopped = "stopped"
                 return summary
             try:
+                if shared is None:
+                    given = {getattr(m, "name", "") for m in measurements}
+                    shared = (*build(config, options or {}, skip=given), *measurements)
                 result = ingest(str(root), config, Selection(checkpoints=ref.label, name=name),
-                                measurements=measurements, db=wh.path)
+                                measurements=shared, db=wh.path)
             except InputError:
                 if ref.path.is_dir():
                     raise
