@@ -5,7 +5,7 @@ The metrics live in `REGISTRY`; adding one is writing one function under `@metri
 `gram_eigenvalues` gives the spectrum of a short, wide matrix through its (n, n) Gram
 matrix. The streaming covariance that feeds these from a model is `geowh.ingest.features.spectrum`.
 
-    values = compute_metrics(eigenvalues, alpha_fit=(10, 200))
+    values = compute_metrics(eigenvalues, fit_start=10, fit_end=200)
     metrics_dict(values)            # {"rankme": …, "alpha_req": …, "alpha_req_r2": …, …}
 """
 

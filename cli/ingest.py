@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,7 +51,6 @@ def config_of(options: dict):
     return IngestConfig(**given)
 
 
-@app.command()
 def ingest(
     model: Annotated[str, typer.Argument(help="Registry model (pythia-410m, olmo-7b, tulu-3-8b), hf:ORG/NAME, or a run folder.")],
     probe: Annotated[str, typer.Option(help="Probe set: fineweb, wikitext, or a .txt/.jsonl/.parquet file.")] = IngestConfig.probe,
@@ -77,16 +77,12 @@ def ingest(
     force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already ingested with these settings.")] = False,
     evict: Annotated[bool, typer.Option("--evict", help="Delete each hub checkpoint from the HF cache once ingested.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    memorization: Annotated[
-        Optional[str], typer.Option("--memorization", help="Also score ∞-gram memorization on a QA task (triviaqa or a .jsonl).")
-    ] = None,
-    index: Annotated[Optional[Path], typer.Option("--index", help="infini-gram index folder for --memorization.")] = None,
-    index_tokenizer: Annotated[Optional[str], typer.Option("--index-tokenizer", help="Tokenizer of an index built elsewhere.")] = None,
     ray: Ray = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
+    **measurement_options,
 ) -> None:
     """Ingest a checkpoint series: probe features → spectra and metrics in the warehouse.
 
@@ -99,15 +95,13 @@ def ingest(
 
     Example: geowh ingest pythia-410m --checkpoints log:30 --db w.duckdb
     """
-    from geowh.ingest.measurements.memorization import measurements_for
     from geowh.ingest.engine.run import ingest as run_ingest
 
-    config = config_of(locals())  # every option checked before the memorization side loads anything
-    measurements = measurements_for(memorization, index, index_tokenizer, db=db)
+    config = config_of(locals())
     with executor_of(ray, workers, gpus_per_worker) as executor, Progress(quiet=quiet or json_, db=db) as progress:
         summary = run_ingest(
             model, config, selection_of(checkpoints, revisions, name), force=force, evict=evict, db=db,
-            events=progress, measurements=measurements, executor=executor,
+            events=progress, options=measurement_options, executor=executor,
         )
     if json_:
         print_json(summary.to_dict())
@@ -128,6 +122,25 @@ def ingest(
             )
     if summary.failed:
         raise typer.Exit(1)
+
+
+def with_measurement_options(command):
+    """`command` with the options of the registry's measurements (ingest/measurements/) in place of its
+    `**measurement_options`: `--memorization`, `--index`, … come from the measurements' modules."""
+    from geowh.ingest.measurements import options
+
+    signature = inspect.signature(command, eval_str=True)
+    declared = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    added = [
+        inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Optional[o.type], typer.Option(o.flag, help=o.help)])
+        for o in options()
+    ]
+    command.__signature__ = signature.replace(parameters=declared + added)
+    return command
+
+
+app.command()(with_measurement_options(ingest))
 
 
 class Progress:

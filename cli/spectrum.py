@@ -15,10 +15,11 @@ from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json,
 def metrics(
     features: Annotated[Path, typer.Argument(help="Feature matrix, rows = samples: .npy, .safetensors or .parquet.")],
     max_components: Annotated[
-        Optional[int], typer.Option(help="Components kept for RankMe, as the authors' PCA (0 = full spectrum).")
-    ] = 2048,
-    fit_start: Annotated[int, typer.Option(help="First rank (1-based) of the αReQ fit.")] = 12,
-    fit_end: Annotated[int, typer.Option(help="Last rank (1-based) of the αReQ fit.")] = 100,
+        Optional[int], typer.Option(help="Components kept for RankMe, as the authors' PCA (0 = full spectrum; "
+                                         "default: the metric's, 2048).")
+    ] = None,
+    fit_start: Annotated[Optional[int], typer.Option(help="First rank (1-based) of the αReQ fit (default: the metric's).")] = None,
+    fit_end: Annotated[Optional[int], typer.Option(help="Last rank (1-based) of the αReQ fit (default: the metric's).")] = None,
     json_: Json = False,
 ) -> None:
     """All registered spectral metrics of a feature matrix you already have, and why any is null.
@@ -29,9 +30,9 @@ def metrics(
 
     from geowh.ingest.features.spectrum import metric_values_of_file
 
-    values = metric_values_of_file(
-        features, max_components=max_components or None, fit_start=fit_start, fit_end=fit_end
-    )
+    # An option not given leaves the metric's own default (spectrum_math's registry) in place.
+    values = metric_values_of_file(features, **_given(max_components=max_components, fit_start=fit_start,
+                                                      fit_end=fit_end))
     # Why a value is null, or what limits it (a clipped fit range): the metric's own `reason`.
     reasons = {v.metric: v.params["reason"] for v in values if "reason" in v.params}
     if json_:
@@ -73,10 +74,7 @@ def recompute(
     """
     from geowh.queries.recompute import recompute as run
 
-    given = {"fit_start": fit_start, "fit_end": fit_end, "r2_end": r2_end}
-    params = {k: v for k, v in given.items() if v is not None}
-    if max_components is not None:
-        params["max_components"] = max_components or None
+    params = _given(max_components=max_components, fit_start=fit_start, fit_end=fit_end, r2_end=r2_end)
     summary = run(db, model=model, names=metric, **params)
     left = summary.unique("model")["skipped_spectra"].sum() if "skipped_spectra" in summary.columns else 0
     if left:
@@ -87,3 +85,11 @@ def recompute(
         print_json(summary.to_dicts())
     else:
         render_frame(summary, title="recomputed metrics")
+
+
+def _given(**options) -> dict:
+    """The metric parameters given on the command line (0 components = the full spectrum)."""
+    params = {k: v for k, v in options.items() if v is not None}
+    if "max_components" in params:
+        params["max_components"] = params["max_components"] or None
+    return params

@@ -44,20 +44,17 @@ def watch(
     Example: geowh watch runs/my-run --probe held_out.txt --n 1000 --max-len 256 --until-idle 3600
     """
     from geowh.cli.ingest import config_of
-    from geowh.ingest.measurements.memorization import measurements_for
     from geowh.ingest.engine.watch import watch as run_watch
 
     json_ = options["json_"]
     quiet = options["quiet"] or json_
     config = config_of(options)
-    measurements = measurements_for(options["memorization"], options["index"], options["index_tokenizer"],
-                                    db=options["db"])
     stopping = _StopOnCtrlC()
     with stopping:
         summary = run_watch(
             folder, config, interval=interval, settle=settle, once=once, until_idle=until_idle,
             on_event=_json_line if json_ else (lambda e: None) if quiet else _show,
-            stop=stopping, measurements=measurements, db=options["db"], name=options["name"],
+            stop=stopping, options=options, db=options["db"], name=options["name"],
         )
     if json_:
         _json_line({"kind": "summary"} | summary.to_dict())

@@ -74,8 +74,10 @@ class IndexMeta:
 # -- tokenizers --------------------------------------------------------------------------------
 
 
-def load_tokenizer(name_or_path: str):
-    """A Hugging Face tokenizer by hub id or local folder; never adds special tokens for us."""
+def load_tokenizer(name_or_path: str | Path, **kwargs):
+    """A Hugging Face tokenizer by hub id or local folder (`kwargs`: `from_pretrained`'s, such as a
+    revision); never adds special tokens for us. The one place geowh loads a tokenizer: a
+    checkpoint's (ingest/sources/models.py) comes through here too."""
     if not Path(name_or_path).expanduser().exists():
         from geowh.ingest.sources.series import require_hub
 
@@ -87,12 +89,13 @@ def load_tokenizer(name_or_path: str):
 
     logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as e:
+        return AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+    except Exception as e:  # hub, file and parsing errors come in many types
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(
-            f"cannot load the tokenizer {name_or_path!r} ({str(e).splitlines()[0]}); "
+            f"cannot load the tokenizer {str(name_or_path)!r} ({why}); "
             "give a local folder with tokenizer.json or a hub id that is in the local cache"
-        ) from None
+        ) from e
 
 
 def encode_batch(tok, texts: list[str]) -> list[list[int]]:

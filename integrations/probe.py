@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import CheckpointError, InputError
-from geowh.ingest.sources.probes import DEFAULT_MIN_LEN, DEFAULT_SEED
+from geowh.ingest.config import IngestConfig
 from geowh.signals import interrupted_by
 from geowh.warehouse import Warehouse, as_warehouse
 
@@ -32,8 +32,11 @@ class GeometryProbe:
     """A fixed probe, tokenized once, to measure a model's representation geometry while it trains.
 
     `probe` is what `geowh ingest --probe` takes (fineweb, wikitext, or a .txt/.jsonl/.parquet
-    file); `n`, `max_len`, `layers`, `pooling`, `min_len`, `seed` and `batch_size` mean what the
-    ingest options of the same names mean. Rows go to the warehouse `db` when one is given.
+    file) and `settings` are `IngestConfig` fields (`n`, `max_len`, `layers`, `pooling`,
+    `min_len`, `seed`, `batch_size`: what the ingest options of the same names mean; `n` and
+    `max_len` default to DEFAULT_N and DEFAULT_MAX_LEN here, a probe cheap enough to run during
+    training); or `probe` is a whole `IngestConfig`. Rows go to the warehouse `db` when one is
+    given; `model`, when given, is checked now (`check`).
 
     Example:
         probe = GeometryProbe(tokenizer, "held_out.txt", db="w.duckdb", name="my-run", n=500, max_len=256)
@@ -46,45 +49,52 @@ class GeometryProbe:
     def __init__(
         self,
         tokenizer,
-        probe: str | Path,
+        probe: str | Path | IngestConfig,
         db: str | Path | Warehouse | None = None,
         name: str = "live",
-        n: int = DEFAULT_N,
-        max_len: int = DEFAULT_MAX_LEN,
-        layers: str = "last",
         *,
-        pooling: str = "last",
-        min_len: int = DEFAULT_MIN_LEN,
-        seed: int = DEFAULT_SEED,
-        batch_size: int | None = None,
         model=None,
+        **settings: Any,
     ):
-        from geowh.ingest.sources.probes import load_texts
-        from geowh.ingest.config import IngestConfig
-        from geowh.ingest.measurements.geometry import probe_for
+        from dataclasses import fields
+
+        from geowh.ingest.measurements import build
         from geowh.warehouse import canonical_model
 
         if not name or not str(name).strip():
             raise InputError("GeometryProbe needs a model name for the warehouse: name='my-run'")
+        if isinstance(probe, IngestConfig):
+            if settings:
+                raise InputError(
+                    f"GeometryProbe takes an IngestConfig or its settings, not both ({', '.join(settings)})"
+                )
+            self.config = probe
+        else:
+            allowed = {f.name for f in fields(IngestConfig)} - {"probe"}
+            unknown = sorted(set(settings) - allowed)
+            if unknown:
+                raise InputError(f"GeometryProbe: unknown setting(s) {', '.join(unknown)}; give IngestConfig fields "
+                                 "such as n, max_len, layers, pooling")
+            self.config = IngestConfig(probe=str(probe), **({"n": DEFAULT_N, "max_len": DEFAULT_MAX_LEN} | settings))
         self.name = canonical_model(str(name))
         self.wh = None
         if db is not None:
             self.wh = as_warehouse(db)
             with self.wh.connect():  # created (or migrated) now: a bad path fails here, not mid-training
                 pass
-        self.config = IngestConfig(
-            probe=str(probe), n=n, max_len=max_len, min_len=min_len, seed=seed, layers=layers, pooling=pooling,
-            batch_size=batch_size,
-        )
-        self.texts = load_texts(probe, n=n)
+        # The registry's measurements that the config asks for (geometry), as `geowh ingest` builds them.
+        self.measurements = tuple(build(self.config, {}))
         # A copy, so that giving it a pad token (as loading a checkpoint does) changes nothing in the training.
         self.tokenizer = copy.deepcopy(tokenizer)
         if self.tokenizer.pad_token_id is None:
             if self.tokenizer.eos_token_id is None:
                 raise InputError("the tokenizer has neither a pad nor an EOS token to pad the probe with")
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.probes: dict = {}
-        self.probe = probe_for(self._plan("float32"), self.tokenizer)  # tokenized here, once
+        for m in self.measurements:
+            m.ready(self.tokenizer)  # the probe tokenized here, once
+        [geometry] = [m for m in self.measurements if m.name == "geometry"]
+        self.probe = geometry.probe_for(self.tokenizer)
+        """The tokenized probe (the ids every measurement feeds the model)."""
         self.checked: set[int] = set()
         """id() of the models `check` has passed."""
         if model is not None:
@@ -129,7 +139,7 @@ class GeometryProbe:
         from geowh.ingest.sources.series import Series
 
         # A local series: what `geowh ingest` of the run's saved checkpoints would call it.
-        return Plan(Series(self.name, "local", ()), self.texts, self.config, dtype, probes=self.probes)
+        return Plan(Series(self.name, "local", ()), self.config, dtype, self.measurements)
 
     def measure(self, model, step: int, tokens: float | None = None) -> dict[str, Any]:
         """Measure `model` (a transformers model, in training or not) at `step`; write the rows when `db` is set.
@@ -145,7 +155,7 @@ class GeometryProbe:
         import math
 
         from geowh.ingest.engine.run import process_checkpoint, write_result
-        from geowh.ingest.sources.models import Loaded
+        from geowh.ingest.sources.models import Loaded, dtype_name
         from geowh.ingest.sources.series import CheckpointRef
 
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) \
@@ -156,7 +166,7 @@ class GeometryProbe:
         if id(model) not in self.checked:
             self.check(model)
         parameter = next(model.parameters())
-        dtype = str(parameter.dtype).removeprefix("torch.")
+        dtype = dtype_name(parameter.dtype)
         ref = CheckpointRef(self.name, f"step{int(step)}", int(step), float(tokens) if tokens is not None else None)
         loaded = Loaded(model, self.tokenizer, parameter.device, parameter.dtype, ref)
         plan = self._plan(dtype)

@@ -13,8 +13,6 @@ registry after the ingest, or one whose definition changed since (`geowh info` l
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,11 +20,10 @@ from typing import Any
 
 import polars as pl
 
-from geowh import __version__
 from geowh.errors import InputError
 from geowh.spectrum_math import REGISTRY, compute_metrics, definitions, definitions_fingerprint
 from geowh.warehouse import Warehouse, as_warehouse, canonical_model, utcnow
-from geowh.warehouse.runs import code_commit, this_process
+from geowh.warehouse.runs import config_key, run_row
 
 KIND = "recompute"
 
@@ -101,19 +98,18 @@ def recompute(
     _refuse_clipped(spectra, params)
 
     config = {"metrics": selected, "params": params, "definitions": definitions(selected)}
-    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = config_key(config)
     started_at = utcnow()
     runs: dict[str, dict[str, Any]] = {}
     metrics: list[dict[str, Any]] = []
     for row in spectra.iter_rows(named=True):
         run = runs.get(row["model"])
         if run is None:
-            run = runs[row["model"]] = {
-                "run_id": str(uuid.uuid4()), "kind": KIND, "model": row["model"], "checkpoint": None, "probe": None,
-                "config_key": key, "config": config, "status": "ok", "geowh_version": __version__,
-                "definitions": definitions_fingerprint(selected), "code_commit": code_commit(),
-                "device": "cpu", "dtype": "float64", "started_at": started_at, **this_process(),
-            }
+            run = runs[row["model"]] = run_row(
+                str(uuid.uuid4()), KIND, row["model"], "ok", packages=("numpy_version", "scipy_version"),
+                checkpoint=None, probe=None, config_key=key, config=config, device="cpu", dtype="float64",
+                definitions=definitions_fingerprint(selected), started_at=started_at,
+            )
         where_row = {k: row[k] for k in ("model", "checkpoint", "probe", "layer", "pooling")}
         for v in compute_metrics(row["eigenvalues"], names=selected, **params):  # params empty: the defaults
             metric = next(m for m in selected if v.metric in REGISTRY[m].outputs)

@@ -192,7 +192,6 @@ def cpu_threads() -> int:
 def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSummary:
     import torch
 
-    from geowh.ingest.measurements.memorization import Memorization
     from geowh.ingest.config import IngestConfig, Selection
     from geowh.ingest.engine.run import ingest
     from geowh.queries import phases, plot
@@ -223,7 +222,6 @@ def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSum
         task = ensure_task(out, cfg.qa_items, cfg.qa_sources, say)
 
     with stage("ingest", "ingest: geometry + memorization per checkpoint"):
-        mem = Memorization(task["file"], index["directory"], wh=wh)
         events = say.ingest_events()
         with events or nullcontext():
             # fp32 features: the demo's models are narrow (d 32–128), and in their warmup
@@ -231,7 +229,8 @@ def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSum
             # docs/metrics.md: αReQ 7.1 in fp32, 3.0 in bf16); their forward is cheap anyway.
             summary = ingest(str(out), IngestConfig(probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len,
                                                     device=cfg.device, dtype="float32"),
-                             Selection(name=cfg.name), db=wh.path, measurements=[mem.measurement()], events=events)
+                             Selection(name=cfg.name), db=wh.path, events=events,
+                             options={"memorization": task["file"], "index": index["directory"]})
         ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),
                     "skipped": summary.count("skipped"), "failed": summary.failed,
                     "errors": [c for c in summary.checkpoints if c["status"] == "failed"]}

@@ -24,7 +24,6 @@ main series shows warmup (RankMe 3 → 1), entropy-seeking (→ 2.7) and compres
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 import uuid
@@ -37,7 +36,7 @@ import numpy as np
 
 from geowh.errors import InputError
 from geowh.warehouse import Warehouse, as_warehouse
-from geowh.warehouse.runs import run_row
+from geowh.warehouse.runs import config_key, run_row
 
 KIND = "toy"
 MODEL = "toy"
@@ -106,7 +105,7 @@ class ToyConfig:
     @property
     def key(self) -> str:
         """Hash of the config (runs.config_key)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return config_key(asdict(self))
 
 
 @dataclass

@@ -79,16 +79,17 @@ def test_ray_ingest_equals_a_serial_one_and_each_run_names_its_worker(cluster, w
 
 
 def test_the_plan_is_prepared_on_a_worker_with_the_probe_tokenized_once(cluster, workdir):
+    from geowh.ingest.engine.plan import plan_ingest
     from geowh.ingest.sources.models import load_tokenizer
-    from geowh.ingest.engine.plan import plan_ingest, resolved_here
-    from geowh.ingest.measurements.geometry import probe_for
 
     plan = plan_ingest(str(workdir / "run"), _config(workdir))
     with RayExecutor(workers=2) as executor:
         prepared = executor.prepare(plan)
     assert plan.dtype is None and prepared.dtype == "float32"  # resolved where the checkpoints run
-    [probe] = prepared.probes.values()  # what every task then reads instead of tokenizing
-    here = probe_for(resolved_here(plan), load_tokenizer(plan.series.checkpoints[0]))
+    [geometry] = prepared.measurements
+    [probe] = geometry.probes.values()  # what every task then reads instead of tokenizing
+    assert not plan.measurements[0].probes  # made ready there, not here
+    here = plan.measurements[0].probe_for(load_tokenizer(plan.series.checkpoints[0]))
     assert probe.id == here.id and probe.ids == here.ids and len(probe) == 64
 
 
@@ -155,7 +156,9 @@ def test_memorize_on_ray_equals_a_serial_one_and_leaves_the_index_here(cluster, 
     assert _close(_rows(tmp_path / "ray.duckdb", items), _rows(tmp_path / "serial.duckdb", items))
     assert [s["value"] for s in distributed] == pytest.approx([s["value"] for s in serial], rel=1e-6)
 
-    shipped = ray.cloudpickle.loads(ray.cloudpickle.dumps(Memorization(str(qa_file), qa_index.directory)))
+    mem = Memorization(str(qa_file), qa_index.directory)
+    mem.start(None, None)  # the driver's part: the ∞-gram side
+    shipped = ray.cloudpickle.loads(ray.cloudpickle.dumps(mem))
     assert not hasattr(shipped, "index") and shipped.infgram and shipped.config["index"]
 
 

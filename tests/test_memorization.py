@@ -131,7 +131,9 @@ def test_the_infgram_side_matches_brute_force_and_is_cached(qa_index, qa_file, w
     from geowh.index.index import Index
 
     key, items = load_task(str(qa_file))
-    rows = infgram_side(qa_index, key, items, wh)
+    rows, fresh = infgram_side(qa_index, key, items, wh)
+    assert fresh == rows and not wh.path.exists()  # computed here, stored by the caller
+    wh.write({"infgram_items": fresh})
     lines = [x for x in (qa_index.directory.parent / "corpus.txt").read_text().split("\n") if x]
     brute = BruteForce([qa_index.tokenize(x) for x in lines], 0xFFFF)
     for item, row in zip(items, rows):
@@ -147,8 +149,8 @@ def test_the_infgram_side_matches_brute_force_and_is_cached(qa_index, qa_file, w
         raise AssertionError("the cached rows should have been used")
 
     monkeypatch.setattr(Index, "continuation_probs", no_engine)
-    again = infgram_side(qa_index, key, items, wh)
-    assert [r["log_p_inf"] for r in again] == [r["log_p_inf"] for r in rows]
+    again, fresh = infgram_side(qa_index, key, items, wh)
+    assert [r["log_p_inf"] for r in again] == [r["log_p_inf"] for r in rows] and fresh == []
 
 
 def test_suffix_length_table_uses_the_papers_buckets():
@@ -199,7 +201,8 @@ def test_memorize_scores_a_local_series_resumes_and_records_failures(cli, tmp_pa
     assert runs.rows() == [("memorization", load_task(str(qa_file))[0], np.__version__, scipy.__version__, None)]
     metric = wh.query(f"SELECT value, params FROM metrics WHERE metric = '{METRIC}' AND checkpoint = 'step1'")
     params = json.loads(metric["params"][0])
-    included = sum(1 for r in infgram_side(qa_index, params["task"], load_task(str(qa_file))[1]) if not r["excluded"])
+    rows, _ = infgram_side(qa_index, params["task"], load_task(str(qa_file))[1])
+    included = sum(1 for r in rows if not r["excluded"])
     assert params["n"] == included and params["zero_rule"] == ZERO_RULE
     assert params["index_tokenizer"] == str(PYTHIA_TOKENIZER) and params["model_tokenizer"]
     assert -1 <= metric["value"][0] <= 1
@@ -258,7 +261,7 @@ def test_index_stats_reports_table_7_for_a_task(cli, tmp_path, qa_file, qa_index
     result = cli(["index", "stats", qa_index.directory, "--task", qa_file, "--db", tmp_path / "w.duckdb", "--json"])
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
-    rows = infgram_side(qa_index, stats["task"], load_task(str(qa_file))[1])
+    rows, _ = infgram_side(qa_index, stats["task"], load_task(str(qa_file))[1])
     assert sum(b["tokens"] for b in stats["buckets"]) == sum(len(r["suffix_lens"]) for r in rows)
     assert stats["items"] == 24 and stats["excluded"] == sum(1 for r in rows if r["excluded"])
 
@@ -385,3 +388,20 @@ def test_memorize_config_refuses_a_bad_setting_before_anything_loads(tmp_path):
     for bad in ({"batch_size": 0}, {"limit": -1}, {"dtype": "float8"}):
         with pytest.raises(InputError):
             MemorizeConfig("task.jsonl", "index", **bad)
+
+
+def test_building_memorization_writes_nothing_the_runs_driver_stores_its_infgram_side(tmp_path, qa_file, qa_index):
+    from tiny import save_series
+
+    from geowh.ingest.config import MemorizeConfig
+    from geowh.ingest.measurements.memorization import Memorization, memorize
+    from geowh.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    Memorization(str(qa_file), qa_index.directory)
+    assert not wh.path.exists()
+    run = save_series(tmp_path / "run", steps=(0,))
+    memorize(str(run), MemorizeConfig(str(qa_file), str(qa_index.directory), batch_size=8), wh=wh)
+    stored = wh.query("SELECT count(*) AS n FROM infgram_items")["n"][0]
+    assert stored == 24 and wh.query("SELECT count(*) AS n FROM indexes")["n"][0] == 1
+

@@ -47,8 +47,12 @@ def test_recompute_with_another_fit_range_equals_compute_on_the_stored_spectrum(
     assert wh.query("SELECT * FROM metrics WHERE metric NOT LIKE '%@%' ORDER BY checkpoint, metric").equals(before)
     traj = wh.query("SELECT checkpoint, alpha_req, \"alpha_req@fit_end=200,fit_start=10\" AS a FROM trajectories")
     assert traj.height == 3 and (traj["alpha_req"] != traj["a"]).all()
-    runs = wh.query("SELECT kind, model, status, config FROM runs")
+    runs = wh.query("SELECT kind, model, status, config, numpy_version, scipy_version FROM runs")
     assert runs.rows()[0][:3] == ("recompute", "m", "ok")
+    import numpy
+    import scipy
+
+    assert runs.rows()[0][4:] == (numpy.__version__, scipy.__version__)  # built by run_row, as every run row
     assert json.loads(runs["config"][0])["params"] == {"fit_start": 10, "fit_end": 200}
 
 

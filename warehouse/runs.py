@@ -9,8 +9,11 @@ Marking a live run stale by mistake costs nothing: its final write replaces the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from functools import cache
 from importlib import metadata
@@ -65,6 +68,14 @@ def run_row(
         "run_id": run_id, "kind": kind, "model": model, "status": status, "geowh_version": __version__,
         "code_commit": code_commit(),
     } | package_versions(packages) | this_process() | fields
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """runs.config_key: a hash of what decides a run's numbers (as JSON, keys sorted), 16 hex digits.
+
+    The one key function: the ingest engine, toy runs and recompute key their runs with it.
+    """
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @cache

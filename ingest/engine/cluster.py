@@ -6,9 +6,9 @@ checkpoint as results arrive. Workers run `process_checkpoint` and return rows; 
 the warehouse, so workers on other nodes need no shared disk (only geowh installed, and the
 checkpoints reachable: the hub, or a path every node sees).
 
-- The plan (series, probe texts, config, measurements) is prepared once on a worker, where the
-  device and dtype are resolved and the probe is tokenized, and shipped to every task through
-  Ray's object store.
+- The plan (series, config, measurements) is prepared once on a worker, where the device and
+  dtype are resolved and each measurement made ready (the geometry's probe tokenized), and
+  shipped to every task through Ray's object store.
 - Each checkpoint is one Ray task with `gpus_per_worker` GPUs (fractional shares several small
   checkpoints per GPU) or, on CPUs, an equal share of the cluster's CPUs; at most `workers` run
   at once.
@@ -235,18 +235,19 @@ def _ray():
 
 
 def _prepare(plan: Plan) -> Plan:
-    """On a worker: the device and dtype resolved there, and the probe tokenized once."""
+    """On a worker: the device and dtype resolved there, and each measurement made ready once
+    (the geometry's probe tokenized), for every task to read instead of redoing it."""
     from geowh.ingest.engine.plan import resolved_here
-    from geowh.ingest.measurements.geometry import probe_for
     from geowh.ingest.sources.models import load_tokenizer
 
     plan = resolved_here(plan)
-    if plan.texts is not None and plan.series.checkpoints:
+    if plan.series.checkpoints:
         try:
             tokenizer = load_tokenizer(plan.series.checkpoints[0], plan.config.tokenizer or plan.series.tokenizer)
         except CheckpointError:
             return plan  # each task then tokenizes itself, and a checkpoint without a tokenizer fails there
-        probe_for(plan, tokenizer)
+        for m in plan.measurements:
+            m.ready(tokenizer)
     return plan
 
 

@@ -1,32 +1,32 @@
 """The run engine: every checkpoint of a series → the measurements asked for → one transaction each.
 
 `geowh ingest` (geometry, optionally with memorization) and `geowh memorize` (memorization
-alone) are this one engine. Its parts, kept apart so that a distributed or a live run plugs in:
+alone) are this one engine; the measurements are entries of the registry (ingest/measurements/)
+or `Measurement`s given. Its parts, kept apart so that a distributed or a live run plugs in:
 
-- `plan_ingest(model, config, selection, measurements)` resolves the series, loads the probe
-  texts and fixes the config. Every option is checked here (`IngestConfig` checks itself when
-  built) or, for the device, by the executor's `prepare`, before anything is written.
-- `process_checkpoint(ref, plan)` loads the checkpoint once, runs the geometry (unless
-  `config.geometry` is off) and every `Measurement`, and RETURNS a `CheckpointResult` with every
-  row to write. An expected failure (a `CheckpointError`: download, corrupt weights, out of
-  memory, NaN features) is a failed result; any other exception is a bug and is raised.
+- `plan_ingest(model, config, selection, measurements, options)` (engine/plan.py) resolves the
+  series and builds the measurements. Every option is checked there (`IngestConfig` and each
+  measurement check themselves when built) or, for the device, by the executor's `prepare`,
+  before anything is written.
+- `process_checkpoint(ref, plan)` loads the checkpoint once, runs every measurement on it, and
+  RETURNS a `CheckpointResult` with every row to write. An expected failure (a
+  `CheckpointError`: download, corrupt weights, out of memory, NaN features) is a failed
+  result; any other exception is a bug and is raised.
 - `write_result(wh, result)` writes a result's rows and its `runs` row in one transaction.
-- `run(plan, wh)` is the driver: skips what is done, writes each checkpoint's `running` row,
-  hands the checkpoints to an `Executor` and writes each result as it comes back. Only the
-  driver writes. `Serial` (the default) processes them one after the other in this process (on
-  a GPU the next one loading into host memory meanwhile); `ingest.cluster.RayExecutor` runs
-  them on a Ray cluster's workers and yields the results.
+- `run(plan, wh)` is the driver: starts the measurements (and writes what they cached), skips
+  what is done, writes each checkpoint's `running` row, hands the checkpoints to an `Executor`
+  (engine/executors.py: `Serial`; engine/cluster.py: `RayExecutor`) and writes each result as it
+  comes back. Only the driver writes.
 - `Events` is how the engine reports progress; it prints nothing itself (cli/ renders it).
 
 `ingest(model, config, selection)` is plan + run; `live`-measured checkpoints
-(`geowh.integrations`) call `process_checkpoint(ref, plan, loaded=model)` and `write_result`.
-"""
+(`geowh.integrations`) call `process_checkpoint(ref, plan, loaded=model)` and `write_result`."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 from geowh.errors import CheckpointError
 from geowh.ingest.config import IngestConfig, Selection
 from geowh.ingest.engine.executors import Executor, Serial
-from geowh.ingest.engine.plan import CheckpointResult, Measurement, Plan, Rows, load_options, plan_ingest
+from geowh.ingest.engine.plan import CheckpointResult, Measurement, Meter, Plan, Rows, load_options, plan_ingest
 from geowh.ingest.sources.series import CheckpointRef, Series, check_source
 from geowh.signals import interrupted_by
 
@@ -61,33 +61,25 @@ def process_checkpoint(
     `load` replaces how `ref` is loaded otherwise (`Serial` passes one that takes the weights
     a thread read ahead); its model is released after, its `CheckpointError` fails `ref`.
     """
-    from geowh.ingest.measurements.geometry import geometry_rows, probe_for
-    from geowh.ingest.sources.models import device_name, load_checkpoint
+    from geowh.ingest.sources.models import device_name, dtype_name, load_checkpoint
     from geowh.warehouse import utcnow
 
     run_id = run_id or str(uuid.uuid4())
     started = utcnow()
     clock = time.perf_counter()
-    seconds: dict[str, float] = {}
+    meter = Meter(on_batch)
     given = loaded is not None
-    probe = None
     try:
         t = time.perf_counter()
         if loaded is None:
             loaded = load() if load else load_checkpoint(ref, device=plan.config.device, **load_options(plan))
-        seconds["load"] = time.perf_counter() - t
+        meter.seconds["load"] = time.perf_counter() - t
         rows: Rows = {}
-        if plan.config.geometry:
-            t = time.perf_counter()
-            probe = probe_for(plan, loaded.tokenizer)
-            seconds["tokenize"] = time.perf_counter() - t
-            rows, stage_seconds = geometry_rows(loaded, probe, plan, run_id, on_batch)
-            seconds |= stage_seconds
         for m in plan.measurements:
             t = time.perf_counter()
-            for table, extra in m(loaded, ref, plan.config).items():
+            for table, extra in m.measure(loaded, ref, plan.config, meter).items():
                 rows.setdefault(table, []).extend(extra)
-            seconds[m.name] = time.perf_counter() - t
+            meter.seconds[m.name] = time.perf_counter() - t
         status, error = "ok", None
     except CheckpointError as e:
         if interrupted_by(e) is not None:  # a Ctrl-C that a library wrapped in an error of its own
@@ -107,8 +99,6 @@ def process_checkpoint(
     if status != "ok":  # weights that could not be measured (corrupt, half-copied) are no reference
         checkpoint["fingerprint"] = None
     rows = {"models": [models_row], "checkpoints": [checkpoint], **rows}
-    if probe is not None and status == "ok":
-        rows["probes"] = [probe.row]
     elapsed = time.perf_counter() - clock
     run = plan.run_row(
         ref,
@@ -116,15 +106,15 @@ def process_checkpoint(
         status,
         error=error,
         device=device_name(device) if device is not None else None,
-        dtype=str(dtype).removeprefix("torch.") if dtype is not None else plan.dtype,
+        dtype=dtype_name(dtype) if dtype is not None else plan.dtype,
         hub_commit=commit,
         started_at=started,
         finished_at=utcnow(),
-        stage_seconds={k: round(v, 3) for k, v in seconds.items()},
+        stage_seconds={k: round(v, 3) for k, v in meter.seconds.items()},
     )
-    if probe is not None:
-        run["probe"] = probe.id
-    tokens = probe.tokens if probe is not None and status == "ok" else 0
+    if rows.get("probes"):  # the probe a measurement tokenized names the run
+        run["probe"] = rows["probes"][0]["probe"]
+    tokens = meter.tokens if status == "ok" else 0
     return CheckpointResult(ref, run_id, status, rows, run, error, tokens, elapsed)
 
 
@@ -177,7 +167,7 @@ class IngestSummary(CheckpointTally):
 
     model: str
     probe: str | None
-    """The probe set's name; None when geometry is off."""
+    """What the measurements read: the probe set's name (geometry), else the first one's (a task)."""
     config_key: str
     db: str
     checkpoints: list[dict] = field(default_factory=list)
@@ -244,6 +234,7 @@ def ingest(
     selection: Selection = Selection(),
     *,
     measurements: Sequence[Measurement | Callable[..., Rows]] = (),
+    options: Mapping[str, Any] | None = None,
     force: bool = False,
     evict: bool = False,
     db: str | Path | None = None,
@@ -259,16 +250,19 @@ def ingest(
     default as long as it takes), calling `events.waiting(holder)` when a wait begins. Ctrl-C or
     SIGTERM stops with the finished checkpoints written and the current one `interrupted`;
     `running` rows of `model` left by a killed process are marked `interrupted` first.
-    `config` defaults to `IngestConfig()`; `selection` to every checkpoint.
+    `config` defaults to `IngestConfig()`; `selection` to every checkpoint. The measurements are
+    those of the registry that `config` (geometry, unless `config.geometry` is off) and `options`
+    ask for, then `measurements` (`plan_ingest`).
 
     Example:
         config = IngestConfig(probe="docs.txt", n=500, max_len=128)
-        summary = ingest("./my-run", config, Selection(checkpoints="log:8"), db="w.duckdb")
+        summary = ingest("./my-run", config, Selection(checkpoints="log:8"), db="w.duckdb",
+                         options={"memorization": "triviaqa", "index": "indexes/pile"})
         summary.failed   # 0
     """
     from geowh.warehouse import Warehouse
 
-    plan = plan_ingest(model, config or IngestConfig(), selection, measurements)
+    plan = plan_ingest(model, config or IngestConfig(), selection, measurements, options)
     events = events or Events()
     wh = Warehouse(db, lock_timeout=lock_timeout, on_wait=events.waiting)
     return run(plan, wh, force=force, evict=evict, events=events, executor=executor)
@@ -293,11 +287,18 @@ def run(
     """
     events = events or Events()
     executor = executor or Serial()
+    shared: Rows = {}  # the measurements' rows of no checkpoint (caches): the driver writes them
+    for m in plan.measurements:  # before `prepare` ships the measurements to where they run
+        for table, rows in m.start(plan, wh).items():
+            shared.setdefault(table, []).extend(rows)
     plan = executor.prepare(plan)
     _import_now(plan.series)
-    summary = IngestSummary(plan.series.model, plan.texts.name if plan.texts else None, plan.config_key, str(wh.path))
+    probe = next((m.probe for m in plan.measurements if m.probe), None)
+    summary = IngestSummary(plan.series.model, probe, plan.config_key, str(wh.path))
     check_source(plan.series, *wh.stored_series(plan.series.model), force=force)  # never another run's name
     wh.close_stale_runs(plan.series.model)
+    if shared:
+        wh.write(shared)
     done = set() if force else wh.completed(plan.kind, plan.series.model, plan.config_key)
     todo = [r for r in plan.series.checkpoints if r.label not in done]
     if not force and plan.config.geometry:  # said, not silent: a definition changed since they were measured

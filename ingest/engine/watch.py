@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from geowh.errors import InputError
 from geowh.ingest.engine.run import CheckpointTally
@@ -119,10 +120,12 @@ def watch(
     db: str | Path | Warehouse | None = None,
     name: str | None = None,
     measurements: Sequence = (),
+    options: Mapping[str, Any] | None = None,
 ) -> WatchSummary:
     """Ingest the complete checkpoints of `folder`, then each new one as it appears; recompute phases after each.
 
-    `config` (an `IngestConfig`) and `measurements` are those of `ingest.engine.run.ingest`.
+    `config` (an `IngestConfig`), `measurements` and `options` are those of `ingest.engine.run.ingest`;
+    the measurements are built once, for every checkpoint's ingest (the probe is tokenized once).
     With `once`, what is complete now is ingested and the call returns; with `until_idle`, it
     returns after that many seconds without a new complete checkpoint; otherwise it runs until
     `stop()` returns true (checked between checkpoints and while waiting).
@@ -132,12 +135,15 @@ def watch(
     """
     from geowh.ingest.config import IngestConfig, Selection
     from geowh.ingest.engine.run import ingest
+    from geowh.ingest.measurements import build
 
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"{folder} is not a folder: give the run folder a training writes its checkpoints into")
     if interval <= 0 or settle < 0 or (until_idle is not None and until_idle < 0):
         raise InputError("--interval must be positive, --settle and --until-idle at least 0")
+    config = config or IngestConfig()
+    shared: tuple | None = None  # the measurements, built at the first checkpoint and kept for the others
     tell = on_event or (lambda event: None)
     stop = stop or (lambda: False)
     wh = as_warehouse(db)
@@ -153,8 +159,11 @@ def watch(
                 summary.stopped = "stopped"
                 return summary
             try:
-                result = ingest(str(root), config or IngestConfig(), Selection(checkpoints=ref.label, name=name),
-                                measurements=measurements, db=wh.path)
+                if shared is None:
+                    given = {getattr(m, "name", "") for m in measurements}
+                    shared = (*build(config, options or {}, skip=given), *measurements)
+                result = ingest(str(root), config, Selection(checkpoints=ref.label, name=name),
+                                measurements=shared, db=wh.path)
             except InputError:
                 if ref.path.is_dir():
                     raise

@@ -1,35 +1,82 @@
 """The geometry measurement: features of every (layer, pooling) → streaming covariances → spectra and metrics.
 
-`process_checkpoint` (ingest/engine/run.py) runs it on the loaded checkpoint when
-`config.geometry` is on; its rows go to `spectra` and `metrics`.
+On by default (`IngestConfig.geometry`); its settings are the `IngestConfig` fields (probe, n,
+max_len, layers, pooling, subsets, loss, …), so it adds no CLI option of its own. It writes
+`spectra`, `metrics` and the `probes` row of the probe it tokenized.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from geowh.errors import InputError
-from geowh.ingest.config import MIN_SUBSET_ROWS
-from geowh.ingest.engine.plan import Plan, Rows
-from geowh.ingest.sources.probes import Probe
+from geowh.ingest.config import MIN_SUBSET_ROWS, IngestConfig
+from geowh.ingest.engine.plan import Measurement, Meter, Plan, Rows
+from geowh.ingest.sources.probes import Probe, ProbeTexts
+
+NAME = "geometry"
+OPTIONS = ()
 
 
-def probe_for(plan: Plan, tokenizer) -> Probe:
-    """The plan's probe texts tokenized by `tokenizer`, once per tokenizer (cached in the plan)."""
-    from geowh.ingest.sources.probes import tokenize_probe, tokenizer_fingerprint
-
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    if fingerprint not in plan.probes:
-        c = plan.config
-        plan.probes[fingerprint] = tokenize_probe(
-            plan.texts, tokenizer, n=c.n, max_len=c.max_len, min_len=c.min_len, seed=c.seed,
-            tokenizer_name=plan.series.tokenizer or tokenizer.name_or_path,
-        )
-    return plan.probes[fingerprint]
+def build(config: IngestConfig, options: Mapping[str, Any]) -> Geometry | None:
+    return Geometry(config) if config.geometry else None
 
 
-def geometry_rows(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tuple[Rows, dict[str, float]]:
+class Geometry(Measurement):
+    """The probe texts of `config`, tokenized once per tokenizer, through every checkpoint.
+
+    The texts are loaded when it is built (an unknown probe fails before anything is written);
+    `config` (the measurement's, in the run's key) is the probe settings of `config` with the
+    texts' name and hash in place of the path they were given by.
+    """
+
+    def __init__(self, config: IngestConfig, texts: ProbeTexts | None = None):
+        from geowh.ingest.sources.probes import load_texts
+
+        self.settings = config
+        self.texts = texts if texts is not None else load_texts(config.probe, n=config.n)
+        self.tokenizer_name: str | None = None
+        self.probes: dict[str, Probe] = {}
+        """Tokenized probes by tokenizer fingerprint (checkpoints of a series share one)."""
+        # the dtype of the key is the resolved one (Plan.config_key); a file's name, not the path it
+        # was given by: the texts hash says the rest
+        keyed = {k: getattr(config, k) for k in IngestConfig.key_fields if k != "dtype"}
+        super().__init__(NAME, None, keyed | {"probe": self.texts.name, "texts_hash": self.texts.texts_hash},
+                         with_head=config.loss, probe=self.texts.name)
+
+    def start(self, plan: Plan, wh) -> Rows:
+        self.tokenizer_name = plan.series.tokenizer
+        return {}
+
+    def ready(self, tokenizer) -> None:
+        self.probe_for(tokenizer)
+
+    def probe_for(self, tokenizer) -> Probe:
+        """The probe texts tokenized by `tokenizer`, once per tokenizer."""
+        from geowh.ingest.sources.probes import tokenize_probe, tokenizer_fingerprint
+
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        if fingerprint not in self.probes:
+            c = self.settings
+            self.probes[fingerprint] = tokenize_probe(
+                self.texts, tokenizer, n=c.n, max_len=c.max_len, min_len=c.min_len, seed=c.seed,
+                tokenizer_name=self.tokenizer_name or tokenizer.name_or_path,
+            )
+        return self.probes[fingerprint]
+
+    def measure(self, loaded, ref, config: IngestConfig, meter: Meter) -> Rows:
+        t = time.perf_counter()
+        probe = self.probe_for(loaded.tokenizer)
+        meter.seconds["tokenize"] = time.perf_counter() - t
+        rows = geometry_rows(loaded, probe, self.settings, meter)
+        meter.tokens += probe.tokens
+        return rows | {"probes": [probe.row]}
+
+
+def geometry_rows(loaded, probe: Probe, config: IngestConfig, meter: Meter) -> Rows:
     """Features of every (layer, pooling) streamed into covariances → spectra and metrics rows."""
     import numpy as np
     import torch
@@ -37,7 +84,6 @@ def geometry_rows(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tu
     from geowh.ingest.features.extract import extract_features, parse_layers, parse_poolings
     from geowh.ingest.features.spectrum import Covariance
 
-    config = plan.config
     layers = parse_layers(config.layers, loaded.n_layers)
     poolings = parse_poolings(config.pooling)
     keys = [(layer, pooling) for layer in layers for pooling in poolings]
@@ -62,7 +108,7 @@ def geometry_rows(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tu
         device=loaded.device,
         batch_size=config.batch_size,
         head=loaded.model.get_output_embeddings() if config.loss else None,
-        on_batch=on_batch,
+        on_batch=meter.batch,
     ):
         indices = batch.indices
         nll, predicted = nll + batch.nll, predicted + batch.predicted
@@ -76,7 +122,7 @@ def geometry_rows(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tu
                         parts[key][j].update(f[torch.as_tensor(rows, device=f.device)])
             if saved:
                 saved[key][indices] = f.float().cpu().numpy()
-    seconds = {"forward": time.perf_counter() - t}
+    meter.seconds["forward"] = time.perf_counter() - t
 
     t = time.perf_counter()
     rows: Rows = {"spectra": [], "metrics": []}
@@ -87,22 +133,22 @@ def geometry_rows(loaded, probe: Probe, plan: Plan, run_id: str, on_batch) -> tu
         lam = full[key].eigenvalues()
         rows["spectra"].append(
             where | {"layer": layer, "pooling": pooling, "n_samples": full[key].n, "d": d,
-                     "eigenvalues": lam.tolist(), "run_id": run_id}
+                     "eigenvalues": lam.tolist()}
         )
         for row in metric_rows(lam, [p.eigenvalues() for p in parts.get(key, [])]):
-            rows["metrics"].append(row | where | {"layer": layer, "pooling": pooling, "run_id": run_id})
+            rows["metrics"].append(row | where | {"layer": layer, "pooling": pooling})
     if config.loss:
         rows["metrics"].append(where | {
             "layer": None, "pooling": None, "metric": "probe_loss", "value": nll / max(predicted, 1),
-            "stderr": None, "params": {"unit": "nats/token", "predicted_tokens": predicted}, "run_id": run_id,
+            "stderr": None, "params": {"unit": "nats/token", "predicted_tokens": predicted},
         })
     if saved:
         folder = Path(config.save_features) / ref.model.replace("/", "--") / ref.label
         folder.mkdir(parents=True, exist_ok=True)
         for (layer, pooling), matrix in saved.items():
             np.save(folder / f"layer{layer}-{pooling}.npy", matrix)
-    seconds["metrics"] = time.perf_counter() - t
-    return rows, seconds
+    meter.seconds["metrics"] = time.perf_counter() - t
+    return rows
 
 
 def metric_rows(lam, subset_spectra: list) -> list[dict]:

@@ -28,16 +28,25 @@ separately, so the answer tokens are the same whatever the question, in both tok
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
 from geowh.ingest.config import MemorizeConfig
+from geowh.ingest.engine.plan import Measurement, Rows
+from geowh.ingest.measurements import Option
 from geowh.ingest.measurements.statistics import METRIC, ZERO_RULE, correlations, log_p_inf, suffix_length_table
 from geowh.ingest.measurements.tasks import QAItem, load_task
 
-KIND = "memorization"
+NAME = "memorization"
+OPTIONS = (
+    Option("memorization", "--memorization", "Also score ∞-gram memorization on a QA task (triviaqa or a .jsonl)."),
+    Option("index", "--index", "infini-gram index folder for --memorization.", Path),
+    Option("index_tokenizer", "--index-tokenizer", "Tokenizer of an index built elsewhere."),
+)
+BATCH_SIZE = MemorizeConfig.batch_size
+"""QA items per forward pass: `geowh memorize --batch-size`'s default, and `geowh ingest --memorization`'s."""
 
 
 # -- the ∞-gram side ---------------------------------------------------------------------------
@@ -67,28 +76,27 @@ def infgram_item(index, task: str, item: QAItem) -> dict[str, Any]:
     }
 
 
-def infgram_side(index, task: str, items: Sequence[QAItem], wh=None) -> list[dict[str, Any]]:
-    """The ∞-gram rows of `items`: read from `infgram_items` when cached, else computed and stored."""
+def infgram_side(
+    index, task: str, items: Sequence[QAItem], wh=None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ∞-gram rows of `items` (in their order), read from `infgram_items` when cached there,
+    else computed; and the rows computed here, for the caller to store (it writes nothing)."""
     directory = str(index.directory.resolve())
     cached: dict[str, dict] = {}
     if wh is not None and wh.path.exists():
-        wh.migrate()  # fresh rows are stored below: upgrade an older file first, as any writer does
+        wh.migrate()  # an older file may lack the table: upgraded as any writer of it would
         frame = wh.query("SELECT * FROM infgram_items WHERE index_dir = ? AND task = ?", [directory, task])
         cached = {r["item"]: r for r in frame.to_dicts()}
     missing = [i for i in items if i.item not in cached]
     fresh = index.map(lambda i: infgram_item(index, task, i), missing)
-    if fresh and wh is not None:
-        from geowh.index.index import index_row
-
-        wh.write({"indexes": [index_row(index)], "infgram_items": fresh})
     cached.update({r["item"]: r for r in fresh})
-    return [cached[i.item] for i in items]
+    return [cached[i.item] for i in items], fresh
 
 
 # -- the model side ----------------------------------------------------------------------------
 
 
-def answer_logliks(model, tokenizer, items: Sequence[QAItem], batch_size: int = 32) -> list[tuple[float, int]]:
+def answer_logliks(model, tokenizer, items: Sequence[QAItem], batch_size: int = BATCH_SIZE) -> list[tuple[float, int]]:
     """(log P_model(answer | prompt), answer tokens) per item; one forward pass per batch.
 
     Batches hold items of similar length, right-padded and masked (right padding leaves the
@@ -171,12 +179,17 @@ def _forward_parameters(model) -> set[str]:
 # -- one task against one index, for any number of checkpoints ---------------------------------
 
 
-class Memorization:
-    """A QA task scored against an index: the ∞-gram side ready, checkpoints scored on call.
+class Memorization(Measurement):
+    """A QA task scored against an index: the ∞-gram side computed once, each checkpoint's model side on call.
 
-    >>> mem = Memorization("triviaqa", "indexes/pile", wh=Warehouse())
+    >>> mem = Memorization("triviaqa", "indexes/pile")
+    >>> Warehouse().write(mem.start(None, Warehouse()))   # the ∞-gram side (what `run` does)
     >>> rows = mem.score(loaded, run_id)   # {"memorization_items": [...], "metrics": [...]}
-    >>> ingest("pythia-160m", measurements=[mem.measurement()])   # as part of geometry ingest
+    >>> ingest("pythia-160m", measurements=[mem])   # as part of a geometry ingest
+
+    Building it loads the task and opens the index (a bad task or index fails there, before
+    anything is written); it writes nothing: `start`, which the driver of a run calls, returns
+    the ∞-gram rows not cached in the warehouse yet, for the driver to write.
     """
 
     def __init__(
@@ -185,9 +198,8 @@ class Memorization:
         index: str | Path,
         *,
         index_tokenizer: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         limit: int | None = None,
-        wh=None,
         index_workers: int | None = None,
     ):
         from geowh.index.index import Index
@@ -196,9 +208,10 @@ class Memorization:
         self.index = Index(index, tokenizer=index_tokenizer, workers=index_workers)
         self.batch_size = batch_size
         self.limit = limit
-        self.infgram = {r["item"]: r for r in infgram_side(self.index, self.task, self.items, wh)}
+        self.infgram: dict[str, dict[str, Any]] = {}
+        """The ∞-gram row of each item, by item id: filled by `start`."""
         meta = self.index.meta
-        self.config: dict[str, Any] = {
+        config: dict[str, Any] = {  # what decides the results: the config of a memorization run (and of its key)
             "task": self.task,
             "items": len(self.items),
             "limit": self.limit,
@@ -208,7 +221,7 @@ class Memorization:
             "index_built_at": meta.built_at,
             "zero_rule": ZERO_RULE,
         }
-        """What decides the results: the config of a memorization run (and of its key)."""
+        super().__init__(NAME, None, config, with_head=True, probe=self.task)
 
     def __getstate__(self) -> dict[str, Any]:
         # What a distributed run ships to its workers: they score the model side only. The ∞-gram
@@ -216,11 +229,24 @@ class Memorization:
         # workers on other nodes need no copy of it.
         return {k: v for k, v in self.__dict__.items() if k != "index"}
 
+    def start(self, plan, wh) -> Rows:
+        """The ∞-gram side of every item (cached ones read from `wh`); returns the rows computed here."""
+        from geowh.index.index import index_row
+
+        rows, fresh = infgram_side(self.index, self.task, self.items, wh)
+        self.infgram = {r["item"]: r for r in rows}
+        return {"indexes": [index_row(self.index)], "infgram_items": fresh} if fresh else {}
+
+    def measure(self, loaded, ref, config, meter) -> Rows:
+        return self.score(loaded)
+
     def score(self, loaded, run_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Rows for one loaded checkpoint (a causal LM, `with_head=True`).
 
         Without `run_id` the rows carry none, for a caller that fills in its own (ingest).
         """
+        if not self.infgram:
+            self.start(None, None)  # used outside a run: the ∞-gram side computed, not stored
         ref = loaded.ref
         scored = _scored(loaded, self.items, self.batch_size)
         run = {"run_id": run_id} if run_id else {}
@@ -240,33 +266,28 @@ class Memorization:
         ]
         return {"memorization_items": item_rows, "metrics": metrics}
 
-    def measurement(self):
-        """This task and index as an ingest measurement: scored in each checkpoint's transaction."""
-        from geowh.ingest.engine.plan import Measurement
-
-        return Measurement(KIND, lambda loaded, ref, config: self.score(loaded), config=self.config, with_head=True,
-                           probe=self.task)
-
     def suffix_lengths(self) -> list[dict[str, Any]]:
         return suffix_length_table(list(self.infgram.values()))
 
 
-def measurements_for(task: str | None, index: str | Path | None, index_tokenizer: str | None = None, *, db=None,
-                     batch_size: int = 32) -> list:
-    """The ingest measurements `geowh ingest --memorization TASK --index DIR` adds (none without a task)."""
+def build(config, options: Mapping[str, Any]) -> Memorization | None:
+    """`--memorization TASK --index DIR [--index-tokenizer NAME]`: both or neither."""
+    task, index = options.get("memorization"), options.get("index")
     if task is None and index is None:
-        return []
+        return None
     if task is None or index is None:
         raise InputError("--memorization TASK and --index DIR go together: give both, or neither")
-    from geowh.warehouse import Warehouse
-
-    return [Memorization(task, index, index_tokenizer=index_tokenizer, batch_size=batch_size, wh=Warehouse(db)).measurement()]
+    return Memorization(task, index, index_tokenizer=options.get("index_tokenizer"))
 
 
 def index_stats(index: str | Path, task: str, *, index_tokenizer: str | None = None, limit: int | None = None,
                 wh=None) -> dict[str, Any]:
-    """Table 7 for a task and index: answer-token queries by the suffix length P∞ used."""
-    mem = Memorization(task, index, index_tokenizer=index_tokenizer, limit=limit, wh=wh)
+    """Table 7 for a task and index: answer-token queries by the suffix length P∞ used (the ∞-gram
+    rows computed here are stored in `wh`)."""
+    mem = Memorization(task, index, index_tokenizer=index_tokenizer, limit=limit)
+    computed = mem.start(None, wh)
+    if computed and wh is not None:
+        wh.write(computed)
     rows = list(mem.infgram.values())
     return {
         "index": str(mem.index.directory.resolve()),
@@ -307,8 +328,8 @@ def memorize(
 
     engine = config.engine()
     mem = Memorization(config.task, config.index, index_tokenizer=config.index_tokenizer,
-                       batch_size=config.batch_size, limit=config.limit, wh=wh)
-    plan = plan_ingest(model, engine, selection or Selection(), [mem.measurement()])
+                       batch_size=config.batch_size, limit=config.limit)
+    plan = plan_ingest(model, engine, selection or Selection(), [mem])
     summary = run(plan, wh, force=force, events=events, executor=executor)
     scored = {}
     run_ids = [c["run_id"] for c in summary.checkpoints if c["run_id"]]

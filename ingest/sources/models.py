@@ -117,6 +117,11 @@ def resolve_dtype(dtype: str, device) -> Any:
     return getattr(torch, dtype)
 
 
+def dtype_name(dtype) -> str:
+    """`float32` for torch.float32 (or the name itself): how runs and configs name a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 # CPU flags of native bf16 matrix arithmetic: AVX512-BF16 dot products, AMX tiles. Without
 # them bf16 is emulated through fp32 and runs slower than fp32 itself.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -166,7 +171,7 @@ def _where(ref: CheckpointRef) -> tuple[str, dict]:
 
 def load_tokenizer(ref: CheckpointRef, fallback: str | Path | None = None):
     """The checkpoint's tokenizer (or `fallback`'s: a run folder or hub id), with a pad token."""
-    from transformers import AutoTokenizer
+    from geowh.index.build import load_tokenizer as by_name
 
     candidates = [_where(ref)]
     if ref.path is not None:
@@ -183,10 +188,10 @@ def load_tokenizer(ref: CheckpointRef, fallback: str | Path | None = None):
 
             require_hub(f"load the tokenizer {where}")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            tokenizer = by_name(where, **kwargs)
             break
-        except Exception as e:  # hub, file and parsing errors come in many types
-            errors.append(f"{where}: {_short(e)}")
+        except InputError as e:
+            errors.append(f"{where}: {_short(e.__cause__ or e)}")
     else:
         raise CheckpointError(
             f"no tokenizer for {ref.model} {ref.label} ({'; '.join(errors)}): "
