@@ -15,7 +15,7 @@ class Settings:
     """Caches: probe texts, indexes, demo runs (`GEOWH_HOME`, default `~/.cache/geowh`)."""
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         home = os.environ.get("GEOWH_HOME") or Path.home() / ".cache" / "geowh"
         return cls(db=Path(os.environ.get("GEOWH_DB", "geowh.duckdb")), home=Path(home))
 

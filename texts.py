@@ -21,9 +21,8 @@ def iter_documents(path: Path) -> Iterator[tuple[str, int]]:
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
             file = pq.ParquetFile(path)

@@ -86,8 +86,8 @@ def random_model(device, vocab: int, layers: int, d: int, heads: int):
 def run_geowh(model, tokenizer, texts, device, max_len, cov=None):
     """Texts → tokens → batched features → streamed into `cov`; returns (tokens, seconds, cov, lengths, cpu seconds)."""
     from geowh.ingest.features.extract import extract_features
-    from geowh.ingest.sources.probes import ProbeTexts, tokenize_probe
     from geowh.ingest.features.spectrum import Covariance
+    from geowh.ingest.sources.probes import ProbeTexts, tokenize_probe
 
     base = model.base_model
     sync(device)

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from queries import STEPS, build  # noqa: E402  (bench/queries.py)
-
 from geowh.queries import phase_map, report  # noqa: E402
 from geowh.spectrum_math import compute_metrics  # noqa: E402
 from geowh.warehouse import Warehouse  # noqa: E402
+from queries import STEPS, build  # noqa: E402  (bench/queries.py)
 
 
 def add_spectra(wh: Warehouse, models: int, layer: int, d: int) -> None:

@@ -4,7 +4,7 @@ Each module below adds its commands to the one Typer app; the import order is th
 `geowh --help`, which follows the flow ingest → warehouse → queries.
 """
 
-import sys
+import sys  # noqa: I001  (the command modules below are imported in help order, see above)
 
 from geowh.cli.common import app, bare_options
 from geowh.cli import ingest, watch, spectrum, memorization, toy, train, demo, warehouse, queries  # noqa: F401  (registers commands)

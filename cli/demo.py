@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -18,14 +18,14 @@ _D = DemoConfig()
 @app.command()
 def demo(
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(help="Run folder (checkpoints, index, QA task, plots). Default: $GEOWH_HOME/demo."),
     ] = None,
     steps: Annotated[
-        Optional[int], typer.Option(help="Training steps (default 1000: the same run on every machine).")
+        int | None, typer.Option(help="Training steps (default 1000: the same run on every machine).")
     ] = _D.steps,
     minutes: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(help="Plan the steps from this wall-clock budget instead (the run then depends on the machine)."),
     ] = _D.minutes,
     long: Annotated[
@@ -38,7 +38,7 @@ def demo(
     qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = _D.qa_items,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = _D.device,
     threads: Annotated[
-        Optional[int], typer.Option(help="torch CPU threads (default: the cores the load average leaves free).")
+        int | None, typer.Option(help="torch CPU threads (default: the cores the load average leaves free).")
     ] = _D.threads,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     db: Db = DEFAULT_DB,

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from geowh.cli.common import (
-    DEFAULT_DB, Db, GpusPerWorker, Json, Ray, Workers, app, err_console, executor_of, print_json, render_frame,
+    DEFAULT_DB,
+    Db,
+    GpusPerWorker,
+    Json,
+    Ray,
+    Workers,
+    app,
+    err_console,
+    executor_of,
+    print_json,
+    render_frame,
 )
 from geowh.ingest.config import IngestConfig, Selection
 
@@ -23,9 +33,9 @@ Checkpoints = Annotated[
     ),
 ]
 Revisions = Annotated[
-    Optional[str], typer.Option("--revisions", help="hf: models: comma-separated revisions (default: all branches).")
+    str | None, typer.Option("--revisions", help="hf: models: comma-separated revisions (default: all branches).")
 ]
-Name = Annotated[Optional[str], typer.Option("--name", help="Model name in the warehouse (default: the folder's or registry name).")]
+Name = Annotated[str | None, typer.Option("--name", help="Model name in the warehouse (default: the folder's or registry name).")]
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -66,10 +76,10 @@ def ingest(
     subsets: Annotated[int, typer.Option(help="Also compute metrics on K disjoint probe parts: value = mean, stderr.")] = IngestConfig.subsets,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = IngestConfig.device,
     dtype: Annotated[str, typer.Option(help="auto (bf16 on a capable GPU, else fp32), float32, bfloat16, float16.")] = IngestConfig.dtype,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: fit the device's memory).")] = IngestConfig.batch_size,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer (hub id or folder) for checkpoints saved without one.")] = IngestConfig.tokenizer,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per batch (default: fit the device's memory).")] = IngestConfig.batch_size,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (hub id or folder) for checkpoints saved without one.")] = IngestConfig.tokenizer,
     save_features: Annotated[
-        Optional[Path], typer.Option(help="Also save each feature matrix as DIR/MODEL/CHECKPOINT/layerL-POOLING.npy.")
+        Path | None, typer.Option(help="Also save each feature matrix as DIR/MODEL/CHECKPOINT/layerL-POOLING.npy.")
     ] = IngestConfig.save_features,
     loss: Annotated[
         bool, typer.Option("--loss", help="Also the probe's next-token loss (metric probe_loss; loads the LM head).")
@@ -133,7 +143,7 @@ def with_measurement_options(command):
     declared = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
     added = [
         inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=Annotated[Optional[o.type], typer.Option(o.flag, help=o.help)])
+                          annotation=Annotated[o.type | None, typer.Option(o.flag, help=o.help)])
         for o in options()
     ]
     command.__signature__ = signature.replace(parameters=declared + added)
@@ -159,7 +169,11 @@ class Progress:
         if self.quiet or not todo:
             return
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
         )
         from rich.progress import Progress as Bar
 

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from geowh.errors import InputError
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
+from geowh.errors import InputError
 
 
 def _note(message: str) -> None:
     err_console().print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-Probe = Annotated[Optional[str], typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]
-Layer = Annotated[Optional[int], typer.Option(help="Layer, hidden_states index (default: the last).")]
+Probe = Annotated[str | None, typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]
+Layer = Annotated[int | None, typer.Option(help="Layer, hidden_states index (default: the last).")]
 XAxis = Annotated[str, typer.Option("--x", help="Training-time axis, logarithmic: step, tokens or flops (6 · parameters · tokens).")]
 
 
 @app.command("import-evals")
 def import_evals(
     paths: Annotated[list[Path], typer.Argument(help="lm-evaluation-harness results files or folders (walked).")],
-    model: Annotated[Optional[str], typer.Option(help="Model name, when model_args does not give it.")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint label, when model_args names no revision.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, when model_args does not give it.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint label, when model_args names no revision.")] = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -48,7 +48,7 @@ def import_evals(
 @app.command("import-metrics")
 def import_metrics(
     file: Annotated[Path, typer.Argument(help="CSV, TSV or Parquet: long (model, step, metric, value) or wide.")],
-    model: Annotated[Optional[str], typer.Option(help="Model name for every row (when the file has no model column).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name for every row (when the file has no model column).")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite values an ingest measured (refused otherwise).")] = False,
     db: Db = DEFAULT_DB,
     json_: Json = False,
@@ -72,10 +72,10 @@ def phases(
     model: Annotated[str, typer.Option(help="Model name (aliases such as olmo-7b work).")],
     probe: Probe = None,
     layer: Layer = None,
-    pooling: Annotated[Optional[str], typer.Option(help="Pooling: last or mean (default: last).")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Pooling: last or mean (default: last).")] = None,
     metric: Annotated[str, typer.Option(help="Signal to segment: rankme, alpha_req or both.")] = "both",
     x: XAxis = "step",
-    layers: Annotated[Optional[str], typer.Option(help="Phase map: segment every layer (all) or these (0,6,12); one row per layer.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Phase map: segment every layer (all) or these (0,6,12); one row per layer.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Store the phases in the warehouse (--no-store only reads).")] = True,
     db: Db = DEFAULT_DB,
     json_: Json = False,
@@ -84,7 +84,8 @@ def phases(
 
     Example: geowh phases --model olmo-7b --metric both --json;  geowh phases --model olmo-7b --layers all
     """
-    from geowh.queries import phase_map, phases as run
+    from geowh.queries import phase_map
+    from geowh.queries import phases as run
     from geowh.warehouse import Warehouse
 
     if layers is not None:
@@ -142,7 +143,7 @@ def correlate(
     axis: Annotated[str, typer.Option(help="Axis --join nearest pairs on: step, tokens or flops (--x names a series here).")] = "step",
     probe: Probe = None,
     layer: Layer = None,
-    fewshot: Annotated[Optional[int], typer.Option(help="Few-shot count of eval series (default: 0, or the only one).")] = None,
+    fewshot: Annotated[int | None, typer.Option(help="Few-shot count of eval series (default: 0, or the only one).")] = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
@@ -165,13 +166,13 @@ def correlate(
 def plot(
     model: Annotated[str, typer.Option(help="Model(s), comma-separated; several are overlaid.")],
     metric: Annotated[str, typer.Option(help="Metrics, comma-separated.")] = "rankme,alpha_req",
-    eval_: Annotated[Optional[str], typer.Option("--eval", help="Eval series TASK/METRIC, comma-separated (sciq/acc).")] = None,
+    eval_: Annotated[str | None, typer.Option("--eval", help="Eval series TASK/METRIC, comma-separated (sciq/acc).")] = None,
     x: XAxis = "step",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Image file to write: .png, .pdf or .svg.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Image file to write: .png, .pdf or .svg.")] = None,
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw in the terminal (plotext) instead.")] = False,
     probe: Probe = None,
     layer: Layer = None,
-    layers: Annotated[Optional[str], typer.Option(help="Draw the layer × checkpoint heatmap of every layer (all) or these (0,6,12), phase boundaries marked.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Draw the layer × checkpoint heatmap of every layer (all) or these (0,6,12), phase boundaries marked.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also draw isotropic random features of the same n and d (dashed).")] = False,
     force: Force = False,
     db: Db = DEFAULT_DB,
@@ -194,7 +195,7 @@ def plot(
 
 @app.command()
 def report(
-    model: Annotated[Optional[str], typer.Option(help="Model(s), comma-separated (default: every model with metrics or evals).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model(s), comma-separated (default: every model with metrics or evals).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained: opens offline).")] = Path("report.html"),
     metric: Annotated[str, typer.Option(help="Trajectory panels, comma-separated metric names.")] = "rankme,alpha_req",
     force: Force = False,

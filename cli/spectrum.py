@@ -4,7 +4,7 @@ of the spectra the warehouse holds, with other parameters."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,11 +15,11 @@ from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json,
 def metrics(
     features: Annotated[Path, typer.Argument(help="Feature matrix, rows = samples: .npy, .safetensors or .parquet.")],
     max_components: Annotated[
-        Optional[int], typer.Option(help="Components kept for RankMe, as the authors' PCA (0 = full spectrum; "
+        int | None, typer.Option(help="Components kept for RankMe, as the authors' PCA (0 = full spectrum; "
                                          "default: the metric's, 2048).")
     ] = None,
-    fit_start: Annotated[Optional[int], typer.Option(help="First rank (1-based) of the αReQ fit (default: the metric's).")] = None,
-    fit_end: Annotated[Optional[int], typer.Option(help="Last rank (1-based) of the αReQ fit (default: the metric's).")] = None,
+    fit_start: Annotated[int | None, typer.Option(help="First rank (1-based) of the αReQ fit (default: the metric's).")] = None,
+    fit_end: Annotated[int | None, typer.Option(help="Last rank (1-based) of the αReQ fit (default: the metric's).")] = None,
     json_: Json = False,
 ) -> None:
     """All registered spectral metrics of a feature matrix you already have, and why any is null.
@@ -49,16 +49,16 @@ def metrics(
 
 @app.command()
 def recompute(
-    model: Annotated[Optional[str], typer.Option(help="Model name (default: every model with stored spectra).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (default: every model with stored spectra).")] = None,
     metric: Annotated[
-        Optional[list[str]], typer.Option(help="Metric to recompute, repeatable (default: each that takes a given parameter).")
+        list[str] | None, typer.Option(help="Metric to recompute, repeatable (default: each that takes a given parameter).")
     ] = None,
     max_components: Annotated[
-        Optional[int], typer.Option(help="Components kept for RankMe and the entropy (0 = full spectrum).")
+        int | None, typer.Option(help="Components kept for RankMe and the entropy (0 = full spectrum).")
     ] = None,
-    fit_start: Annotated[Optional[int], typer.Option(help="First rank (1-based) of the αReQ fit.")] = None,
-    fit_end: Annotated[Optional[int], typer.Option(help="Last rank (1-based) of the αReQ fit.")] = None,
-    r2_end: Annotated[Optional[int], typer.Option(help="Last rank of αReQ's R² range.")] = None,
+    fit_start: Annotated[int | None, typer.Option(help="First rank (1-based) of the αReQ fit.")] = None,
+    fit_end: Annotated[int | None, typer.Option(help="Last rank (1-based) of the αReQ fit.")] = None,
+    r2_end: Annotated[int | None, typer.Option(help="Last rank of αReQ's R² range.")] = None,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,11 +17,11 @@ _D = TrainConfig()
 def train_mini(
     out: Annotated[Path, typer.Argument(help="Run folder: checkpoints OUT/step{N}/, probe.txt, train_config.json.")],
     minutes: Annotated[
-        Optional[float], typer.Option(help="Wall-clock budget of the whole command; the step count is planned from it.")
+        float | None, typer.Option(help="Wall-clock budget of the whole command; the step count is planned from it.")
     ] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Train exactly this many steps instead of a time budget.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Train exactly this many steps instead of a time budget.")] = None,
     corpus: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(help="Training text (.txt one document per line, .jsonl, .parquet); repeat for several files. "
                      "Default: the docstrings and comments of Python's standard library and geowh's dependencies."),
     ] = None,
@@ -29,7 +29,7 @@ def train_mini(
     d_model: Annotated[int, typer.Option(help="Hidden size (the feature dimension d).")] = _D.d_model,
     vocab: Annotated[int, typer.Option(help="Size of the byte-level BPE trained on the corpus.")] = _D.vocab,
     tokenizer: Annotated[
-        Optional[str], typer.Option(help="Use this tokenizer (folder or hub id) instead of training one.")
+        str | None, typer.Option(help="Use this tokenizer (folder or hub id) instead of training one.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = _D.batch_size,
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = _D.seq_len,
@@ -103,7 +103,12 @@ class RichTrainReport(TrainReport):
         from contextlib import contextmanager
 
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         @contextmanager

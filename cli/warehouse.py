@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from geowh.cli.common import (DEFAULT_DB, Db, Force, Format, Json, app, check_sql_out, console, err_console, print_json,
-                              render_frame, screenful)
+from geowh.cli.common import (
+    DEFAULT_DB,
+    Db,
+    Force,
+    Format,
+    Json,
+    app,
+    check_sql_out,
+    console,
+    err_console,
+    print_json,
+    render_frame,
+    screenful,
+)
 
 SQL_TIMEOUT = 60.0
 """Seconds an interactive `geowh sql` may run: longer than any query of a warehouse's size, short
@@ -19,19 +31,19 @@ enough that a mistaken cross join does not hold the file for an ingest."""
 def sql(
     statement: Annotated[str, typer.Argument(help="A read-only SQL statement.")],
     db: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--db", envvar="GEOWH_DB", show_default=False,
                      help=f"Warehouse file (env GEOWH_DB; default {DEFAULT_DB}, or an empty warehouse if that is missing)."),
     ] = None,
     read: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option("--read", help="A file or folder of your own (Parquet, CSV) the SQL may read; repeatable."),
     ] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to FILE (.parquet, .csv or .json).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to FILE (.parquet, .csv or .json).")] = None,
     force: Force = False,
     timeout: Annotated[
-        Optional[float],
+        float | None,
         typer.Option("--timeout", show_default=False,
                      help=f"Stop the query after SECONDS (0: no limit; default {SQL_TIMEOUT:g} s, none with --out)."),
     ] = None,

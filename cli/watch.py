@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -29,7 +29,7 @@ def watch(
     ] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="Ingest the complete checkpoints there now, then exit.")] = False,
     until_idle: Annotated[
-        Optional[float], typer.Option(help="Exit after this many seconds without a new checkpoint.")
+        float | None, typer.Option(help="Exit after this many seconds without a new checkpoint.")
     ] = None,
     **options,
 ) -> None:

@@ -26,7 +26,7 @@ class _Windows:
     tail: Any  # (k,) u64: windows count, count + 1, ... up to the buffer's end
 
     @classmethod
-    def of(cls, data, step: int, order: str) -> "_Windows":
+    def of(cls, data, step: int, order: str) -> _Windows:
         import numpy as np
         from numpy.lib.stride_tricks import as_strided
 
@@ -91,13 +91,13 @@ class _Patterns:
     head_mask: Any  # (searches,) u64
 
     @classmethod
-    def of(cls, words: _Windows, offset, nb, masks) -> "_Patterns":
+    def of(cls, words: _Windows, offset, nb, masks) -> _Patterns:
         import numpy as np
 
         head_mask = masks[np.minimum(nb, 8)]
         return cls(words, offset, nb, words[offset] & head_mask, head_mask)
 
-    def take(self, sel) -> "_Patterns":
+    def take(self, sel) -> _Patterns:
         return _Patterns(self.words, self.offset[sel], self.nb[sel], self.head[sel], self.head_mask[sel])
 
 

@@ -245,7 +245,7 @@ def _checked(result: Any) -> dict:
     return result
 
 
-def index_row(index: "Index | str | Path") -> dict[str, Any]:
+def index_row(index: Index | str | Path) -> dict[str, Any]:
     """The `indexes` table row of an index."""
     directory = index.directory if isinstance(index, Index) else Path(index)
     meta = index.meta if isinstance(index, Index) else read_meta(directory)

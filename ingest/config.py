@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from geowh.errors import InputError
 from geowh.ingest.sources.probes import DEFAULT_MAX_LEN, DEFAULT_MIN_LEN, DEFAULT_N, DEFAULT_SEED
 
-
 MIN_SUBSET_ROWS = 16
 """Fewest probe sequences in one `--subsets` part: RankMe of r rows is at most r, so a metric of
 2-row parts is a count, not a measurement (n = 64 into 32 parts stored RankMe 1.0)."""

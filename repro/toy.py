@@ -48,7 +48,7 @@ LOSSES = ("ce", "mse")
 INITS = ("balanced", "random")
 
 # The negative controls (METHOD.md §7): each changes one condition of the main run.
-CONTROLS: dict[str, Callable[["ToyConfig"], "ToyConfig"]] = {
+CONTROLS: dict[str, Callable[[ToyConfig], ToyConfig]] = {
     "toy-uniform": lambda c: replace(c, skew=0.0),
     "toy-no-bottleneck": lambda c: replace(c, d=c.classes),
     "toy-mse": lambda c: replace(c, loss="mse"),

@@ -8,8 +8,7 @@ import pytest
 import typer
 
 from geowh.cli import app
-from geowh.ingest.config import MemorizeConfig
-from geowh.ingest.config import IngestConfig, Selection
+from geowh.ingest.config import IngestConfig, MemorizeConfig, Selection
 
 
 def _options(command: str) -> dict:

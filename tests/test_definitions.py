@@ -63,8 +63,7 @@ def test_a_changed_metric_default_measures_finished_checkpoints_again(workdir, t
 
 
 def test_a_new_commit_is_recorded_in_the_row_but_does_not_measure_again(workdir, tmp_path, monkeypatch):
-    from geowh.warehouse import Warehouse
-    from geowh.warehouse import runs
+    from geowh.warehouse import Warehouse, runs
 
     db = tmp_path / "w.duckdb"
     _ingest(workdir, db)

@@ -13,8 +13,9 @@ FIX = "run `python -m geowh.cli.docs` and commit docs/"
 def test_the_command_reference_is_what_the_commands_say():
     expected = docs.cli_reference()
     assert docs.same((docs.DOCS / "cli.md").read_text(), expected), f"docs/cli.md is stale: {FIX}"
-    from geowh.cli import app
     import typer
+
+    from geowh.cli import app
 
     for name in typer.main.get_command(app).commands:  # every command has its section
         assert f"\n## geowh {name}\n" in expected

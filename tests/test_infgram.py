@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PYTHIA_TOKENIZER
+
 from geowh.errors import InputError
 from geowh.index import index as infgram
 from geowh.index.build import build_index, pointer_bytes, token_dtype_for

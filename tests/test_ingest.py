@@ -179,7 +179,7 @@ def test_a_corrupt_checkpoint_gets_a_failed_run_while_the_others_succeed(workdir
 def test_nan_features_fail_the_checkpoint_with_that_reason(tmp_path, workdir):
     import torch
 
-    from geowh.ingest import IngestConfig, Selection, ingest
+    from geowh.ingest import IngestConfig, ingest
     from geowh.warehouse import Warehouse
 
     model = tiny_model()

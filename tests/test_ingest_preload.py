@@ -153,9 +153,9 @@ def test_auto_preloads_on_a_gpu(workdir, monkeypatch):
     import torch
 
     from geowh.ingest import IngestConfig
-    from geowh.ingest.sources import models
     from geowh.ingest.engine.executors import Serial
     from geowh.ingest.engine.plan import plan_ingest
+    from geowh.ingest.sources import models
 
     plan = plan_ingest(str(workdir / "run"), IngestConfig(probe=str(workdir / "docs.txt"), device="auto"))
     monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda:0"))
@@ -200,7 +200,6 @@ def test_ctrl_c_stops_at_once_and_the_model_loading_ahead_is_released_when_done(
     go = threading.Event()
     log = []
     loads = _record_loads(monkeypatch, log, hold=lambda label: label == "step1" and go.wait(60))
-    geometry = geometry_module.geometry_rows
 
     def interrupted(loaded, *args):
         while not any(e[:2] == ("load", "step1") for e in log):  # the thread is reading step1 now

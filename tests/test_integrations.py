@@ -122,7 +122,13 @@ def test_the_callback_names_checkpoints_by_step_with_tokens_and_logs_rankme_to_t
 def test_a_reporting_callback_sees_rankme_in_the_logs_of_each_evaluation(tmp_path, strategy, evaluations):
     """W&B, MLflow and TensorBoard are callbacks placed before the user's: they must see the values."""
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+    from transformers import (
+        AutoModelForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from geowh.integrations import GeometryCallback
 
@@ -152,7 +158,7 @@ def test_the_probe_measures_a_custom_loop_and_writes_the_rows_of_an_ingest(tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from geowh.ingest.config import IngestConfig, Selection
+    from geowh.ingest.config import IngestConfig
     from geowh.ingest.engine.run import ingest
     from geowh.integrations import GeometryProbe
     from geowh.warehouse import Warehouse
@@ -345,9 +351,9 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_train_begin_before_any_
 def test_a_measurement_that_fails_later_is_recorded_and_logged_and_the_training_goes_on(tmp_path, monkeypatch, caplog):
     import logging
 
-    import geowh.ingest.measurements.geometry as engine
     from tiny import tiny_model
 
+    import geowh.ingest.measurements.geometry as engine
     from geowh.integrations import GeometryCallback
     from geowh.warehouse import Warehouse
 

@@ -9,13 +9,13 @@ import random
 import numpy as np
 import pytest
 import scipy
-
 from conftest import PYTHIA_TOKENIZER
+from test_infgram import BruteForce
+
 from geowh.errors import InputError
 from geowh.ingest.measurements.memorization import answer_logliks, infgram_side
 from geowh.ingest.measurements.statistics import METRIC, ZERO_RULE, log_p_inf, spearman, suffix_length_table
 from geowh.ingest.measurements.tasks import QAItem, load_task
-from test_infgram import BruteForce
 
 WORDS = ["red", "blue", "green", "river", "mountain", "city", "king", "queen", "ocean", "forest", "star", "moon"]
 
@@ -333,10 +333,9 @@ def test_scores_of_one_task_against_two_indexes_both_stay(cli, tmp_path, qa_file
 def test_memorize_through_the_engine_records_an_interrupt_and_resumes(tmp_path, qa_file, qa_index, monkeypatch):
     from tiny import save_series
 
+    from geowh.ingest.config import MemorizeConfig, Selection
     from geowh.ingest.measurements import memorization as mem_mod
-    from geowh.ingest.config import MemorizeConfig
     from geowh.ingest.measurements.memorization import memorize
-    from geowh.ingest.config import Selection
     from geowh.signals import Interrupted
     from geowh.warehouse import Warehouse
 
@@ -366,8 +365,8 @@ def test_memorize_through_the_engine_records_an_interrupt_and_resumes(tmp_path, 
 def test_a_bug_while_memorizing_keeps_its_traceback(tmp_path, qa_file, qa_index, monkeypatch):
     from tiny import save_series
 
-    from geowh.ingest.measurements import memorization as mem_mod
     from geowh.ingest.config import MemorizeConfig
+    from geowh.ingest.measurements import memorization as mem_mod
     from geowh.ingest.measurements.memorization import memorize
     from geowh.warehouse import Warehouse
 

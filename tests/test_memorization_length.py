@@ -9,7 +9,12 @@ import pytest
 from scipy.stats import spearmanr
 
 from geowh.ingest.measurements.statistics import (
-    METRIC, METRIC_PARTIAL, METRIC_PER_TOKEN, correlations, log_p_inf, partial_spearman,
+    METRIC,
+    METRIC_PARTIAL,
+    METRIC_PER_TOKEN,
+    correlations,
+    log_p_inf,
+    partial_spearman,
 )
 
 # Twelve items: P∞ of each answer token (0 = never follows the suffix), and the model's

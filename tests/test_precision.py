@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tiny import tiny_model
 
 torch = pytest.importorskip("torch")

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geowh.errors import InputError
 from geowh import spectrum_math
+from geowh.errors import InputError
 from geowh.ingest.features import spectrum
 from geowh.ingest.features.spectrum import Covariance, load_features, metrics_of_file
 from geowh.spectrum_math import REGISTRY, MetricValue, compute_metrics, gram_eigenvalues, metric, metrics_dict

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -111,7 +111,7 @@ def this_process() -> dict:
 
 def is_stale(host: str | None, pid: int | None, started_at: datetime | None, now: datetime | None = None) -> bool:
     """Whether a `running` row with these columns has no process behind it any more."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     if host is None or pid is None:
         return True
     if host != socket.gethostname():
@@ -138,7 +138,7 @@ def _runs_since(pid: int, started_at: datetime | None) -> bool:
             return True
         ticks = int(fields[19])  # starttime, clock ticks after boot
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-        began = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc).replace(tzinfo=None)
+        began = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), UTC).replace(tzinfo=None)
     except (OSError, ValueError, IndexError, StopIteration):
         return True
     return began <= started_at + timedelta(seconds=2)  # a later process reuses the pid

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ _LOCK_HOLDER = re.compile(r"lock is held in (.+?) \(PID (\d+)\)")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def as_warehouse(wh: str | Path | Warehouse) -> Warehouse:
@@ -598,7 +598,7 @@ def _stale_metrics(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     ).fetchall()
     current = definitions()
     stale: dict[tuple[str, str], dict[str, Any]] = {}
-    for model, name, kind, defs, n, checkpoints in groups:
+    for model, name, _kind, defs, n, checkpoints in groups:
         base = registered(name)
         stored = json.loads(defs) if defs and defs != "null" else None
         if base is None:

@@ -34,7 +34,15 @@ from typing import Any
 from geowh.errors import CheckpointError
 from geowh.ingest.config import IngestConfig, Selection
 from geowh.ingest.engine.executors import Executor, Serial
-from geowh.ingest.engine.plan import CheckpointResult, Measurement, Meter, Plan, Rows, load_options, plan_ingest
+from geowh.ingest.engine.plan import (
+    CheckpointResult,
+    Measurement,
+    Meter,
+    Plan,
+    Rows,
+    load_options,
+    plan_ingest,
+)
 from geowh.ingest.sources.series import CheckpointRef, Series, check_source
 from geowh.signals import interrupted_by
 

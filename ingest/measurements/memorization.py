@@ -36,7 +36,13 @@ from geowh.errors import InputError
 from geowh.ingest.config import MemorizeConfig
 from geowh.ingest.engine.plan import Measurement, Rows
 from geowh.ingest.measurements import Option
-from geowh.ingest.measurements.statistics import METRIC, ZERO_RULE, correlations, log_p_inf, suffix_length_table
+from geowh.ingest.measurements.statistics import (
+    METRIC,
+    ZERO_RULE,
+    correlations,
+    log_p_inf,
+    suffix_length_table,
+)
 from geowh.ingest.measurements.tasks import QAItem, load_task
 
 NAME = "memorization"

@@ -36,7 +36,7 @@ class Task:
     config: str
     split: str
     description: str
-    load: Callable[["Task"], list[QAItem]]
+    load: Callable[[Task], list[QAItem]]
 
 
 def _triviaqa(task: Task) -> list[QAItem]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
-from geowh.texts import read_documents
 from geowh.settings import settings
+from geowh.texts import read_documents
 
 # The paper's settings (METHOD.md §1).
 DEFAULT_N = 15_000
