@@ -25,6 +25,9 @@ _deferring = 0
 class Interrupted(KeyboardInterrupt):
     """The process was asked to stop by `signum` (SIGINT or SIGTERM)."""
 
+    detail: str | None = None
+    """What the stopped command had done, for its stop message (set by the command that stopped)."""
+
     def __init__(self, signum: int = signal.SIGINT, after_block: bool = False):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)

@@ -93,6 +93,9 @@ class GeometryProbe:
         for m in self.measurements:
             m.ready(self.tokenizer)  # the probe tokenized here, once
         [geometry] = [m for m in self.measurements if m.name == "geometry"]
+        from geowh.ingest.measurements.geometry import Geometry
+
+        assert isinstance(geometry, Geometry)
         self.probe = geometry.probe_for(self.tokenizer)
         """The tokenized probe (the ids every measurement feeds the model)."""
         self.checked: set[int] = set()

@@ -39,7 +39,7 @@ def package_versions(columns: tuple[str, ...] = tuple(PACKAGES)) -> dict[str, st
 
     Read from the installed metadata, not by importing: building a run row stays torch-free.
     """
-    found = {}
+    found: dict[str, str | None] = {}
     for column in columns:
         try:
             found[column] = metadata.version(PACKAGES[column])

@@ -52,8 +52,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def as_warehouse(wh: str | Path | Warehouse) -> Warehouse:
-    """The Warehouse a library function was given: itself, or the one at a path."""
+def as_warehouse(wh: str | Path | Warehouse | None) -> Warehouse:
+    """The Warehouse a library function was given: itself, or the one at a path (None: the configured one)."""
     return wh if isinstance(wh, Warehouse) else Warehouse(wh)
 
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geowh.errors import InputError
 from geowh.ingest.config import IngestConfig, Selection
 from geowh.ingest.sources.series import CheckpointRef, Series
 from geowh.warehouse.runs import config_key, run_row
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from geowh.ingest.sources.models import Loaded
+    from geowh.warehouse import Warehouse
 
 Rows = dict[str, list[dict]]
 
@@ -62,17 +68,18 @@ class Measurement:
     with_head: bool = False
     probe: str | None = None
 
-    def measure(self, loaded, ref: CheckpointRef, config: IngestConfig, meter: Meter) -> Rows:
+    def measure(self, loaded: Loaded, ref: CheckpointRef, config: IngestConfig, meter: Meter) -> Rows:
         """The rows of one loaded checkpoint; `meter` takes its progress, tokens and stage seconds."""
+        assert self.fn is not None, f"measurement {self.name} has no fn and does not override measure()"
         return self.fn(loaded, ref, config)
 
-    def start(self, plan: Plan, wh) -> Rows:
+    def start(self, plan: Plan, wh: Warehouse | None) -> Rows:
         """Called once by the driver before the run hands out its first checkpoint (`wh` may be
         None: a live measurement without a warehouse). Returns rows that belong to no checkpoint
         (a cache the measurement filled), which the driver writes; it must not write itself."""
         return {}
 
-    def ready(self, tokenizer) -> None:
+    def ready(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Called once where the checkpoints run (on a Ray worker, by `Executor.prepare`) with the
         first checkpoint's tokenizer: prepare what every checkpoint would otherwise redo."""
 

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from geowh.errors import CheckpointError
 from geowh.ingest.config import IngestConfig, Selection
@@ -46,6 +46,10 @@ from geowh.ingest.engine.plan import (
 from geowh.ingest.sources.series import CheckpointRef, Series, check_source
 from geowh.signals import interrupted_by
 
+if TYPE_CHECKING:
+    from geowh.ingest.sources.models import Loaded
+    from geowh.warehouse import Warehouse
+
 
 def process_checkpoint(
     ref: CheckpointRef,
@@ -53,7 +57,7 @@ def process_checkpoint(
     *,
     run_id: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
-    loaded=None,
+    loaded: Loaded | None = None,
     load: Callable[[], Any] | None = None,
 ) -> CheckpointResult:
     """Load `ref` once, run the geometry (features → spectra → metrics) and the measurements.
@@ -129,7 +133,7 @@ def process_checkpoint(
 # -- writing -----------------------------------------------------------------------------------
 
 
-def write_result(wh, result: CheckpointResult) -> None:
+def write_result(wh: Warehouse, result: CheckpointResult) -> None:
     """Write one checkpoint's rows and its `runs` row in one transaction."""
     tables = result.tables()
     run_tables = _tables_with_run_id(wh, [t for t in tables if t != "runs"])
@@ -157,6 +161,8 @@ class CheckpointTally:
     """Counts over the `checkpoints` entries of a summary dataclass (ingest's, watch's)."""
 
     checkpoints: list[dict]
+    if TYPE_CHECKING:
+        __dataclass_fields__: ClassVar[dict[str, Any]]  # the subclasses are dataclasses (for asdict)
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.checkpoints if c["status"] == status)
@@ -278,7 +284,7 @@ def ingest(
 
 def run(
     plan: Plan,
-    wh,
+    wh: Warehouse,
     *,
     force: bool = False,
     evict: bool = False,

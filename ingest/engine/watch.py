@@ -19,11 +19,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geowh.errors import InputError
 from geowh.ingest.engine.run import CheckpointTally
 from geowh.warehouse import Warehouse, as_warehouse
+
+if TYPE_CHECKING:
+    from geowh.ingest.config import IngestConfig
+    from geowh.ingest.engine.plan import Measurement, Rows
 
 MARKERS = ("trainer_state.json",)
 """Files a trainer writes after everything else in a checkpoint folder."""
@@ -109,7 +113,7 @@ def _shards_present(folder: Path) -> bool:
 
 def watch(
     folder: str | Path,
-    config=None,
+    config: IngestConfig | None = None,
     *,
     interval: float = 10.0,
     settle: float = 30.0,
@@ -119,7 +123,7 @@ def watch(
     stop: Callable[[], bool] | None = None,
     db: str | Path | Warehouse | None = None,
     name: str | None = None,
-    measurements: Sequence = (),
+    measurements: Sequence[Measurement | Callable[..., Rows]] = (),
     options: Mapping[str, Any] | None = None,
 ) -> WatchSummary:
     """Ingest the complete checkpoints of `folder`, then each new one as it appears; recompute phases after each.
@@ -208,7 +212,7 @@ def _scan(root: Path, settle: float) -> tuple[list, list[str]]:
         return [], []  # no checkpoint yet: training has not saved one
     now = time.time()
     refs = resolve_series(str(root)).checkpoints
-    ready = [r for r in refs if checkpoint_ready(r.path, settle, now)]
+    ready = [r for r in refs if r.path is not None and checkpoint_ready(r.path, settle, now)]  # local: all have one
     return ready, [r.label for r in refs if r not in ready]
 
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geowh.errors import InputError
 from geowh.ingest.config import MIN_SUBSET_ROWS, IngestConfig
 from geowh.ingest.engine.plan import Measurement, Meter, Plan, Rows
 from geowh.ingest.sources.probes import Probe, ProbeTexts
+from geowh.ingest.sources.series import CheckpointRef
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from geowh.ingest.sources.models import Loaded
+    from geowh.warehouse import Warehouse
 
 NAME = "geometry"
 OPTIONS = ()
@@ -47,14 +54,14 @@ class Geometry(Measurement):
         super().__init__(NAME, None, keyed | {"probe": self.texts.name, "texts_hash": self.texts.texts_hash},
                          with_head=config.loss, probe=self.texts.name)
 
-    def start(self, plan: Plan, wh) -> Rows:
+    def start(self, plan: Plan, wh: Warehouse | None) -> Rows:
         self.tokenizer_name = plan.series.tokenizer
         return {}
 
-    def ready(self, tokenizer) -> None:
+    def ready(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.probe_for(tokenizer)
 
-    def probe_for(self, tokenizer) -> Probe:
+    def probe_for(self, tokenizer: PreTrainedTokenizerBase) -> Probe:
         """The probe texts tokenized by `tokenizer`, once per tokenizer."""
         from geowh.ingest.sources.probes import tokenize_probe, tokenizer_fingerprint
 
@@ -67,7 +74,7 @@ class Geometry(Measurement):
             )
         return self.probes[fingerprint]
 
-    def measure(self, loaded, ref, config: IngestConfig, meter: Meter) -> Rows:
+    def measure(self, loaded: Loaded, ref: CheckpointRef, config: IngestConfig, meter: Meter) -> Rows:
         t = time.perf_counter()
         probe = self.probe_for(loaded.tokenizer)
         meter.seconds["tokenize"] = time.perf_counter() - t
@@ -76,7 +83,7 @@ class Geometry(Measurement):
         return rows | {"probes": [probe.row]}
 
 
-def geometry_rows(loaded, probe: Probe, config: IngestConfig, meter: Meter) -> Rows:
+def geometry_rows(loaded: Loaded, probe: Probe, config: IngestConfig, meter: Meter) -> Rows:
     """Features of every (layer, pooling) streamed into covariances → spectra and metrics rows."""
     import numpy as np
     import torch
@@ -115,11 +122,12 @@ def geometry_rows(loaded, probe: Probe, config: IngestConfig, meter: Meter) -> R
         for key, f in batch.features.items():  # f: (batch, d) on the device
             full[key].update(f)
             if k_parts:
+                assert part_of is not None
                 which = part_of[indices]
                 for j in range(k_parts):
-                    rows = np.flatnonzero(which == j)
-                    if rows.size:
-                        parts[key][j].update(f[torch.as_tensor(rows, device=f.device)])
+                    members = np.flatnonzero(which == j)
+                    if members.size:
+                        parts[key][j].update(f[torch.as_tensor(members, device=f.device)])
             if saved:
                 saved[key][indices] = f.float().cpu().numpy()
     meter.seconds["forward"] = time.perf_counter() - t
@@ -143,6 +151,7 @@ def geometry_rows(loaded, probe: Probe, config: IngestConfig, meter: Meter) -> R
             "stderr": None, "params": {"unit": "nats/token", "predicted_tokens": predicted},
         })
     if saved:
+        assert config.save_features is not None
         folder = Path(config.save_features) / ref.model.replace("/", "--") / ref.label
         folder.mkdir(parents=True, exist_ok=True)
         for (layer, pooling), matrix in saved.items():

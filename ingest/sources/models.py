@@ -141,8 +141,8 @@ def cpu_native_bf16() -> bool:
         return override == "1"
     import torch
 
-    queries = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    queries = [q for q in queries if q is not None]
+    found = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    queries = [q for q in found if q is not None]
     if queries:
         return any(bool(q()) for q in queries)
     try:
@@ -166,6 +166,7 @@ def _where(ref: CheckpointRef) -> tuple[str, dict]:
     """from_pretrained's first argument and keyword arguments for `ref`."""
     if ref.path is not None:
         return str(ref.path), {}
+    assert ref.repo is not None, f"{ref.label} has no weights to load (a live checkpoint)"
     return ref.repo, {"revision": ref.revision or "main"}
 
 
@@ -253,17 +254,17 @@ def load_checkpoint(
             try:
                 # PyTorch's fused attention (flash or memory-efficient kernels on a GPU); said
                 # explicitly so that a model silently on the slow eager path cannot happen.
-                model, info = cls.from_pretrained(
+                model, info = cls.from_pretrained(  # type: ignore[misc]  # a tuple with output_loading_info=True
                     where, dtype=torch_dtype, output_loading_info=True, attn_implementation="sdpa", **kwargs
                 )
             except ValueError as e:
                 if "sdpa" not in str(e).lower():
                     raise
                 # An architecture without SDPA support runs its own attention.
-                model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
+                model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)  # type: ignore[misc]  # a tuple with output_loading_info=True
         except Exception as e:  # missing files, corrupt safetensors, hub errors, unknown architectures
             raise CheckpointError(f"cannot load {ref.model} {ref.label} from {ref.source}: {_short(e)}") from e
-    if stamps and (changed := [p for p, stamp in _stamps(ref.path).items() if stamps.get(p) != stamp]):
+    if stamps and ref.path is not None and (changed := [p for p, stamp in _stamps(ref.path).items() if stamps.get(p) != stamp]):
         raise CheckpointError(
             f"{changed[0]} changed while it was being read (a training or a copy writing it?): "
             "ingest this checkpoint again once it is complete"
@@ -328,6 +329,7 @@ def _check_cached(ref: CheckpointRef) -> None:
 
 def _check_folder(ref: CheckpointRef) -> None:
     """A local checkpoint folder must hold a config and weights; say so before blaming the tokenizer."""
+    assert ref.path is not None, "only a local checkpoint has a folder to check"
     if not ref.path.is_dir():
         raise CheckpointError(f"checkpoint folder {ref.path} is gone")
     lacks = [what for what, found in (
