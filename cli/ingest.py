@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -24,6 +24,13 @@ from geowh.cli.common import (
 )
 from geowh.ingest.config import IngestConfig, Selection
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from rich.progress import Progress as Bar
+
+    from geowh.ingest.sources.series import CheckpointRef
+
 Checkpoints = Annotated[
     str,
     typer.Option(
@@ -42,11 +49,11 @@ def _split(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
-def selection_of(checkpoints: str, revisions: str | None, name: str | None):
+def selection_of(checkpoints: str, revisions: str | None, name: str | None) -> Selection:
     from geowh.ingest.config import Selection
 
-    revisions = _split(revisions)
-    return Selection(checkpoints=checkpoints, revisions=tuple(revisions) if revisions else None, name=name)
+    listed = _split(revisions)
+    return Selection(checkpoints=checkpoints, revisions=tuple(listed) if listed else None, name=name)
 
 
 def config_of(options: dict):
@@ -80,7 +87,7 @@ def ingest(
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (hub id or folder) for checkpoints saved without one.")] = IngestConfig.tokenizer,
     save_features: Annotated[
         Path | None, typer.Option(help="Also save each feature matrix as DIR/MODEL/CHECKPOINT/layerL-POOLING.npy.")
-    ] = IngestConfig.save_features,
+    ] = None,  # IngestConfig.save_features (a str there: config_of converts)
     loss: Annotated[
         bool, typer.Option("--loss", help="Also the probe's next-token loss (metric probe_loss; loads the LM head).")
     ] = IngestConfig.loss,
@@ -160,12 +167,12 @@ class Progress:
 
     def __init__(self, quiet: bool = False, db: Path | None = None):
         self.quiet, self.db = quiet, db
-        self.progress = None
+        self.progress: Bar | None = None
 
     def __enter__(self):
         return self
 
-    def planned(self, todo) -> None:
+    def planned(self, todo: Sequence[CheckpointRef]) -> None:
         if self.quiet or not todo:
             return
         from rich.progress import (
@@ -185,7 +192,7 @@ class Progress:
         self.checkpoints = self.progress.add_task("checkpoints", total=len(todo))
         self.tokens = self.progress.add_task("tokens", total=None, visible=False)
 
-    def started(self, ref) -> None:
+    def started(self, ref: CheckpointRef) -> None:
         if self.progress:
             self.progress.reset(self.tokens, total=None, visible=False, description=f"{ref.label} tokens")
 

@@ -7,13 +7,16 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from geowh.cli.common import app, err_console
 from geowh.cli.ingest import ingest as ingest_command
+
+if TYPE_CHECKING:
+    from geowh.ingest.engine.watch import WatchEvent
 
 # The ingest options, declared once in cli/ingest.py; those about choosing hub checkpoints
 # (or redoing them) do not apply to a folder being written.
@@ -72,14 +75,14 @@ def watch(
 
 
 _ingest_params = inspect.signature(ingest_command, eval_str=True).parameters
-watch.__signature__ = inspect.signature(watch, eval_str=True).replace(
+watch.__signature__ = inspect.signature(watch, eval_str=True).replace(  # type: ignore[attr-defined]  # inspect reads it; typeshed has no such attribute on functions
     parameters=[p for name, p in inspect.signature(watch, eval_str=True).parameters.items() if name != "options"]
     + [p for name, p in _ingest_params.items() if name not in NOT_WATCH_OPTIONS]
 )
 app.command()(watch)
 
 
-def _show(event) -> None:
+def _show(event: WatchEvent) -> None:
     console = err_console()
     if event.kind == "ingested":
         entry = event.detail
@@ -95,7 +98,7 @@ def _show(event) -> None:
         console.print(f"no new checkpoint for {event.detail['seconds']:g} s: done", highlight=False)
 
 
-def _json_line(event) -> None:
+def _json_line(event: WatchEvent | dict) -> None:
     """One JSON object per line (events as they happen, the summary last), for a pipe that reads as it goes."""
     sys.stdout.write(json.dumps(event if isinstance(event, dict) else event.to_dict(), default=str) + "\n")
     sys.stdout.flush()
