@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch 2.13.0 from PyPI is the CPU build here; install a CUDA build first for a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-slow browser
+.PHONY: demo test test-fast test-slow lint browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,24 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the main job, offline: train, index, ingest, phases, plots
 	$(BIN)/geowh demo runs/demo --db demo.duckdb
 
-# The suite in two tiers, both run by CI (.ci/run): `test` is everything but the tests marked
-# slow (minutes on 2 cores), `test-slow` the slow tier: the fault-injection trials (kill -9,
-# signals, a reader holding the file, a full disk), Ray's SIGTERM and packaging.
-test: $(VENV)/.installed browser  ## the test suite without the slow tier, offline, on the CPU
+# `test` is what CI runs (.ci/run): the static checks, then every test, the slow tier included
+# (the fault-injection trials: kill -9, signals, a reader holding the file, a full disk; Ray's
+# SIGTERM; packaging; the report in a browser). `test-fast` leaves the slow tier out while you work.
+test: $(VENV)/.installed browser lint  ## the whole suite, as CI runs it
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed lint  ## the suite without the slow tier (pytest -m "not slow")
 	$(BIN)/python -m pytest -m "not slow"
 
-test-slow: $(VENV)/.installed browser  ## the slow tier: fault injection, signals, packaging
+test-slow: $(VENV)/.installed browser  ## the slow tier alone
 	$(BIN)/python -m pytest -m slow
+
+# ruff and mypy over the package (configured in pyproject.toml). The repository root is the
+# package `geowh`, so mypy reads it through a link named geowh in build/typecheck.
+lint: $(VENV)/.installed  ## the static checks alone
+	$(BIN)/ruff check .
+	@mkdir -p build/typecheck && ln -sfn "$(CURDIR)" build/typecheck/geowh
+	MYPYPATH=build/typecheck $(BIN)/mypy -p geowh
 
 # The report's browser test (tests/test_report.py) loads the HTML in headless Chromium: Debian's
 # package, installed here where we are root with apt-get; elsewhere the test skips and says why.
