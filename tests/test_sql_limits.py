@@ -73,7 +73,7 @@ def test_a_keyboard_interrupt_stops_a_running_query_in_the_library(db):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_stop_a_running_query_with_130_and_143(db, signum):
     proc = geowh("sql", "--db", str(db), ENDLESS, "--timeout", "0")
-    time.sleep(4)  # past the imports: the query is running
+    held_by_query(db)  # the query is running: waited for, not guessed with a sleep
     proc.send_signal(signum)
     try:
         out, err = proc.communicate(timeout=10)
