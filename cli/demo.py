@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 
 from geowh.cli.common import DEFAULT_DB, Db, Json, app, console, err_console, print_json, render_frame
-from geowh.cli.train import RichTrainReport
-from geowh.repro.demo import DemoConfig, DemoReport
+from geowh.cli.progress import Renderer
+from geowh.repro.demo import DemoConfig
 
 _D = DemoConfig()
 
@@ -80,7 +80,8 @@ def demo(
     folder = out or settings().home / ("demo-long" if long else "demo")
     how = DemoConfig(minutes=minutes, steps=steps, train=config, n=n, qa_items=qa_items, device=device,
                      threads=threads)
-    summary = run(folder, db, how, report=None if quiet or json_ else RichDemoReport())
+    with Renderer(quiet=quiet or json_) as progress:
+        summary = run(folder, db, how, progress=progress)
     if json_:
         print_json(summary.to_dict())
     else:
@@ -130,35 +131,3 @@ def _print_shipped(loaded: dict, json_: bool) -> None:
     )
     err_console().print(f"{loaded['imported']['status']}: {loaded['imported']['rows']} metric rows, "
                         f"{loaded['spectra']} spectra → model {loaded['model']}", highlight=False)
-
-
-class RichDemoReport(RichTrainReport, DemoReport):
-    """The demo's progress on stderr: a rule per stage, train-mini's bar, the index build's bars."""
-
-    def ingest_events(self):
-        from geowh.cli.ingest import Progress
-
-        return Progress()
-
-    def stage(self, text: str) -> None:
-        self.console.rule(f"[bold]{text}", align="left")
-
-    def bar(self, title: str):
-        from contextlib import contextmanager
-
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-        @contextmanager
-        def bar():
-            with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                          console=self.console) as progress:
-                tasks: dict = {}
-
-                def update(stage: str, done: int, total: int) -> None:
-                    if stage not in tasks:
-                        tasks[stage] = progress.add_task(f"{title}: {stage}", total=total)
-                    progress.update(tasks[stage], completed=done, total=total)
-
-                yield update
-
-        return bar()

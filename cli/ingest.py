@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from geowh.cli.common import (
     DEFAULT_DB,
@@ -22,14 +21,8 @@ from geowh.cli.common import (
     print_json,
     render_frame,
 )
+from geowh.cli.progress import Renderer
 from geowh.ingest.config import IngestConfig, Selection
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from rich.progress import Progress as Bar
-
-    from geowh.ingest.sources.series import CheckpointRef
 
 Checkpoints = Annotated[
     str,
@@ -115,10 +108,10 @@ def ingest(
     from geowh.ingest.engine.run import ingest as run_ingest
 
     config = config_of(locals())
-    with executor_of(ray, workers, gpus_per_worker) as executor, Progress(quiet=quiet or json_, db=db) as progress:
+    with executor_of(ray, workers, gpus_per_worker) as executor, Renderer(quiet=quiet or json_) as progress:
         summary = run_ingest(
             model, config, selection_of(checkpoints, revisions, name), force=force, evict=evict, db=db,
-            events=progress, options=measurement_options, executor=executor,
+            progress=progress, options=measurement_options, executor=executor,
         )
     if json_:
         print_json(summary.to_dict())
@@ -158,69 +151,6 @@ def with_measurement_options(command):
 
 
 app.command()(with_measurement_options(ingest))
-
-
-class Progress:
-    """The engine's `Events` drawn on stderr: a bar of checkpoints (with ETA) and the tokens of the
-    current one, a line per finished checkpoint, and a note when another process holds the file.
-    `quiet` draws nothing but the wait note (a wait with no word looks like a hang)."""
-
-    def __init__(self, quiet: bool = False, db: Path | None = None):
-        self.quiet, self.db = quiet, db
-        self.progress: Bar | None = None
-
-    def __enter__(self):
-        return self
-
-    def planned(self, todo: Sequence[CheckpointRef]) -> None:
-        if self.quiet or not todo:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as Bar
-
-        self.progress = Bar(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=err_console(), transient=False,
-        )
-        self.progress.__enter__()
-        self.checkpoints = self.progress.add_task("checkpoints", total=len(todo))
-        self.tokens = self.progress.add_task("tokens", total=None, visible=False)
-
-    def started(self, ref: CheckpointRef) -> None:
-        if self.progress:
-            self.progress.reset(self.tokens, total=None, visible=False, description=f"{ref.label} tokens")
-
-    def batch(self, done: int, total: int) -> None:
-        # shown once batches are reported: checkpoints on Ray workers report none
-        if self.progress:
-            self.progress.update(self.tokens, completed=done, total=total, visible=True)
-
-    def finished(self, entry: dict) -> None:
-        if not self.progress:
-            return
-        self.progress.advance(self.checkpoints)
-        if entry["status"] == "ok":
-            rate = f"  {entry['tokens_per_s']} tokens/s" if entry["tokens_per_s"] else ""
-            self.progress.console.print(f"[green]ok[/] {entry['checkpoint']}  {entry['seconds']} s{rate}")
-        else:
-            self.progress.console.print(f"[red]failed[/] {entry['checkpoint']}: {escape(entry['error'])}", highlight=False)
-
-    def waiting(self, holder: str) -> None:
-        err_console().print(
-            f"[yellow]waiting[/] for {escape(str(self.db))}: held by {escape(holder)}. The computed checkpoint is kept and written as soon "
-            "as the file is free; Ctrl-C stops with the finished checkpoints written.",
-            highlight=False,
-        )
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.__exit__(*exc)
 
 
 @app.command()

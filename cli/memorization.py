@@ -48,21 +48,12 @@ def index_build(
 
     Example: geowh index build corpus/*.jsonl --tokenizer EleutherAI/gpt-neox-20b --out indexes/my-corpus
     """
-    from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
+    from geowh.cli.progress import Renderer
     from geowh.index.build import build_index
     from geowh.index.index import record_index
     from geowh.warehouse import Warehouse
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console(), transient=True) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with Renderer(transient=True) as progress:
         meta = build_index(corpus, tokenizer, out, shards=shards, progress=progress)
     record_index(Warehouse(db), out)
     fields = ("tokenizer", "token_dtype", "shards", "documents", "tokens", "seconds")
@@ -158,16 +149,17 @@ def memorize(
     """
     import polars as pl
 
-    from geowh.cli.ingest import Progress, selection_of
+    from geowh.cli.ingest import selection_of
+    from geowh.cli.progress import Renderer
     from geowh.ingest.measurements.memorization import memorize as run
     from geowh.warehouse import Warehouse, canonical_model
 
     config = MemorizeConfig(task=task, index=str(index), index_tokenizer=index_tokenizer, batch_size=batch_size,
                             limit=limit, device=device, dtype=dtype, tokenizer=tokenizer)
-    with executor_of(ray, workers, gpus_per_worker) as executor, Progress(quiet=quiet or json_, db=db) as progress:
-        wh = Warehouse(db, lock_timeout=None, on_wait=progress.waiting)
+    with executor_of(ray, workers, gpus_per_worker) as executor, Renderer(quiet=quiet or json_) as progress:
+        wh = Warehouse(db, lock_timeout=None, progress=progress)
         summary = run(canonical_model(model), config, selection_of(checkpoints, revisions, name), wh=wh, force=force,
-                      events=progress, executor=executor)
+                      progress=progress, executor=executor)
     if json_:
         print_json(summary)
     else:

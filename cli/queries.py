@@ -7,15 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
+from geowh.cli.progress import Renderer
 from geowh.errors import InputError
-
-
-def _note(message: str) -> None:
-    err_console().print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
 
 Probe = Annotated[str | None, typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]
 Layer = Annotated[int | None, typer.Option(help="Layer, hidden_states index (default: the last).")]
@@ -85,17 +80,17 @@ def phases(
     Example: geowh phases --model olmo-7b --metric both --json;  geowh phases --model olmo-7b --layers all
     """
     from geowh.queries import phase_map
-    from geowh.queries import phases as run
+    from geowh.queries.phases import phases as run
     from geowh.warehouse import Warehouse
 
     if layers is not None:
         if layer is not None:
             raise InputError("pass --layer L (one trajectory) or --layers all (a phase map), not both")
         found = phase_map(Warehouse(db), model, probe=probe, pooling=pooling, layers=layers, metric=metric, x=x,
-                          store=store, note=_note)
+                          store=store, progress=Renderer())
     else:
         found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store,
-                    note=_note)
+                    progress=Renderer())
     if json_:
         print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
     elif layers is not None:
@@ -151,11 +146,11 @@ def correlate(
 
     Example: geowh correlate --model pythia-410m,pythia-1b --x alpha_req --y eval:sciq/acc
     """
-    from geowh.queries import correlate as run
+    from geowh.queries.correlate import correlate as run
     from geowh.warehouse import Warehouse
 
     found = run(Warehouse(db), model, x, y, method=method, join=join, probe=probe, layer=layer, fewshot=fewshot,
-                note=_note, axis=axis)
+                progress=Renderer(), axis=axis)
     if json_:
         print_json(found.drop("join").to_dicts())
     else:
@@ -182,11 +177,11 @@ def plot(
 
     Example: geowh plot --model pythia-410m,pythia-1b --metric rankme,alpha_req --eval sciq/acc --out fig.png
     """
-    from geowh.queries import plot as run
+    from geowh.queries.plot import plot as run
     from geowh.warehouse import Warehouse
 
     points = run(Warehouse(db), model, metric, eval_ or (), x=x, out=None if terminal else out, terminal=terminal,
-                 probe=probe, layer=layer, note=_note, force=force, layers=layers, baseline=baseline)
+                 probe=probe, layer=layer, progress=Renderer(), force=force, layers=layers, baseline=baseline)
     if json_:
         print_json({"out": None if terminal else str(out), "points": points.height})
     elif out is not None and not terminal:
@@ -206,10 +201,10 @@ def report(
 
     Example: geowh report --model pythia-410m,pythia-1b --out report.html
     """
-    from geowh.queries import report as run
+    from geowh.queries.report import report as run
     from geowh.warehouse import Warehouse
 
-    summary = run(Warehouse(db), out, models=model, metrics=metric, force=force, note=_note)
+    summary = run(Warehouse(db), out, models=model, metrics=metric, force=force, progress=Renderer())
     if json_:
         print_json(summary.to_dict())
     else:

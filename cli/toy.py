@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from geowh.cli.common import DEFAULT_DB, Db, Json, app, err_console, print_json, render_frame
+from geowh.cli.common import DEFAULT_DB, Db, Json, app, print_json, render_frame
 from geowh.repro.toy import ToyConfig
 
 _D = ToyConfig()
@@ -41,12 +41,13 @@ def toy(
     """
     import polars as pl
 
+    from geowh.cli.progress import Renderer
     from geowh.repro.toy import LATE_FALL, write_toy
 
     config = ToyConfig(d=d, classes=classes, samples=samples, skew=skew, label_noise=label_noise, loss=loss,
                        steps=steps, lr=lr, init=init, init_scale=init_scale, seed=seed)
-    summaries = write_toy(db, config, controls=not no_controls,
-                          on_series=lambda m: err_console().print(f"training {m} …", highlight=False))
+    with Renderer() as progress:
+        summaries = write_toy(db, config, controls=not no_controls, progress=progress)
     if json_:
         print_json(summaries)
         return

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from geowh.cli.common import Json, app, console, err_console, print_json
-from geowh.repro.train import StepReport, TrainConfig, TrainReport
+from geowh.cli.progress import Renderer
+from geowh.repro.train import TrainConfig
 
 _D = TrainConfig()
 
@@ -63,8 +64,8 @@ def train_mini(
         layers=layers, d_model=d_model, vocab=vocab, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,
         lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, seed=seed, corpus=tuple(str(p) for p in corpus or ()), checkpoints=checkpoints,
     )
-    summary = run(out, config, minutes=minutes, steps=steps, device=device, dtype=dtype,
-                  report=None if quiet or json_ else RichTrainReport())
+    with Renderer(quiet=quiet or json_) as progress:
+        summary = run(out, config, minutes=minutes, steps=steps, device=device, dtype=dtype, progress=progress)
     if json_:
         print_json(summary.to_dict())
         return
@@ -79,59 +80,3 @@ def train_mini(
 
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-class RichTrainReport(TrainReport):
-    """train-mini's progress on stderr: status lines and a step bar with loss, lr, RankMe and αReQ."""
-
-    def __init__(self):
-        self.console = err_console()
-        self._status = None
-
-    def info(self, text: str) -> None:
-        self.console.print(text, highlight=False)
-
-    def status(self, text: str):
-        self._status = self.console.status(text)
-        return self._status
-
-    def status_update(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(text)
-
-    def steps(self, total: int, start: int):
-        from contextlib import contextmanager
-
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        @contextmanager
-        def bar():
-            progress = Progress(
-                TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"), TextColumn("RankMe {task.fields[rankme]} αReQ {task.fields[alpha]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
-            )
-            with progress:
-                task = progress.add_task("train", total=total, completed=start, loss="…", lr="…", rankme="…", alpha="…")
-                yield _RichSteps(progress, task)
-
-        return bar()
-
-
-class _RichSteps(StepReport):
-    def __init__(self, progress, task):
-        self.progress, self.task = progress, task
-
-    def __call__(self, loss: float, lr: float) -> None:
-        self.progress.update(self.task, advance=1, loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-
-    def geometry(self, row: dict) -> None:
-        if "rankme" in row:  # shown until the next checkpoint
-            self.progress.update(self.task, rankme=f"{row['rankme']:.1f}", alpha=f"{row['alpha_req']:.3f}")

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from geowh.cli.common import app, err_console
 from geowh.cli.ingest import ingest as ingest_command
+from geowh.cli.progress import Renderer
 
 if TYPE_CHECKING:
-    from geowh.ingest.engine.watch import WatchEvent
+    from geowh.progress import Event
 
 # The ingest options, declared once in cli/ingest.py; those about choosing hub checkpoints
 # (or redoing them) do not apply to a folder being written.
@@ -53,10 +53,10 @@ def watch(
     quiet = options["quiet"] or json_
     config = config_of(options)
     stopping = _StopOnCtrlC()
-    with stopping:
+    with stopping, Renderer(quiet=quiet) as shown:
         summary = run_watch(
             folder, config, interval=interval, settle=settle, once=once, until_idle=until_idle,
-            on_event=_json_line if json_ else (lambda e: None) if quiet else _show,
+            progress=_json_line if json_ else shown,
             stop=stopping, options=options, db=options["db"], name=options["name"],
         )
     if json_:
@@ -82,25 +82,10 @@ watch.__signature__ = inspect.signature(watch, eval_str=True).replace(  # type: 
 app.command()(watch)
 
 
-def _show(event: WatchEvent) -> None:
-    console = err_console()
-    if event.kind == "ingested":
-        entry = event.detail
-        what = "skipped (already done)" if entry["status"] == "skipped" else f"{entry['seconds']} s"
-        console.print(f"[green]ok[/] {event.checkpoint}  {what}", highlight=False)
-    elif event.kind == "failed":
-        console.print(f"[red]failed[/] {event.checkpoint}: {escape(event.detail['error'])}", highlight=False)
-    elif event.kind == "waiting":
-        console.print(f"[dim]waiting for {', '.join(event.detail['checkpoints'])} to be complete[/]", highlight=False)
-    elif event.kind == "phase":
-        typer.echo(f"step {event.step:,}: {event.detail['before']} -> {event.detail['after']}")
-    elif event.kind == "idle":
-        console.print(f"no new checkpoint for {event.detail['seconds']:g} s: done", highlight=False)
-
-
-def _json_line(event: WatchEvent | dict) -> None:
+def _json_line(event: Event | dict) -> None:
     """One JSON object per line (events as they happen, the summary last), for a pipe that reads as it goes."""
-    sys.stdout.write(json.dumps(event if isinstance(event, dict) else event.to_dict(), default=str) + "\n")
+    line = event if isinstance(event, dict) else {"kind": event.kind, **event.data}
+    sys.stdout.write(json.dumps(line, default=str) + "\n")
     sys.stdout.flush()
 
 

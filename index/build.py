@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from geowh.errors import InputError
 from geowh.outputs import check_output, output_path
+from geowh.progress import Event, Progress, silent
 from geowh.texts import SUFFIXES, iter_documents
 
 META_FILE = "geowh-index.json"
@@ -46,8 +47,6 @@ TOKENIZE_BATCH = 1024
 SA_WRITE_CHUNK = 1 << 22  # suffix-array entries converted and written at a time
 
 
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total): stage is "tokenize" (bytes read) or "suffix array" (shards)."""
 
 
 @dataclass(frozen=True)
@@ -146,12 +145,13 @@ def build_index(
     tokenizer: str,
     out: str | Path,
     shards: int = 1,
-    progress: Progress | None = None,
+    progress: Progress = silent,
 ) -> IndexMeta:
     """Tokenize `corpus` and write an infini-gram (version 4) index into `out`.
 
     Documents go to shards round-robin, as upstream's indexer does. Empty documents are skipped.
-    A build that fails leaves no folder behind.
+    A build that fails leaves no folder behind. `progress` hears `bar` events: "index: tokenize"
+    (bytes read of the corpus's) and "index: suffix array" (shards done).
     """
     start = time.perf_counter()
     if shards < 1:
@@ -168,7 +168,7 @@ def build_index(
     return meta
 
 
-def _build(files: list[Path], tok, tokenizer: str, out: Path, shards: int, progress: Progress | None,
+def _build(files: list[Path], tok, tokenizer: str, out: Path, shards: int, progress: Progress,
            start: float) -> IndexMeta:
     import numpy as np
 
@@ -194,8 +194,7 @@ def _build(files: list[Path], tok, tokenizer: str, out: Path, shards: int, progr
                 documents += 1
                 tokens += len(row)
             done_bytes += consumed
-            if progress:
-                progress("tokenize", min(done_bytes, total_bytes), total_bytes)
+            progress(Event("bar", "index: tokenize", done=min(done_bytes, total_bytes), total=total_bytes))
     finally:
         for f in ds_files + od_files:
             f.close()
@@ -204,11 +203,9 @@ def _build(files: list[Path], tok, tokenizer: str, out: Path, shards: int, progr
     if documents < shards:
         raise InputError(f"{documents} document(s) cannot fill {shards} shards: use --shards {documents} or fewer")
     for s in range(shards):
-        if progress:
-            progress("suffix array", s, shards)
+        progress(Event("bar", "index: suffix array", done=s, total=shards))
         write_suffix_array(out / f"tokenized.{s}", out / f"table.{s}", dtype.itemsize)
-    if progress:
-        progress("suffix array", shards, shards)
+    progress(Event("bar", "index: suffix array", done=shards, total=shards))
     return IndexMeta(
         tokenizer=tokenizer,
         token_dtype=token_dtype,

@@ -14,7 +14,7 @@ _WHERE = {
     **{name: "geowh.ingest.engine.plan" for name in ("Measurement",)},
     **{name: "geowh.ingest.engine.executors" for name in ("Executor",)},
     **{name: "geowh.ingest.engine.run" for name in (
-        "Events", "IngestSummary", "ingest", "process_checkpoint", "write_result",
+        "IngestSummary", "ingest", "process_checkpoint", "write_result",
     )},
 }
 

@@ -20,9 +20,9 @@ import polars as pl
 from scipy import stats
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.queries.series import (
     FLOPS_PER_PARAM_TOKEN,
-    Note,
     check_axis,
     load_series,
     models_arg,
@@ -59,14 +59,14 @@ class Series:
 
 def series_values(
     wh: Warehouse, model: str, series: Series, probe: str | None = None, layer: int | None = None,
-    pooling: str | None = None, fewshot: int | None = None, note: Note = None,
+    pooling: str | None = None, fewshot: int | None = None, progress: Progress = silent,
 ) -> pl.DataFrame:
     """One series of one model: stage, step, tokens, flops, value (NaN/null dropped), in training order."""
     if series.metric is not None:
-        pick = pick_series(wh, model, [series.metric], probe, layer, pooling, note)
+        pick = pick_series(wh, model, [series.metric], probe, layer, pooling, progress)
         frame = load_series(wh, pick, [series.metric]).rename({series.metric: "value"})
     else:
-        frame = _eval_values(wh, model, series, fewshot, note)
+        frame = _eval_values(wh, model, series, fewshot, progress)
     return frame.select(
         pl.col("stage").fill_null("pretrain"), "step", pl.col("tokens").cast(pl.Float64), pl.col("flops").cast(pl.Float64),
         pl.col("value").cast(pl.Float64),
@@ -132,7 +132,7 @@ def correlate(
     pooling: str | None = None,
     fewshot: int | None = None,
     tolerance: float = 0.1,
-    note: Note = None,
+    progress: Progress = silent,
     axis: str = "step",
 ) -> pl.DataFrame:
     """Correlation of series `x` and `y` across each model's checkpoints, one row per model:
@@ -151,12 +151,12 @@ def correlate(
     for model in models_arg(models):
         if join == "nearest":
             require_axis(wh, model, axis, option="--axis")
-        vx = series_values(wh, model, sx, probe, layer, pooling, fewshot, note)
-        vy = series_values(wh, model, sy, probe, layer, pooling, fewshot, note)
+        vx = series_values(wh, model, sx, probe, layer, pooling, fewshot, progress)
+        vy = series_values(wh, model, sy, probe, layer, pooling, fewshot, progress)
         pairs = pair(vx, vy, join, tolerance, axis)
-        if pairs.height < 3 and note is not None:
-            note(f"{model}: only {pairs.height} checkpoint(s) have both {x} and {y}"
-                 + ("; try --join nearest" if join == "exact" else ""))
+        if pairs.height < 3:
+            progress(Event("note", f"{model}: only {pairs.height} checkpoint(s) have both {x} and {y}"
+                           + ("; try --join nearest" if join == "exact" else "")))
         rho, p = correlation(pairs["x"].to_numpy(), pairs["y"].to_numpy(), method)
         rows.append({"model": model, "x": x, "y": y, "method": method, "rho": rho, "p_value": p,
                      "n": pairs.height, "join": join})
@@ -164,7 +164,7 @@ def correlate(
                                       "rho": pl.Float64, "p_value": pl.Float64, "n": pl.Int64, "join": pl.String})
 
 
-def _eval_values(wh: Warehouse, model: str, series: Series, fewshot: int | None, note: Note) -> pl.DataFrame:
+def _eval_values(wh: Warehouse, model: str, series: Series, fewshot: int | None, progress: Progress) -> pl.DataFrame:
     found = wh.query(
         "SELECT num_fewshot, filter, count(*) AS n FROM evals WHERE model = ? AND task = ? AND metric = ? GROUP BY ALL "
         "ORDER BY num_fewshot, filter",
@@ -180,8 +180,8 @@ def _eval_values(wh: Warehouse, model: str, series: Series, fewshot: int | None,
     shots = 0 if 0 in found["num_fewshot"].to_list() else found["num_fewshot"][0]
     filters = found.filter(pl.col("num_fewshot") == shots)["filter"].to_list()
     filter_ = "none" if "none" in filters else filters[0]
-    if note is not None and (found["num_fewshot"].n_unique() > 1 and fewshot is None or len(filters) > 1):
-        note(f"{model}: {series.text} taken {shots}-shot, filter {filter_}")
+    if found["num_fewshot"].n_unique() > 1 and fewshot is None or len(filters) > 1:
+        progress(Event("note", f"{model}: {series.text} taken {shots}-shot, filter {filter_}"))
     return wh.query(
         f"""
         SELECT coalesce(c.stage, 'pretrain') AS stage, coalesce(c.step, e.step) AS step, c.tokens,

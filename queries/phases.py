@@ -30,8 +30,8 @@ import numpy as np
 import polars as pl
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.queries.series import (
-    Note,
     Pick,
     check_axis,
     fit_flags,
@@ -173,13 +173,13 @@ def phases(
     x: str = "step",
     params: PhaseParams = PhaseParams(),
     store: bool = True,
-    note: Note = None,
+    progress: Progress = silent,
 ) -> pl.DataFrame:
     """The phases of a model's RankMe/αReQ trajectory, one row per phase (stored in `phases`).
 
     `metric` picks the signal the change points are found on (rankme, alpha_req or both);
     `x` the training-time axis (step, tokens or training FLOPs = 6 · parameters · tokens, logarithmic). Without probe/layer, the model's
-    probe with the most checkpoints and its last layer are used (`note` is told when there was a
+    probe with the most checkpoints and its last layer are used (`progress` is told, a `note` event, when there was a
     choice). Raises InputError when the trajectory has too few checkpoints.
     """
     check_axis(x)
@@ -189,7 +189,7 @@ def phases(
     if store and wh.path.exists():
         wh.migrate()  # it will write: upgrade an older file as every writer does (readers never do)
     needed = ["rankme", "alpha_req"] if metric == "both" else [metric]
-    pick = pick_series(wh, model, needed, probe, layer, pooling, note)
+    pick = pick_series(wh, model, needed, probe, layer, pooling, progress)
     require_axis(wh, model, x)
     series = load_series(wh, pick, ["rankme", "alpha_req"])
     series = series.join(fit_flags(wh, pick), on="checkpoint", how="left")
@@ -210,11 +210,11 @@ def phase_map(
     x: str = "step",
     params: PhaseParams = PhaseParams(),
     store: bool = True,
-    note: Note = None,
+    progress: Progress = silent,
 ) -> pl.DataFrame:
     """The phases of every ingested layer (`layers="all"`, or a list): `phases` per layer, one
     row per (layer, phase), each layer's rows stored as `phases` stores them. A layer whose
-    trajectory cannot be segmented (too few checkpoints) is left out and `note` is told why.
+    trajectory cannot be segmented (too few checkpoints) is left out and `progress` is told why (a `note`).
     Answers: does the warmup collapse, or the compression, reach the top layers first?
     """
     check_axis(x)
@@ -235,8 +235,7 @@ def phase_map(
         try:
             frames.append(phases(wh, pick.model, pick.probe, layer, pick.pooling, metric, x, params, store))
         except InputError as e:
-            if note is not None:
-                note(f"layer {layer} left out: {e}")
+            progress(Event("note", f"layer {layer} left out: {e}"))
     if not frames:
         raise InputError(f"no layer of {pick.model} could be segmented: ingest more checkpoints")
     return pl.concat(frames)

@@ -19,11 +19,11 @@ import polars as pl
 
 from geowh.errors import GeowhError, InputError
 from geowh.outputs import check_output, output_path
+from geowh.progress import Event, Progress, silent
 from geowh.queries.correlate import Series, series_values
 from geowh.queries.phases import phases as find_phases
 from geowh.queries.series import (
     FLOPS_PER_PARAM_TOKEN,
-    Note,
     baseline_of,
     check_axis,
     load_series,
@@ -49,7 +49,7 @@ def plot_frame(
     x: str = "step",
     probe: str | None = None,
     layer: int | None = None,
-    note: Note = None,
+    progress: Progress = silent,
 ) -> pl.DataFrame:
     """The points a plot draws: model, series, stage, step, tokens, value (long)."""
     check_axis(x)
@@ -61,7 +61,7 @@ def plot_frame(
     for model in models_arg(models):
         require_axis(wh, model, x)
         if metrics:
-            pick = pick_series(wh, model, metrics, probe, layer, None, note)
+            pick = pick_series(wh, model, metrics, probe, layer, None, progress)
             wide = load_series(wh, pick, metrics)
             for m in metrics:
                 parts.append(wide.select(pl.lit(model).alias("model"), pl.lit(m).alias("series"),
@@ -69,12 +69,11 @@ def plot_frame(
                                          pl.col(m).cast(pl.Float64).alias("value")))
         for e in evals:
             try:
-                values = series_values(wh, model, Series.parse(e), note=note)
+                values = series_values(wh, model, Series.parse(e), progress=progress)
             except InputError as error:
                 if len(models_arg(models)) == 1:
                     raise
-                if note is not None:
-                    note(f"{model}: {e} not drawn ({error})")
+                progress(Event("note", f"{model}: {e} not drawn ({error})"))
                 continue
             tokens = wh.query(
                 f"SELECT c.step, c.tokens, {FLOPS_PER_PARAM_TOKEN}.0 * m.parameters * c.tokens AS flops FROM checkpoints c "
@@ -89,14 +88,14 @@ def plot_frame(
     if frame.height == 0 and nan.height:
         raise InputError(f"nothing to plot: all {nan.height} value(s) of {', '.join(sorted(set(nan['series'])))} are NaN "
                          "or infinite (`geowh metrics` and the runs' errors say why)")
-    if nan.height and note is not None:
-        note(f"{nan.height} NaN or infinite value(s) are not drawn ({', '.join(sorted(set(nan['series'])))})")
+    if nan.height:
+        progress(Event("note", f"{nan.height} NaN or infinite value(s) are not drawn ({', '.join(sorted(set(nan['series'])))})"))
     unknown = frame[x].null_count()
     frame = frame.filter(pl.col(x).is_not_null())
     if frame.height == 0:
         raise InputError(f"nothing to plot: no point has its {x} recorded" + ("; use --x step" if x == "tokens" else ""))
-    if unknown and note is not None:
-        note(f"{unknown} point(s) without a recorded {x} are not drawn")
+    if unknown:
+        progress(Event("note", f"{unknown} point(s) without a recorded {x} are not drawn"))
     return frame
 
 
@@ -113,7 +112,7 @@ def plot(
     shade_phases: bool = True,
     stream: TextIO | None = None,
     size: tuple[int, int] | None = None,
-    note: Note = None,
+    progress: Progress = silent,
     force: bool = False,
     layers: str | Sequence[int] | None = None,
     baseline: bool = False,
@@ -126,7 +125,7 @@ def plot(
     (dashed). `out` is written whole or not at all; an existing file is replaced only with `force`.
     """
     if layers is not None:
-        return plot_layers(wh, models, metrics, x, Path(out) if out is not None else None, terminal, probe, layers, stream, size, note, force)
+        return plot_layers(wh, models, metrics, x, Path(out) if out is not None else None, terminal, probe, layers, stream, size, progress, force)
     if out is None and not terminal:
         raise InputError("say where to draw: --out fig.png or --terminal")
     if out is not None:
@@ -137,10 +136,10 @@ def plot(
                 f"name a {', '.join('.' + f for f in FORMATS)} file"
             )
         check_output(out, force=force, protect=[wh.path])
-    frame = plot_frame(wh, models, metrics, evals, x, probe, layer, note)
+    frame = plot_frame(wh, models, metrics, evals, x, probe, layer, progress)
     names = models_arg(models)
-    spans = _phase_spans(wh, names, x, probe, layer, note) if shade_phases and _names(metrics) else {}
-    refs = _baselines(wh, names, _names(metrics), probe, layer, note) if baseline else {}
+    spans = _phase_spans(wh, names, x, probe, layer, progress) if shade_phases and _names(metrics) else {}
+    refs = _baselines(wh, names, _names(metrics), probe, layer, progress) if baseline else {}
     if terminal:
         _terminal(frame, spans, x, stream or sys.stdout, size, refs)
     if out is not None:
@@ -149,29 +148,27 @@ def plot(
     return frame
 
 
-def _baselines(wh: Warehouse, models: list[str], metrics: list[str], probe, layer, note: Note) -> dict[tuple[str, str], float]:
+def _baselines(wh: Warehouse, models: list[str], metrics: list[str], probe, layer, progress: Progress) -> dict[tuple[str, str], float]:
     """{(model, metric): value of the isotropic baseline at the model's n and d}."""
     refs = {}
     for model in models:
         pick = pick_series(wh, model, metrics, probe, layer)
         found = baseline_of(wh, pick, metrics)
         if found is None:
-            if note is not None:
-                note(f"{model}: no spectrum stored, so no isotropic baseline (it needs n and d)")
+            progress(Event("note", f"{model}: no spectrum stored, so no isotropic baseline (it needs n and d)"))
             continue
         refs.update({(model, m): found[m] for m in metrics if m in found and np.isfinite(found[m])})
     return refs
 
 
-def _phase_spans(wh: Warehouse, models: list[str], x: str, probe, layer, note: Note) -> dict[str, pl.DataFrame]:
+def _phase_spans(wh: Warehouse, models: list[str], x: str, probe, layer, progress: Progress) -> dict[str, pl.DataFrame]:
     """Each model's phases (computed, not stored); a model whose phases cannot be found is drawn unshaded."""
     spans = {}
     for model in models:
         try:
             found = find_phases(wh, model, probe=probe, layer=layer, x=x, store=False)
         except GeowhError as e:
-            if note is not None:
-                note(f"{model}: phases not shaded ({e})")
+            progress(Event("note", f"{model}: phases not shaded ({e})"))
             continue
         spans[model] = found.filter(pl.col("stage") == "pretrain")
     return spans
@@ -318,7 +315,7 @@ BOUNDARY = "┃"
 
 
 def layer_frame(wh: Warehouse, model: str, metrics: Sequence[str], probe: str | None = None,
-                layers: str | Sequence[int] = "all", note: Note = None) -> pl.DataFrame:
+                layers: str | Sequence[int] = "all", progress: Progress = silent) -> pl.DataFrame:
     """layer, checkpoint, step, tokens, flops, metric, value of every layer of one model's probe
     and pooling (picked as for phases), in training order."""
     pick = pick_series(wh, model, metrics, probe, None, None, None)
@@ -344,7 +341,7 @@ def layer_frame(wh: Warehouse, model: str, metrics: Sequence[str], probe: str | 
 
 def plot_layers(wh: Warehouse, models: str | Sequence[str], metrics: str | Sequence[str], x: str,
                 out: Path | None, terminal: bool, probe: str | None, layers: str | Sequence[int],
-                stream: TextIO | None, size: tuple[int, int] | None, note: Note, force: bool) -> pl.DataFrame:
+                stream: TextIO | None, size: tuple[int, int] | None, progress: Progress, force: bool) -> pl.DataFrame:
     """The layer × checkpoint heatmap of each model and metric, each layer's phase boundaries marked."""
     from geowh.queries.phases import phase_map
 
@@ -353,13 +350,12 @@ def plot_layers(wh: Warehouse, models: str | Sequence[str], metrics: str | Seque
     panels = []
     for model in models_arg(models):
         require_axis(wh, model, x)
-        frame = layer_frame(wh, model, metrics, probe, layers, note)
+        frame = layer_frame(wh, model, metrics, probe, layers, progress)
         try:
             found = phase_map(wh, model, probe, None, layers, x=x, store=False)
             bounds = {layer: part[f"start_{x}"].to_list()[1:] for (layer,), part in found.group_by(["layer"])}
         except GeowhError as e:
-            if note is not None:
-                note(f"{model}: phase boundaries not marked ({e})")
+            progress(Event("note", f"{model}: phase boundaries not marked ({e})"))
             bounds = {}
         for m in metrics:
             part = frame.filter(pl.col("metric") == m)

@@ -34,7 +34,8 @@ import polars as pl
 
 from geowh.errors import GeowhError, InputError, WarehouseError
 from geowh.outputs import check_output, output_path
-from geowh.queries.series import Note, fit_flags, load_series, models_arg, pick_series
+from geowh.progress import Progress, silent
+from geowh.queries.series import fit_flags, load_series, models_arg, pick_series
 from geowh.spectrum_math import isotropic_baseline, isotropic_spectrum
 from geowh.warehouse import Warehouse, utcnow
 
@@ -66,7 +67,7 @@ def report(
     models: str | Sequence[str] | None = None,
     metrics: str | Sequence[str] = GEOMETRY,
     force: bool = False,
-    note: Note = None,
+    progress: Progress = silent,
 ) -> ReportSummary:
     """Write the HTML report of `models` (default: every model with metrics or evals) to `out`.
 
@@ -79,7 +80,7 @@ def report(
     check_output(out, force=force, protect=[wh.path])
     with wh.connect(read_only=True) as con:
         # _Held answers the part of Warehouse the report asks (path, query) on the held connection.
-        data = report_data(cast(Warehouse, _Held(wh, con)), models, metrics, note)
+        data = report_data(cast(Warehouse, _Held(wh, con)), models, metrics, progress)
     page = render(data)
     with output_path(out, force=force, protect=[wh.path]) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -107,7 +108,7 @@ class _Held:
 
 def report_data(
     wh: Warehouse, models: str | Sequence[str] | None = None, metrics: str | Sequence[str] = GEOMETRY,
-    note: Note = None,
+    progress: Progress = silent,
 ) -> dict:
     """Everything the page draws, as JSON-ready dicts (the page embeds this once)."""
     metrics = _names(metrics) or list(GEOMETRY)
@@ -119,7 +120,7 @@ def report_data(
         raise InputError(
             f"no metrics or evals for {', '.join(unknown)} in {wh.path} (models: {', '.join(sorted(known)) or 'none'})"
         )
-    found = [_model_data(wh, model, metrics, note) | {"index": i} for i, model in enumerate(names)]
+    found = [_model_data(wh, model, metrics, progress) | {"index": i} for i, model in enumerate(names)]
     charts = [f"trajectory-{m}" for m in metrics if any(d["trajectory"].get(m) for d in found)]
     if any(d["spectra"]["checkpoint"] for d in found):
         charts.append("spectrum")
@@ -141,7 +142,7 @@ def report_data(
     }
 
 
-def _model_data(wh: Warehouse, model: str, metrics: list[str], note: Note) -> dict:
+def _model_data(wh: Warehouse, model: str, metrics: list[str], progress: Progress) -> dict:
     row = wh.query("SELECT * FROM models WHERE model = ?", [model])
     info = row.to_dicts()[0] if row.height else {"model": model}
     data: dict = {

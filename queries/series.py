@@ -8,7 +8,7 @@ was picked so that the user can pass --probe / --layer instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -16,9 +16,8 @@ import numpy as np
 import polars as pl
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.warehouse import Warehouse, canonical_model
-
-Note = Callable[[str], None] | None
 
 X_AXES = ("step", "tokens", "flops")
 # Training compute per token, forward and backward (Kaplan et al. 2020): FLOPs = 6 · N · D, the
@@ -58,7 +57,7 @@ def pick_series(
     probe: str | None = None,
     layer: int | None = None,
     pooling: str | None = None,
-    note: Note = None,
+    progress: Progress = silent,
 ) -> Pick:
     """The probe/layer/pooling whose `metrics` to use for `model` (see the module docstring)."""
     model = canonical_model(model)
@@ -90,8 +89,8 @@ def pick_series(
         choices.append(f"layer {chosen_layer} (the last; pass --layer)")
     if pooling is None and len(poolings) > 1:
         choices.append(f"pooling {chosen_pooling} (of {', '.join(poolings)})")
-    if choices and note is not None:
-        note(f"{model}: using " + ", ".join(choices))
+    if choices:
+        progress(Event("note", f"{model}: using " + ", ".join(choices)))
     return picked
 
 

@@ -30,11 +30,12 @@ import re
 import sys
 import sysconfig
 import tokenize
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.settings import settings
 
 # Bump when the extraction changes, so cached corpora of older code are not reused.
@@ -91,12 +92,13 @@ def load_corpus(
     *,
     max_mb: float = DEFAULT_MAX_MB,
     refresh: bool = False,
-    on_source: Callable[[str], None] | None = None,
+    progress: Progress = silent,
 ) -> Corpus:
-    """The user's files when `paths` are given, else the default corpus (built once, then cached)."""
+    """The user's files when `paths` are given, else the default corpus (built once, then cached;
+    `progress` hears a `status` per source read while it is built)."""
     if paths:
         return files_corpus(paths)
-    return python_docs_corpus(max_mb=max_mb, refresh=refresh, on_source=on_source)
+    return python_docs_corpus(max_mb=max_mb, refresh=refresh, progress=progress)
 
 
 def files_corpus(paths: Sequence[str | Path]) -> Corpus:
@@ -140,7 +142,7 @@ def corpus_sources() -> list[tuple[str, str, list[Path]]]:
 
 
 def python_docs_corpus(
-    *, max_mb: float = DEFAULT_MAX_MB, refresh: bool = False, on_source: Callable[[str], None] | None = None
+    *, max_mb: float = DEFAULT_MAX_MB, refresh: bool = False, progress: Progress = silent
 ) -> Corpus:
     """Docstrings and comments of the standard library and geowh's dependencies, up to `max_mb` MB."""
     if max_mb <= 0:
@@ -163,8 +165,7 @@ def python_docs_corpus(
     for source, version, files in sources:
         if size >= limit:
             break
-        if on_source:
-            on_source(f"{source} {version} ({len(files)} files)")
+        progress(Event("status", f"corpus: {source} {version} ({len(files)} files)"))
         count, start = 0, size
         for doc in _documents(source, files):
             digest = hashlib.blake2b(doc.encode(), digest_size=16).digest().hex()

@@ -31,14 +31,13 @@ import re
 import shutil
 import sysconfig
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
-from geowh.repro.train import TrainReport
+from geowh.progress import Event, Progress, silent
 from geowh.settings import settings
 from geowh.warehouse import Warehouse, as_warehouse
 
@@ -132,34 +131,18 @@ class DemoConfig:
             object.__setattr__(self, "qa_sources", tuple(str(p) for p in self.qa_sources))
 
 
-class DemoReport(TrainReport):
-    """Where `demo` reports what it does: train-mini's reports, plus stage headers and the index
-    build's progress. This base shows nothing; `geowh demo` draws it (cli/demo.py)."""
-
-    def ingest_events(self):
-        """The ingest's `Events` (a context manager), or None for none."""
-        return None
-
-    def stage(self, text: str) -> None:
-        """A stage begins: `1/5 train-mini → checkpoints`."""
-
-    def bar(self, title: str) -> AbstractContextManager[Callable[[str, int, int], None] | None]:
-        """The index build: the block gets progress(stage, done, total) for `build_index`, or None."""
-        return nullcontext(None)
-
-
 def demo(
     out: str | Path,
     db: str | Path | Warehouse | None = None,
     config: DemoConfig = DemoConfig(),
     *,
-    report: DemoReport | None = None,
+    progress: Progress = silent,
 ) -> DemoSummary:
     """Train a mini Pythia in `out`, index its corpus, derive a QA task, ingest every checkpoint with
     geometry and memorization into `db`, find the phases and plot them. Resumable.
 
-    `config` says how (DemoConfig); progress goes to `report`, and without one the call
-    prints nothing.
+    `config` says how (DemoConfig); `progress` hears a `stage` event per stage and the events of
+    train-mini, the index build and the ingest (geowh/progress.py); by default nothing is told.
 
     Example:
         summary = demo("runs/demo", "demo.duckdb", DemoConfig(steps=200))
@@ -171,7 +154,7 @@ def demo(
     torch.set_num_threads(config.threads or cpu_threads())
     try:
         return _demo(Path(out).expanduser(), as_warehouse(db if db is not None else settings().db), config,
-                     report or DemoReport())
+                     progress)
     finally:
         torch.set_num_threads(before)
 
@@ -189,12 +172,13 @@ def cpu_threads() -> int:
     return max(1, min(cores, cores - round(os.getloadavg()[0])))
 
 
-def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSummary:
+def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, progress: Progress) -> DemoSummary:
     import torch
 
     from geowh.ingest.config import IngestConfig, Selection
     from geowh.ingest.engine.run import ingest
-    from geowh.queries import phases, plot
+    from geowh.queries.phases import phases
+    from geowh.queries.plot import plot
     from geowh.repro.train import TrainConfig, train_mini
 
     started = time.monotonic()
@@ -204,44 +188,42 @@ def _demo(out: Path, wh: Warehouse, cfg: DemoConfig, say: DemoReport) -> DemoSum
     if minutes is None and steps is None:
         steps = planned or DEFAULT_STEPS
     seconds: dict[str, float] = {}
-    say.info(f"torch on {torch.get_num_threads()} CPU thread(s); run folder {out}, warehouse {wh.path}")
+    progress(Event("info", f"torch on {torch.get_num_threads()} CPU thread(s); run folder {out}, warehouse {wh.path}"))
 
     def stage(key: str, title: str):
-        say.stage(f"{len(seconds) + 1}/5 {title}")
+        progress(Event("stage", f"{len(seconds) + 1}/5 {title}"))
         return _Timer(seconds, key)
 
     with stage("train", "train-mini → checkpoints"):
-        trained = train_mini(out, config, minutes=minutes, steps=steps, device=cfg.device, report=say)
-        say.info(f"{trained.status}: {trained.steps:,} steps, {len(trained.checkpoints)} checkpoints, "
-                 f"held-out loss {trained.eval_loss}")
+        trained = train_mini(out, config, minutes=minutes, steps=steps, device=cfg.device, progress=progress)
+        progress(Event("info", f"{trained.status}: {trained.steps:,} steps, {len(trained.checkpoints)} checkpoints, "
+                               f"held-out loss {trained.eval_loss}"))
 
     with stage("index", "∞-gram index of the training split"):
-        index = ensure_index(out, config, say)
+        index = ensure_index(out, config, progress)
 
     with stage("task", "QA task from the corpus"):
-        task = ensure_task(out, cfg.qa_items, cfg.qa_sources, say)
+        task = ensure_task(out, cfg.qa_items, cfg.qa_sources, progress)
 
     with stage("ingest", "ingest: geometry + memorization per checkpoint"):
-        events = say.ingest_events()
-        with events or nullcontext():
-            # fp32 features: the demo's models are narrow (d 32–128), and in their warmup
-            # collapse bf16 rounds away the spectrum's tail, where αReQ is fitted (run A of
-            # docs/metrics.md: αReQ 7.1 in fp32, 3.0 in bf16); their forward is cheap anyway.
-            summary = ingest(str(out), IngestConfig(probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len,
-                                                    device=cfg.device, dtype="float32"),
-                             Selection(name=cfg.name), db=wh.path, events=events,
-                             options={"memorization": task["file"], "index": index["directory"]})
+        # fp32 features: the demo's models are narrow (d 32–128), and in their warmup
+        # collapse bf16 rounds away the spectrum's tail, where αReQ is fitted (run A of
+        # docs/metrics.md: αReQ 7.1 in fp32, 3.0 in bf16); their forward is cheap anyway.
+        summary = ingest(str(out), IngestConfig(probe=str(out / "probe.txt"), n=cfg.n, max_len=cfg.max_len,
+                                                device=cfg.device, dtype="float32"),
+                         Selection(name=cfg.name), db=wh.path, progress=progress,
+                         options={"memorization": task["file"], "index": index["directory"]})
         ingested = {"model": summary.model, "config_key": summary.config_key, "ok": summary.count("ok"),
                     "skipped": summary.count("skipped"), "failed": summary.failed,
                     "errors": [c for c in summary.checkpoints if c["status"] == "failed"]}
-        say.info(f"{ingested['ok']} ingested, {ingested['skipped']} already done, {ingested['failed']} failed")
+        progress(Event("info", f"{ingested['ok']} ingested, {ingested['skipped']} already done, {ingested['failed']} failed"))
 
     with stage("phases", "phases and plots"):
-        found = phases(wh, summary.model, note=say.info)
+        found = phases(wh, summary.model, progress=progress)
         plots = {}
         for key, metrics in PLOTS.items():
             plots[key] = str(out / f"{key}.png")
-            plot(wh, summary.model, metrics=metrics, out=plots[key], note=say.info, force=True)  # a rerun redraws
+            plot(wh, summary.model, metrics=metrics, out=plots[key], progress=progress, force=True)  # a rerun redraws
         by_phase = memorization_by_phase(wh, summary.model, found.to_dicts())
 
     seconds["total"] = round(time.monotonic() - started, 1)
@@ -299,8 +281,8 @@ def load_shipped(wh: str | Path | Warehouse) -> dict[str, Any]:
     wh = as_warehouse(wh)
     import polars as pl
 
-    from geowh.queries import phases
     from geowh.queries.imports import import_metrics
+    from geowh.queries.phases import phases
 
     paths = shipped_files()
     imported = import_metrics(wh, paths["metrics"], model=SHIPPED_MODEL).to_dicts()
@@ -328,24 +310,22 @@ def saved_run(out: Path):
 # -- stage 2: the index ----------------------------------------------------------------------------
 
 
-def ensure_index(out: Path, config, say: DemoReport | None = None) -> dict:
+def ensure_index(out: Path, config, progress: Progress = silent) -> dict:
     """OUT/train.txt (the training split, one document per line) and its index OUT/index/, or those there."""
     from geowh.index.build import META_FILE, build_index, read_meta
 
-    say = say or DemoReport()
     directory = out / INDEX_DIR
     if (directory / META_FILE).is_file():
         meta = read_meta(directory)
-        say.info(f"reused {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens")
+        progress(Event("info", f"reused {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens"))
         return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "reused"}
     if directory.exists():  # a build killed before its metadata: start again
         shutil.rmtree(directory)
     text = out / TRAIN_TEXT
     if not text.is_file():
         _write_text(text, "".join(d + "\n" for d in training_documents(config)))
-    with say.bar("index") as progress:
-        meta = build_index([text], str(out / "tokenizer"), directory, progress=progress)
-    say.info(f"built {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens in {meta.seconds:.0f} s")
+    meta = build_index([text], str(out / "tokenizer"), directory, progress=progress)
+    progress(Event("info", f"built {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens in {meta.seconds:.0f} s"))
     return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "built"}
 
 
@@ -362,26 +342,25 @@ def training_documents(config) -> list[str]:
 # -- stage 3: the QA task --------------------------------------------------------------------------
 
 
-def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = None, say: DemoReport | None = None) -> dict:
+def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = None, progress: Progress = silent) -> dict:
     """OUT/qa.jsonl derived from the sources against OUT/index/, or the one there."""
     from geowh.index.index import Index
 
-    say = say or DemoReport()
     path = out / TASK_FILE
     if path.is_file():
         count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        say.info(f"reused {path}: {count} items")
+        progress(Event("info", f"reused {path}: {count} items"))
         return {"file": str(path), "items": count, "status": "reused"}
     files = [Path(f) for f in sources] if sources else stdlib_files()
-    with say.status(f"deriving up to {items} QA items from {len(files):,} Python files"):
-        derived = derive_task(files, Index(out / INDEX_DIR, workers=1), items)
+    progress(Event("status", f"deriving up to {items} QA items from {len(files):,} Python files"))
+    derived = derive_task(files, Index(out / INDEX_DIR, workers=1), items)
     if len(derived) < 3:
         raise InputError(
             f"only {len(derived)} QA item(s) found in the training split: give Python sources whose docstrings "
             "the corpus holds (qa_sources)"
         )
     _write_text(path, "".join(json.dumps(row) + "\n" for row in derived))
-    say.info(f"derived {path}: {len(derived)} items, e.g. {derived[0]['question']} → {derived[0]['answer']}")
+    progress(Event("info", f"derived {path}: {len(derived)} items, e.g. {derived[0]['question']} → {derived[0]['answer']}"))
     return {"file": str(path), "items": len(derived), "status": "derived"}
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.warehouse import Warehouse, as_warehouse
 from geowh.warehouse.runs import config_key, run_row
 
@@ -268,17 +269,17 @@ def summarize(rows: dict[str, list[dict]]) -> dict[str, Any]:
 
 
 def write_toy(wh: str | Path | Warehouse, config: ToyConfig = ToyConfig(), controls: bool = True,
-              on_series: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+              progress: Progress = silent) -> list[dict[str, Any]]:
     """Train and write the main toy series and (by default) its controls; one summary each.
 
     Each series is written in one transaction that first removes the series' old rows, so a
     rerun leaves no checkpoint or metric row that it did not produce (another --steps, another d).
+    `progress` hears an `info` line as each series starts training.
     """
     wh = as_warehouse(wh)
     out = []
     for model, cfg in series(config, controls).items():
-        if on_series is not None:
-            on_series(model)
+        progress(Event("info", f"training {model} …"))
         rows = run_toy(cfg, model)
         wh.write(rows, before=[(f"DELETE FROM {table} WHERE model = ?", [model])
                                for table in ("metrics", "spectra", "checkpoints")])

@@ -29,12 +29,12 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.warehouse.names import local_step
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ def train_mini(
     steps: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    report: TrainReport | None = None,
+    progress: Progress = silent,
 ) -> TrainSummary:
     """Train (or resume, or reuse) a mini Pythia in `out`; the budget is `steps` or else `minutes` (default 10).
 
@@ -210,7 +210,8 @@ def train_mini(
     `dtype` is the precision of the forward pass (`autocast_dtype`: auto = bf16 autocast on a
     capable GPU or CPU, float32, bfloat16); it is fixed in the plan when the run starts, so a
     resumed run keeps it.
-    Progress goes to `report` (a TrainReport); without one the call prints nothing.
+    `progress` hears what it does (info and status lines, a `bar` of "steps" whose data is each
+    step's loss and lr, then each checkpoint's log row: geowh/progress.py); by default nothing.
 
     Example:
         summary = train_mini("runs/mini", TrainConfig(layers=2, d_model=64), minutes=2)
@@ -227,7 +228,6 @@ def train_mini(
         raise InputError("--minutes must be positive")
     dev = resolve_device(device)
     amp = autocast_dtype(dtype, dev)
-    log = report or TrainReport()
 
     saved = _load_saved(out, config, steps)
     if saved and saved.get("finished"):
@@ -235,7 +235,7 @@ def train_mini(
 
     if saved is None:
         out.mkdir(parents=True, exist_ok=True)
-        data = _prepare_data(out, config, log)
+        data = _prepare_data(out, config, progress)
         saved = {"config": config.to_dict(), "corpus": data, "plan": None, "finished": False}
         _write_json(out / CONFIG_FILE, saved)
     tokenizer = _load_tokenizer(out / "tokenizer")
@@ -245,7 +245,7 @@ def train_mini(
     if len(tokens) < config.seq_len + 2:
         raise InputError(f"the corpus holds only {len(tokens)} tokens: give more text or a shorter --seq-len")
     eval_batch = _eval_batch(out / "probe.txt", tokenizer, config)
-    probe = _live_probe(out, tokenizer, config, log)
+    probe = _live_probe(out, tokenizer, config, progress)
 
     model, optimizer, start = _model_and_optimizer(out, config, tokenizer, dev)
     if saved["plan"] is not None:
@@ -264,7 +264,7 @@ def train_mini(
         if steps is not None:
             total, step_seconds = steps, None
         else:
-            step_seconds = _calibrate(model, optimizer, tokens, config, dev, log, amp)
+            step_seconds = _calibrate(model, optimizer, tokens, config, dev, progress, amp)
             budget = 60 * (minutes if minutes is not None else 10.0)
             total = plan_steps(budget - (time.monotonic() - started), step_seconds, save_seconds, config.checkpoints)
         plan = {
@@ -282,25 +282,23 @@ def train_mini(
     total = plan["total_steps"]
     save_at = set(plan["checkpoint_steps"])
 
-    log.info(
-        f"training {_parameters(model):,} parameters on {device_name(dev)} ({amp}): steps {start + 1}…{total}, "
-        f"{len(save_at)} checkpoints → {out}"
-    )
+    progress(Event("info", f"training {_parameters(model):,} parameters on {device_name(dev)} ({amp}): "
+                           f"steps {start + 1}…{total}, {len(save_at)} checkpoints → {out}"))
     losses: list[float] = []
-    with log.steps(total, start) as advance:
-        for step in range(start + 1, total + 1):
-            lr = lr_at(step, total, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = _train_step(model, optimizer, _batch(tokens, step, config), config, dev, amp)
-            losses.append(loss)
-            advance(loss, lr)
-            if step in save_at:
-                row = _log_row(step, sum(losses) / len(losses), model, eval_batch, lr, config, started, amp)
-                row |= _geometry(probe, model, step, config)
-                advance.geometry(row)
-                _save_checkpoint(out, step, model, tokenizer, optimizer, log_row=row)
-                losses = []
+    progress(Event("bar", "steps", done=start, total=total))
+    for step in range(start + 1, total + 1):
+        lr = lr_at(step, total, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = _train_step(model, optimizer, _batch(tokens, step, config), config, dev, amp)
+        losses.append(loss)
+        progress(Event("bar", "steps", done=step, total=total, data={"loss": loss, "lr": lr}))
+        if step in save_at:
+            row = _log_row(step, sum(losses) / len(losses), model, eval_batch, lr, config, started, amp)
+            row |= _geometry(probe, model, step, config)
+            progress(Event("bar", "steps", done=step, total=total, data=row))  # its RankMe and αReQ, if measured
+            _save_checkpoint(out, step, model, tokenizer, optimizer, log_row=row)
+            losses = []
 
     saved["finished"] = True
     _write_json(out / CONFIG_FILE, saved)
@@ -310,29 +308,29 @@ def train_mini(
 # -- data ----------------------------------------------------------------------------------------
 
 
-def _prepare_data(out: Path, config: TrainConfig, log: TrainReport) -> dict:
+def _prepare_data(out: Path, config: TrainConfig, progress: Progress) -> dict:
     """Corpus → held-out OUT/probe.txt, OUT/tokenizer/ and OUT/tokens.npy; returns the corpus description."""
     import numpy as np
 
     from geowh.repro.corpus import load_corpus
 
-    with log.status("reading the corpus (the first build of the default one takes a few minutes)"):
-        corpus = load_corpus(config.corpus, max_mb=config.corpus_mb, on_source=lambda s: log.status_update(f"corpus: {s}"))
+    progress(Event("status", "reading the corpus (the first build of the default one takes a few minutes)"))
+    corpus = load_corpus(config.corpus, max_mb=config.corpus_mb, progress=progress)
     train_docs, probe_docs = split_documents(corpus.texts, config.probe_docs, config.seed)
-    log.info(f"corpus {corpus.name}: {len(corpus.texts):,} documents, {corpus.bytes / 1e6:.1f} MB; "
-             f"{len(probe_docs):,} held out → probe.txt")
+    progress(Event("info", f"corpus {corpus.name}: {len(corpus.texts):,} documents, {corpus.bytes / 1e6:.1f} MB; "
+                           f"{len(probe_docs):,} held out → probe.txt"))
     _write_text(out / "probe.txt", "".join(d + "\n" for d in probe_docs))
 
-    with log.status("training the tokenizer" if config.tokenizer is None else f"loading tokenizer {config.tokenizer}"):
-        tokenizer = build_tokenizer(train_docs, config)
-        tokenizer.save_pretrained(out / "tokenizer")
-    with log.status(f"tokenizing {len(train_docs):,} documents"):
-        ids = encode_documents(tokenizer, train_docs)
-        dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
-        partial = out / "tokens.partial.npy"
-        np.save(partial, ids.astype(dtype))
-        partial.replace(out / "tokens.npy")
-    log.info(f"{len(ids):,} training tokens, vocabulary {len(tokenizer):,}")
+    progress(Event("status", "training the tokenizer" if config.tokenizer is None else f"loading tokenizer {config.tokenizer}"))
+    tokenizer = build_tokenizer(train_docs, config)
+    tokenizer.save_pretrained(out / "tokenizer")
+    progress(Event("status", f"tokenizing {len(train_docs):,} documents"))
+    ids = encode_documents(tokenizer, train_docs)
+    dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
+    partial = out / "tokens.partial.npy"
+    np.save(partial, ids.astype(dtype))
+    partial.replace(out / "tokens.npy")
+    progress(Event("info", f"{len(ids):,} training tokens, vocabulary {len(tokenizer):,}"))
     return corpus.describe() | {
         "train_documents": len(train_docs), "probe_documents": len(probe_docs), "train_tokens": len(ids),
     }
@@ -551,22 +549,22 @@ def _eval_loss(model, batch, dev, amp: str = "auto") -> float | None:
     return loss
 
 
-def _calibrate(model, optimizer, tokens, config: TrainConfig, dev, log: TrainReport, amp: str = "auto") -> float:
+def _calibrate(model, optimizer, tokens, config: TrainConfig, dev, progress: Progress, amp: str = "auto") -> float:
     """Seconds per step, timed on throwaway copies of the model and optimizer."""
     import torch
 
-    with log.status("timing a few steps to plan the schedule"):
-        trial_model = copy.deepcopy(model)
-        trial_opt = _optimizer(trial_model, config)
-        _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED, config), config, dev, amp)  # allocations
-        times: list[float] = []
-        while len(times) < CALIBRATION_STEPS and sum(times) < CALIBRATION_SECONDS:
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t = time.monotonic()
-            _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED + 1 + len(times), config), config, dev, amp)
-            times.append(time.monotonic() - t)
-        del trial_model, trial_opt
+    progress(Event("status", "timing a few steps to plan the schedule"))
+    trial_model = copy.deepcopy(model)
+    trial_opt = _optimizer(trial_model, config)
+    _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED, config), config, dev, amp)  # allocations
+    times: list[float] = []
+    while len(times) < CALIBRATION_STEPS and sum(times) < CALIBRATION_SECONDS:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.monotonic()
+        _train_step(trial_model, trial_opt, _batch(tokens, CALIBRATION_SEED + 1 + len(times), config), config, dev, amp)
+        times.append(time.monotonic() - t)
+    del trial_model, trial_opt
     return sorted(times)[len(times) // 2] * 1.05  # median, with a margin for evaluation and logging
 
 
@@ -582,14 +580,14 @@ def _log_row(step: int, train_loss, model, eval_batch, lr: float, config: TrainC
     }
 
 
-def _live_probe(out: Path, tokenizer, config: TrainConfig, log: TrainReport):
+def _live_probe(out: Path, tokenizer, config: TrainConfig, progress: Progress):
     """The held-out probe, tokenized once, for RankMe and αReQ at each checkpoint (None when no text is long enough)."""
     from geowh.integrations import GeometryProbe
 
     try:
         return GeometryProbe(tokenizer, out / "probe.txt", name=out.name, n=LIVE_PROBE_N, max_len=config.seq_len)
     except InputError as e:
-        log.info(f"no live RankMe/αReQ: {e}")
+        progress(Event("info", f"no live RankMe/αReQ: {e}"))
         return None
 
 
@@ -700,35 +698,3 @@ def _write_text(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
-
-
-# -- progress --------------------------------------------------------------------------------------
-
-
-class TrainReport:
-    """Where `train_mini` reports what it does. This base shows nothing, so the Python API is
-    silent; `geowh train-mini` passes a subclass that draws it (cli/train.py)."""
-
-    def info(self, text: str) -> None:
-        """A line worth telling: what was prepared, what the run will do."""
-
-    def status(self, text: str) -> AbstractContextManager:
-        """A step that takes a while (reading the corpus, timing steps), for as long as the block runs."""
-        return nullcontext()
-
-    def status_update(self, text: str) -> None:
-        """New text for the status now shown."""
-
-    def steps(self, total: int, start: int) -> AbstractContextManager[StepReport]:
-        """The training loop, steps start+1..total: the block gets the StepReport each step reports to."""
-        return nullcontext(StepReport())
-
-
-class StepReport:
-    """What the step loop reports to: each step's loss and lr, each checkpoint's RankMe and αReQ."""
-
-    def __call__(self, loss: float, lr: float) -> None:
-        """One step done."""
-
-    def geometry(self, row: dict) -> None:
-        """A checkpoint's log row (its rankme and alpha_req when the live probe measured them)."""

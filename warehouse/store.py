@@ -9,7 +9,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ import polars as pl
 
 from geowh.errors import GeowhError, InputError, OutputError, WarehouseError
 from geowh.outputs import check_output, output_path
+from geowh.progress import Event, Progress, silent
 from geowh.settings import settings
 from geowh.signals import deferred
 from geowh.warehouse.runs import running_rows
@@ -69,13 +70,14 @@ class Warehouse:
         path: str | Path | None = None,
         *,
         lock_timeout: float | None = LOCK_WAIT_SECONDS,
-        on_wait: Callable[[str], None] | None = None,
+        progress: Progress = silent,
     ):
         self.path = Path(path) if path is not None else settings().db
         self.lock_timeout = lock_timeout
         """Seconds to wait while another process holds the file; None waits as long as it takes."""
-        self.on_wait = on_wait
-        """Called with who holds the file (`PID 123 (python3)`) when a wait for it begins."""
+        self.progress = progress
+        """Told when a wait for the file begins: a `locked` event, its text who holds the file
+        (`PID 123 (python3)`), its data {"db": the path} (geowh/progress.py)."""
         self._migrated = False
 
     def __repr__(self) -> str:
@@ -220,8 +222,8 @@ class Warehouse:
                         "wait for it to finish or stop it, then run this again"
                     ) from None
                 now_held_by = lock_holder(e)
-                if now_held_by != holder and self.on_wait is not None:
-                    self.on_wait(now_held_by)
+                if now_held_by != holder:
+                    self.progress(Event("locked", now_held_by, data={"db": str(self.path)}))
                 holder = now_held_by
                 time.sleep(0.5)
             except duckdb.Error as e:

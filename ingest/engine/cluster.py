@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from geowh.errors import CheckpointError, GeowhError, InputError
 from geowh.ingest.engine.plan import CheckpointResult, Plan
 from geowh.ingest.engine.run import Job, Work
+from geowh.progress import silent
 
 CONNECT_TIMEOUT = 10.0  # seconds for the head node to answer
 INSTALL = "pip install 'geowh[ray]' (on every node of the cluster)"
@@ -130,8 +131,8 @@ class RayExecutor:
 
     def map(self, work: Work, jobs: Sequence[Job], started: Callable[[Job], None]) -> Iterator[CheckpointResult]:
         ray = _ray()
-        # Progress callbacks live in the driver's terminal; the plan goes to the object store once.
-        shipped = ray.put(replace(work, on_batch=None))
+        # Progress is drawn in the driver's terminal; the plan goes to the object store once.
+        shipped = ray.put(replace(work, progress=silent))
         task = ray.remote(_process).options(**self._options(), max_retries=1)
         waiting = list(jobs)
         running: dict = {}  # ObjectRef → Job

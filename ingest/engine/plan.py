@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from geowh.errors import InputError
 from geowh.ingest.config import IngestConfig, Selection
 from geowh.ingest.sources.series import CheckpointRef, Series
+from geowh.progress import Event, Progress, silent
 from geowh.warehouse.runs import config_key, run_row
 
 if TYPE_CHECKING:
@@ -29,17 +30,18 @@ Rows = dict[str, list[dict]]
 
 @dataclass
 class Meter:
-    """What a measurement reports while it measures one checkpoint: the progress of its forward
-    passes (`batch`, passed on to `Events.batch`), the tokens it read (the summary's tokens/s) and
-    the seconds of its own stages (runs.stage_seconds, next to the engine's time of each measurement)."""
+    """What a measurement reports while it measures one checkpoint: its progress (`progress`, the
+    run's: geowh/progress.py; `batch` tells how many of its tokens went through the model), the
+    tokens it read (the summary's tokens/s) and the seconds of its own stages (runs.stage_seconds,
+    next to the engine's time of each measurement)."""
 
-    on_batch: Callable[[int, int], None] | None = None
+    progress: Progress = silent
     tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
     def batch(self, done: int, total: int) -> None:
-        if self.on_batch is not None:
-            self.on_batch(done, total)
+        """Forward passes so far: `done` of `total` tokens (a `bar` event of "tokens")."""
+        self.progress(Event("bar", "tokens", done=done, total=total))
 
 
 @dataclass(eq=False)

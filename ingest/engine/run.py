@@ -17,7 +17,8 @@ or `Measurement`s given. Its parts, kept apart so that a distributed or a live r
   what is done, writes each checkpoint's `running` row, hands the checkpoints to an `Executor`
   (engine/executors.py: `Serial`; engine/cluster.py: `RayExecutor`) and writes each result as it
   comes back. Only the driver writes.
-- `Events` is how the engine reports progress; it prints nothing itself (cli/ renders it).
+- It reports progress through `progress` (geowh/progress.py: planned, started, bar, finished,
+  locked) and prints nothing itself (cli/progress.py renders it).
 
 `ingest(model, config, selection)` is plan + run; `live`-measured checkpoints
 (`geowh.integrations`) call `process_checkpoint(ref, plan, loaded=model)` and `write_result`."""
@@ -44,6 +45,7 @@ from geowh.ingest.engine.plan import (
     plan_ingest,
 )
 from geowh.ingest.sources.series import CheckpointRef, Series, check_source
+from geowh.progress import Event, Progress, silent
 from geowh.signals import interrupted_by
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ def process_checkpoint(
     plan: Plan,
     *,
     run_id: str | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    progress: Progress = silent,
     loaded: Loaded | None = None,
     load: Callable[[], Any] | None = None,
 ) -> CheckpointResult:
@@ -72,6 +74,7 @@ def process_checkpoint(
     an ingest of the same weights writes, and the model is left as it was, not released.
     `load` replaces how `ref` is loaded otherwise (`Serial` passes one that takes the weights
     a thread read ahead); its model is released after, its `CheckpointError` fails `ref`.
+    `progress` hears the measurements' forward passes (`bar` events of "tokens").
     """
     from geowh.ingest.sources.models import device_name, dtype_name, load_checkpoint
     from geowh.warehouse import utcnow
@@ -79,7 +82,7 @@ def process_checkpoint(
     run_id = run_id or str(uuid.uuid4())
     started = utcnow()
     clock = time.perf_counter()
-    meter = Meter(on_batch)
+    meter = Meter(progress)
     given = loaded is not None
     try:
         t = time.perf_counter()
@@ -190,31 +193,6 @@ class IngestSummary(CheckpointTally):
     """Checkpoints done before with the same settings but older metric definitions, measured again."""
 
 
-class Events:
-    """What the engine reports while it runs. Every method does nothing here: the library is quiet.
-
-    Subclass and override what you want to show (cli/ingest.py draws a progress bar with it):
-    `planned` once with the checkpoints to compute, `started` before each, `batch` as its
-    forward passes go, `finished` with its summary entry, `waiting` when another process holds
-    the warehouse file (with who holds it).
-    """
-
-    def planned(self, todo: Sequence[CheckpointRef]) -> None:
-        pass
-
-    def started(self, ref: CheckpointRef) -> None:
-        pass
-
-    def batch(self, done: int, total: int) -> None:
-        pass
-
-    def finished(self, entry: dict) -> None:
-        pass
-
-    def waiting(self, holder: str) -> None:
-        pass
-
-
 @dataclass(frozen=True)
 class Job:
     """One checkpoint to process, under the run id its `running` row was written with."""
@@ -228,10 +206,10 @@ class Work:
     """`process_checkpoint` of one job under a plan: what an executor runs (picklable)."""
 
     plan: Plan
-    on_batch: Callable[[int, int], None] | None = None
+    progress: Progress = silent
 
     def __call__(self, job: Job, load: Callable[[], Any] | None = None) -> CheckpointResult:
-        return process_checkpoint(job.ref, self.plan, run_id=job.run_id, on_batch=self.on_batch, load=load)
+        return process_checkpoint(job.ref, self.plan, run_id=job.run_id, progress=self.progress, load=load)
 
     def lost(self, job: Job, why: str) -> CheckpointResult:
         """The failed result of a job whose process died before it could return one."""
@@ -253,7 +231,7 @@ def ingest(
     evict: bool = False,
     db: str | Path | None = None,
     lock_timeout: float | None = None,
-    events: Events | None = None,
+    progress: Progress = silent,
     executor: Executor | None = None,
 ) -> IngestSummary:
     """Ingest every selected checkpoint of `model` into the warehouse `db` (the Python `geowh ingest`).
@@ -261,12 +239,13 @@ def ingest(
     Completed checkpoints (an ok run with the same config key) are skipped unless `force`;
     a checkpoint that fails gets a failed `runs` row and the loop goes on. While another
     process holds the file, a computed checkpoint waits for it (`lock_timeout` seconds, by
-    default as long as it takes), calling `events.waiting(holder)` when a wait begins. Ctrl-C or
+    default as long as it takes), telling `progress` (a `locked` event) when a wait begins. Ctrl-C or
     SIGTERM stops with the finished checkpoints written and the current one `interrupted`;
     `running` rows of `model` left by a killed process are marked `interrupted` first.
     `config` defaults to `IngestConfig()`; `selection` to every checkpoint. The measurements are
     those of the registry that `config` (geometry, unless `config.geometry` is off) and `options`
-    ask for, then `measurements` (`plan_ingest`).
+    ask for, then `measurements` (`plan_ingest`). `progress` hears of each checkpoint (`planned`,
+    `started`, `bar`, `finished`: geowh/progress.py); by default nothing is told.
 
     Example:
         config = IngestConfig(probe="docs.txt", n=500, max_len=128)
@@ -277,9 +256,8 @@ def ingest(
     from geowh.warehouse import Warehouse
 
     plan = plan_ingest(model, config or IngestConfig(), selection, measurements, options)
-    events = events or Events()
-    wh = Warehouse(db, lock_timeout=lock_timeout, on_wait=events.waiting)
-    return run(plan, wh, force=force, evict=evict, events=events, executor=executor)
+    wh = Warehouse(db, lock_timeout=lock_timeout, progress=progress)
+    return run(plan, wh, force=force, evict=evict, progress=progress, executor=executor)
 
 
 def run(
@@ -288,7 +266,7 @@ def run(
     *,
     force: bool = False,
     evict: bool = False,
-    events: Events | None = None,
+    progress: Progress = silent,
     executor: Executor | None = None,
 ) -> IngestSummary:
     """The driver: every checkpoint of `plan` not yet done, processed by `executor`, written here.
@@ -299,7 +277,6 @@ def run(
     out and not written are recorded `failed` (with the error) or `interrupted`, then it is
     raised. A written checkpoint is never overwritten by that record.
     """
-    events = events or Events()
     executor = executor or Serial()
     shared: Rows = {}  # the measurements' rows of no checkpoint (caches): the driver writes them
     for m in plan.measurements:  # before `prepare` ships the measurements to where they run
@@ -323,16 +300,16 @@ def run(
             summary.checkpoints.append(_entry(ref, "skipped"))
     jobs = [Job(ref, str(uuid.uuid4())) for ref in todo]
     handed_out: dict[str, tuple[Job, Any]] = {}  # run_id → (job, started_at): running rows not yet finished
-    events.planned(todo)
+    progress(Event("planned", total=len(todo), data={"checkpoints": [r.label for r in todo]}))
 
     def started(job: Job) -> None:
-        events.started(job.ref)
+        progress(Event("started", job.ref.label))
         at = _now()
         handed_out[job.run_id] = (job, at)
         wh.write({"runs": [plan.run_row(job.ref, job.run_id, "running", started_at=at)]})
 
     writing = None
-    results = executor.map(Work(plan, events.batch), jobs, started)
+    results = executor.map(Work(plan, progress), jobs, started)
     try:
         for result in results:
             writing = result
@@ -347,7 +324,7 @@ def run(
                 evict_files(result.ref)
             entry = _entry(result.ref, result.status, result)
             summary.checkpoints.append(entry)
-            events.finished(entry)
+            progress(Event("finished", result.ref.label, data=entry))
     except BaseException as e:  # config errors, bugs, a full disk, Ctrl-C: the attempts are recorded, then we stop
         stop = interrupted_by(e)
         if stop is not None and writing is not None and stop.after_block:

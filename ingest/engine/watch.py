@@ -7,8 +7,8 @@ picks the checkpoints that are complete: the trainer's completion marker is ther
 header says), so a half-written one is never read, and so never recorded as failed. Complete
 checkpoints are ingested one at a time by `ingest.engine.run.ingest` (resume, failures and the
 transaction per checkpoint are the ingest's), after each the phases are computed again, and
-the caller hears of it through `on_event`; between checkpoints `stop()` is asked whether to
-end. The library prints nothing.
+the caller hears of it through `progress` (geowh/progress.py: ingested, failed, waiting, phase,
+idle); between checkpoints `stop()` is asked whether to end. The library prints nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import json
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geowh.errors import InputError
 from geowh.ingest.engine.run import CheckpointTally
+from geowh.progress import Event, Progress, silent
 from geowh.warehouse import Warehouse, as_warehouse
 
 if TYPE_CHECKING:
@@ -34,17 +35,9 @@ MARKERS = ("trainer_state.json",)
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-@dataclass(frozen=True)
-class WatchEvent:
-    """Something the watch did: `kind` is ingested, failed, waiting, phase or idle."""
-
-    kind: str
-    checkpoint: str | None = None
-    step: int | None = None
-    detail: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def _event(kind: str, checkpoint: str | None = None, step: int | None = None, detail: dict | None = None) -> Event:
+    """A watch's event: its data is the line `geowh watch --json` prints (less the kind)."""
+    return Event(kind, checkpoint or "", data={"checkpoint": checkpoint, "step": step, "detail": detail or {}})
 
 
 @dataclass
@@ -119,7 +112,7 @@ def watch(
     settle: float = 30.0,
     once: bool = False,
     until_idle: float | None = None,
-    on_event: Callable[[WatchEvent], None] | None = None,
+    progress: Progress = silent,
     stop: Callable[[], bool] | None = None,
     db: str | Path | Warehouse | None = None,
     name: str | None = None,
@@ -132,7 +125,9 @@ def watch(
     the measurements are built once, for every checkpoint's ingest (the probe is tokenized once).
     With `once`, what is complete now is ingested and the call returns; with `until_idle`, it
     returns after that many seconds without a new complete checkpoint; otherwise it runs until
-    `stop()` returns true (checked between checkpoints and while waiting).
+    `stop()` returns true (checked between checkpoints and while waiting). `progress` hears of
+    each checkpoint ingested or failed, of those still being written, of each new phase and of
+    the idle end (geowh/progress.py).
 
     Example:
         watch("runs/my-run", IngestConfig(probe="held_out.txt", n=1000, max_len=256), db="w.duckdb", until_idle=3600)
@@ -148,7 +143,6 @@ def watch(
         raise InputError("--interval must be positive, --settle and --until-idle at least 0")
     config = config or IngestConfig()
     shared: tuple | None = None  # the measurements, built at the first checkpoint and kept for the others
-    tell = on_event or (lambda event: None)
     stop = stop or (lambda: False)
     wh = as_warehouse(db)
     summary = WatchSummary(name, str(wh.path))
@@ -175,15 +169,15 @@ def watch(
             summary.model = result.model
             for entry in result.checkpoints:
                 summary.checkpoints.append(entry)
-                tell(WatchEvent("failed" if entry["status"] == "failed" else "ingested", entry["checkpoint"],
+                progress(_event("failed" if entry["status"] == "failed" else "ingested", entry["checkpoint"],
                                 entry["step"], entry))
             done.add(ref.label)
             last_new = time.monotonic()
-            labels = _phases(wh, result.model, labels, summary, tell)
+            labels = _phases(wh, result.model, labels, summary, progress)
         if waiting != shown_waiting:
             shown_waiting = waiting
             if waiting:
-                tell(WatchEvent("waiting", detail={"checkpoints": waiting}))
+                progress(_event("waiting", detail={"checkpoints": waiting}))
         if once:
             summary.stopped = "once"
             return summary
@@ -194,7 +188,7 @@ def watch(
                 return summary
             if until_idle is not None and time.monotonic() - last_new >= until_idle:
                 summary.stopped = "idle"
-                tell(WatchEvent("idle", detail={"seconds": until_idle}))
+                progress(_event("idle", detail={"seconds": until_idle}))
                 return summary
             time.sleep(min(0.2, interval))
 
@@ -216,7 +210,7 @@ def _scan(root: Path, settle: float) -> tuple[list, list[str]]:
     return ready, [r.label for r in refs if r not in ready]
 
 
-def _phases(wh, model: str, before: list[dict], summary: WatchSummary, tell) -> list[dict]:
+def _phases(wh, model: str, before: list[dict], summary: WatchSummary, progress: Progress) -> list[dict]:
     """Phases of `model` now; a `phase` event for each phase start that was not there before."""
     from geowh.queries.phases import phases
 
@@ -230,6 +224,6 @@ def _phases(wh, model: str, before: list[dict], summary: WatchSummary, tell) -> 
     while same < min(len(rows), len(before)) and rows[same]["phase"] == before[same]["phase"]:
         same += 1
     for i in range(max(same, 1), len(rows)):
-        tell(WatchEvent("phase", step=rows[i]["start_step"],
+        progress(_event("phase", step=rows[i]["start_step"],
                         detail={"before": rows[i - 1]["phase"], "after": rows[i]["phase"], "tokens": rows[i]["start_tokens"]}))
     return rows

@@ -10,12 +10,13 @@ caller can stream features into covariance accumulators; nothing holds all of th
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from geowh.errors import CheckpointError, InputError
+from geowh.progress import Event, Progress, silent
 
 POOLINGS = ("last", "mean")
 # Tokens per batch when no batch size is given and the device is the CPU: large matrix
@@ -198,7 +199,7 @@ def extract_features(
     batch_size: int | None = None,
     padding_side: str = "right",
     head=None,
-    on_batch: Callable[[int, int], None] | None = None,
+    progress: Progress = silent,
 ) -> Iterator[Extracted]:
     """Yield an `Extracted` per batch: its indices and `{(layer, pooling): features}`, (batch, d) on `device`.
 
@@ -206,7 +207,7 @@ def extract_features(
     `num_hidden_layers` = the output after the final norm). With `head` (the LM head), the
     probe's next-token loss is summed too, from the same forward pass. Without `batch_size`,
     batches fill a token budget set from the device's memory, halved whenever a batch runs out
-    of memory. `on_batch(tokens_done, tokens_total)` reports progress in real tokens.
+    of memory. `progress` hears a `bar` event of "tokens" per batch: real tokens done of the total.
     Raises CheckpointError when features are NaN/inf or memory runs out at batch 1.
     """
     import torch
@@ -253,8 +254,7 @@ def extract_features(
                 ]
                 continue
             done += sum(lengths[i] for i in indices)
-            if on_batch is not None:
-                on_batch(done, total)
+            progress(Event("bar", "tokens", done=done, total=total))
             yield out
 
 

@@ -115,7 +115,7 @@ def geometry_rows(loaded: Loaded, probe: Probe, config: IngestConfig, meter: Met
         device=loaded.device,
         batch_size=config.batch_size,
         head=loaded.model.get_output_embeddings() if config.loss else None,
-        on_batch=meter.batch,
+        progress=meter.progress,
     ):
         indices = batch.indices
         nll, predicted = nll + batch.nll, predicted + batch.predicted

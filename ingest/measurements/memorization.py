@@ -44,6 +44,7 @@ from geowh.ingest.measurements.statistics import (
     suffix_length_table,
 )
 from geowh.ingest.measurements.tasks import QAItem, load_task
+from geowh.progress import Progress, silent
 
 NAME = "memorization"
 OPTIONS = (
@@ -314,7 +315,7 @@ def memorize(
     *,
     wh,
     force: bool = False,
-    events=None,
+    progress: Progress = silent,
     executor=None,
 ) -> list[dict[str, Any]]:
     """Score every selected checkpoint of `model`; one summary dict per checkpoint.
@@ -324,6 +325,7 @@ def memorize(
     with its error and the next one goes on, an interrupt records the current one
     `interrupted`; each checkpoint's rows are written in one transaction. Each dict says
     checkpoint, step, status (ok, skipped, failed), value (the authors' ρ), n, seconds and error.
+    `progress` hears of each checkpoint as `ingest` tells it (geowh/progress.py).
 
     Example:
         memorize("pythia-160m", MemorizeConfig("triviaqa", "indexes/pile"), Selection("log:20"), wh=Warehouse())
@@ -336,7 +338,7 @@ def memorize(
     mem = Memorization(config.task, config.index, index_tokenizer=config.index_tokenizer,
                        batch_size=config.batch_size, limit=config.limit)
     plan = plan_ingest(model, engine, selection or Selection(), [mem])
-    summary = run(plan, wh, force=force, events=events, executor=executor)
+    summary = run(plan, wh, force=force, progress=progress, executor=executor)
     scored = {}
     run_ids = [c["run_id"] for c in summary.checkpoints if c["run_id"]]
     if run_ids:
