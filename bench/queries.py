@@ -27,8 +27,9 @@ import duckdb
 import numpy as np
 from scipy import stats
 
-from geowh.queries import correlate, phases, segment
-from geowh.queries.phases import signal
+from geowh.queries import segment
+from geowh.queries.correlate import correlate
+from geowh.queries.phases import phases, signal
 from geowh.warehouse import Warehouse
 
 STEPS = [0] + [2**k for k in range(10)] + list(range(1000, 143001, 1000))

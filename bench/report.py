@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from geowh.queries import phase_map, report  # noqa: E402
+from geowh.queries import phase_map  # noqa: E402
+from geowh.queries.report import report  # noqa: E402
 from geowh.spectrum_math import compute_metrics  # noqa: E402
 from geowh.warehouse import Warehouse  # noqa: E402
 from queries import STEPS, build  # noqa: E402  (bench/queries.py)

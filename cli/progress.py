@@ -159,7 +159,7 @@ def _steps(r: Renderer, e: Event) -> None:
         r.open("steps")
         r.tasks["steps"] = r.live.add_task("train", total=e.total, completed=e.done or 0, loss="…", lr="…",
                                            rankme="…", alpha="…")
-    shown = {}
+    shown: dict[str, str] = {}
     if "loss" in e.data:
         shown |= {"loss": f"{e.data['loss']:.3f}", "lr": f"{e.data['lr']:.2e}"}
     if "rankme" in e.data:  # a checkpoint's live geometry, shown until the next one

@@ -318,7 +318,7 @@ def layer_frame(wh: Warehouse, model: str, metrics: Sequence[str], probe: str | 
                 layers: str | Sequence[int] = "all", progress: Progress = silent) -> pl.DataFrame:
     """layer, checkpoint, step, tokens, flops, metric, value of every layer of one model's probe
     and pooling (picked as for phases), in training order."""
-    pick = pick_series(wh, model, metrics, probe, None, None, None)
+    pick = pick_series(wh, model, metrics, probe, None, None)
     frame = wh.query(
         f"""
         SELECT m.layer, m.checkpoint, c.step, c.tokens, {FLOPS_PER_PARAM_TOKEN}.0 * mo.parameters * c.tokens AS flops,

@@ -11,8 +11,8 @@ from conftest import PYTHIA_EVALS
 from scipy import stats
 
 from geowh.errors import InputError
-from geowh.queries import correlate, import_evals, import_metrics
-from geowh.queries.correlate import pair
+from geowh.queries import import_evals, import_metrics
+from geowh.queries.correlate import correlate, pair
 
 GRID = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 143000])
 

@@ -94,12 +94,12 @@ def test_a_computed_checkpoint_waits_for_a_reader_however_long_and_is_stored(wor
         return result
 
     monkeypatch.setattr(run, "process_checkpoint", then_hold)
-    class Waits(run.Events):
-        def waiting(self, holder: str) -> None:
-            waits.append(holder)
+    def progress(event):
+        if event.kind == "locked":
+            waits.append(event.text)
 
     summary = run.ingest(str(workdir / "run"), run.IngestConfig(probe=str(workdir / "docs.txt"), n=64, max_len=32),
-                         db=db, events=Waits())
+                         db=db, progress=progress)
     holders[0].wait()
     assert [c["status"] for c in summary.checkpoints] == ["ok"] * 4
     assert waits and waits[0].startswith(f"PID {holders[0].pid} (")  # named from DuckDB's lock error

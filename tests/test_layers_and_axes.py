@@ -50,7 +50,7 @@ def test_every_alpha_req_carries_its_fit_quality_in_sql_and_poor_or_short_fits_a
 
 
 def test_flagged_fits_are_counted_in_the_phase_evidence(wh, cli):
-    from geowh.queries import phases
+    from geowh.queries.phases import phases
 
     wh.execute("UPDATE metrics SET value = 0.5 WHERE model = 'large' AND layer = 2 AND metric = 'alpha_req_r2' "
                "AND checkpoint IN ('step0', 'step1', 'step2')")
@@ -84,7 +84,7 @@ def test_the_isotropic_baseline_is_what_gaussian_features_of_that_n_and_d_give(n
 
 
 def test_phases_on_the_flops_axis_store_six_n_d_and_models_of_two_sizes_line_up(wh):
-    from geowh.queries import phases
+    from geowh.queries.phases import phases
 
     per_step = MODELS["small"][1]
     for model, (params, _) in MODELS.items():
@@ -97,7 +97,9 @@ def test_phases_on_the_flops_axis_store_six_n_d_and_models_of_two_sizes_line_up(
 
 
 def test_the_flops_axis_names_the_model_whose_parameters_or_tokens_are_unknown(wh, cli):
-    from geowh.queries import correlate, phases, plot
+    from geowh.queries.correlate import correlate
+    from geowh.queries.phases import phases
+    from geowh.queries.plot import plot
 
     wh.execute("UPDATE models SET parameters = NULL WHERE model = 'large'")
     with pytest.raises(InputError, match=r"parameter count of large .*--x step or tokens"):
@@ -112,7 +114,7 @@ def test_the_flops_axis_names_the_model_whose_parameters_or_tokens_are_unknown(w
 
 
 def test_correlate_nearest_pairs_on_the_flops_axis(wh):
-    from geowh.queries import correlate
+    from geowh.queries.correlate import correlate
 
     # The eval is measured at other steps than the geometry: only a nearest join pairs them.
     wh.execute("UPDATE evals SET checkpoint = 'e' || step, step = step + 1 WHERE model = 'small'")
@@ -147,7 +149,7 @@ def test_a_phase_map_segments_every_layer_and_shows_deeper_layers_leave_warmup_l
 
 
 def test_the_layer_heatmap_is_drawn_with_phase_boundaries_to_png_and_terminal(wh, tmp_path, cli):
-    from geowh.queries import plot
+    from geowh.queries.plot import plot
 
     out = tmp_path / "layers.png"
     points = plot(wh, "large", "rankme", out=out, layers="all")

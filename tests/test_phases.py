@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geowh.errors import InputError
-from geowh.queries import PhaseParams, import_metrics, phases, segment
-from geowh.queries.phases import signal
+from geowh.queries import PhaseParams, import_metrics, segment
+from geowh.queries.phases import phases, signal
 
 # Pythia's checkpoint grid: 0, 1, 2, 4 … 512, then every 1000 steps to 143000 (154 checkpoints).
 STEPS = np.array([0] + [2**k for k in range(10)] + list(range(1000, 143001, 1000)))
@@ -147,10 +147,10 @@ def test_the_last_layer_is_the_default_and_the_choice_is_said(wh, tmp_path):
     flat.write_csv(tmp_path / "b.csv")
     import_metrics(wh, tmp_path / "a.csv")
     import_metrics(wh, tmp_path / "b.csv")
-    notes = []
-    found = phases(wh, "m", note=notes.append)
+    events = []
+    found = phases(wh, "m", progress=events.append)
     assert found["layer"].unique().to_list() == [24] and len(found) == 3
-    assert any("layer 24" in n for n in notes)
+    assert any("layer 24" in e.text for e in events if e.kind == "note")
     assert phases(wh, "m", layer=3, metric="rankme")["phase"].to_list() == ["flat"]
 
 

@@ -12,7 +12,8 @@ import pytest
 from conftest import PYTHIA_EVALS
 
 from geowh.errors import InputError
-from geowh.queries import import_evals, import_metrics, plot
+from geowh.queries import import_evals, import_metrics
+from geowh.queries.plot import plot
 
 STEPS = np.array([0] + [2**k for k in range(10)] + list(range(1000, 143001, 4000)))
 
@@ -109,7 +110,7 @@ def test_an_all_nan_series_is_nothing_to_plot_not_twelve_points(wh, cli, tmp_pat
 
 def test_nan_values_are_left_out_of_the_points_and_said(wh, tmp_path):
     _nan_series(wh, [3.0, float("nan"), 2.5, 2.0])
-    notes = []
-    points = plot(wh, "m", "rankme", out=tmp_path / "fig.png", note=notes.append)
+    events = []
+    points = plot(wh, "m", "rankme", out=tmp_path / "fig.png", progress=events.append)
     assert points["step"].to_list() == [0, 2, 3]
-    assert any("1 NaN or infinite value(s) are not drawn (rankme)" in n for n in notes)
+    assert any("1 NaN or infinite value(s) are not drawn (rankme)" in e.text for e in events if e.kind == "note")

@@ -91,7 +91,7 @@ def test_a_waiting_writer_proceeds_as_soon_as_a_timed_out_query_lets_go(db):
     held_by_query(db)
     started = time.monotonic()
     # an ingest waits as long as it takes for the file; here it must not wait past the query's limit
-    Warehouse(db, lock_timeout=None, on_wait=waits.append).write(checkpoint_rows(checkpoint="step2", step=2))
+    Warehouse(db, lock_timeout=None, progress=waits.append).write(checkpoint_rows(checkpoint="step2", step=2))
     waited = time.monotonic() - started
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "longer than its limit of 3 s" in err, err

@@ -234,21 +234,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     monkeypatch.setattr(train_mod, "_train_step", real_step)
     assert not (tmp_path / "mini" / f"step{STEPS}").exists()
 
-    class Recorder(train_mod.TrainReport):
-        def __init__(self):
-            self.events = []
-
-        def info(self, text):
-            self.events.append(("info", text))
-
-        def steps(self, total, start):
-            self.events.append(("steps", total, start))
-            return super().steps(total, start)
-
-    report = Recorder()
-    resumed = train_mini(tmp_path / "mini", config, steps=STEPS, report=report)
+    events = []
+    resumed = train_mini(tmp_path / "mini", config, steps=STEPS, progress=events.append)
     assert resumed.status == "resumed"
-    assert ("steps", STEPS, 4) in report.events and any(e[0] == "info" for e in report.events)
+    bar = [(e.done, e.total) for e in events if e.kind == "bar" and e.text == "steps"]
+    assert bar[0] == (4, STEPS) and bar[-1] == (STEPS, STEPS)  # resumed after step 4, the bar starts there
+    assert any(e.kind == "info" for e in events)
     a = load_file(out / f"step{STEPS}" / "model.safetensors")
     b = load_file(tmp_path / "mini" / f"step{STEPS}" / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].allclose(b[k], atol=1e-6) for k in a)

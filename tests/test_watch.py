@@ -133,9 +133,10 @@ def test_a_line_is_printed_when_a_new_phase_starts_and_only_then(tmp_path, wh):
         write_csv(tmp_path / "t.csv", "live-run", rankme[:k], alpha[:k], steps=STEPS[:k])
         import_metrics(wh, tmp_path / "t.csv")
         labels = _phases(wh, "live-run", labels, WatchSummary("live-run", str(wh.path)), events.append)
-    changes = [(e.detail["before"], e.detail["after"]) for e in events]
+    assert {e.kind for e in events} == {"phase"}
+    changes = [(e.data["detail"]["before"], e.data["detail"]["after"]) for e in events]
     assert changes == [("warmup", "entropy-seeking"), ("entropy-seeking", "compression-seeking")]
-    starts = [e.step for e in events]
+    starts = [e.data["step"] for e in events]
     assert abs(np.searchsorted(STEPS, starts[0]) - np.searchsorted(STEPS, 64)) <= 1
     assert abs(np.searchsorted(STEPS, starts[1]) - np.searchsorted(STEPS, 4000)) <= 1
 
