@@ -3,8 +3,8 @@ no second shape (an `on_x` callback, `note=`, an `Events` or `Report` object) cr
 
 from __future__ import annotations
 
+import ast
 import importlib
-import inspect
 import io
 import pkgutil
 import re
@@ -21,7 +21,7 @@ ROOT = Path(geowh.__file__).parent
 NOT_LIBRARY = {"cli", "tests", "bench", "build", "docs", "data", "runs"}
 """Folders of the checkout that are not the library (cli/ renders progress; the rest is not shipped code)."""
 
-OLD_SHAPES = re.compile(r"^(on_\w+|note|notes|events|report|reporter|say|tell|log|callback|hook)$")
+OLD_SHAPES = re.compile(r"^(on_\w+|note|notes|events|report|say|tell|log)$")
 """Parameter names of the shapes the protocol replaced (on_batch, on_event, on_wait, note, events, report, …)."""
 
 NOT_PROGRESS = {
@@ -32,53 +32,52 @@ NOT_PROGRESS = {
 """Callable parameters returning None that are not progress, each with why."""
 
 
-def _library_modules() -> list[types.ModuleType]:
-    modules = []
-    for info in pkgutil.walk_packages([str(ROOT)], prefix="geowh."):
-        if info.name.split(".")[1] in NOT_LIBRARY or info.name == "geowh.__main__":
-            continue
-        try:
-            modules.append(importlib.import_module(info.name))
-        except ImportError as e:  # an optional extra (lightning, ray) not installed here
-            if "lightning" in str(e) or "ray" in str(e):
-                continue
-            raise
-    return modules
+def _library_files() -> list[Path]:
+    """The package's source files: those at the root and in its library folders (not .venv, tests, …)."""
+    packages = [p for p in ROOT.iterdir() if p.name not in NOT_LIBRARY and (p / "__init__.py").is_file()]
+    return sorted([*ROOT.glob("*.py"), *(f for package in packages for f in package.rglob("*.py"))])
 
 
-def _callables(module: types.ModuleType):
-    """(qualified name, function) of every function and method defined in `module`."""
-    for name, value in vars(module).items():
-        if getattr(value, "__module__", None) != module.__name__:
-            continue
-        if inspect.isfunction(value):
-            yield name, value
-        elif inspect.isclass(value):
-            for attr, member in vars(value).items():
-                if inspect.isfunction(member):
-                    yield f"{name}.{attr}", member
+def _functions(tree: ast.AST):
+    """(qualified name, def) of every function and method of a module's syntax tree."""
+    def walk(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield f"{prefix}{child.name}", child
+                yield from walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                yield from walk(child, f"{prefix}{child.name}.")
+            else:
+                yield from walk(child, prefix)
+    yield from walk(tree, "")
+
+
+def _parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef):
+    """(name, annotation text, default text or None) of each parameter."""
+    a = fn.args
+    positional = a.posonlyargs + a.args
+    defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    for arg, default in [*zip(positional, defaults), *zip(a.kwonlyargs, a.kw_defaults)]:
+        yield (arg.arg, ast.unparse(arg.annotation) if arg.annotation else "",
+               ast.unparse(default) if default is not None else None)
 
 
 def test_every_progress_parameter_of_the_library_is_the_protocol_and_no_other_shape_is_left():
+    """Read from the source (no import: seconds, and the optional extras need not be installed)."""
     found, wrong = 0, []
-    for module in _library_modules():
-        for qualname, fn in _callables(module):
-            try:
-                parameters = inspect.signature(fn).parameters.values()
-            except (TypeError, ValueError):
-                continue
-            for p in parameters:
-                where = f"{module.__name__}.{qualname}({p.name})"
-                annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-                if p.name == "progress":
+    for path in _library_files():
+        for qualname, fn in _functions(ast.parse(path.read_text(encoding="utf-8"))):
+            for name, annotation, default in _parameters(fn):
+                where = f"{path.relative_to(ROOT)}: {qualname}({name})"
+                if name == "progress":
                     found += 1
                     if annotation != "Progress":
                         wrong.append(f"{where}: annotated {annotation!r}, not Progress")
-                    if p.default is not inspect.Parameter.empty and p.default is not geowh.progress.silent:
-                        wrong.append(f"{where}: defaults to {p.default!r}, not silent")
-                elif OLD_SHAPES.match(p.name):
+                    if default not in (None, "silent"):
+                        wrong.append(f"{where}: defaults to {default}, not silent")
+                elif OLD_SHAPES.match(name):
                     wrong.append(f"{where}: a progress shape of its own; take `progress: Progress = silent`")
-                elif re.search(r"Callable\[\[.*\],\s*None\]", annotation) and (qualname, p.name) not in NOT_PROGRESS:
+                elif re.search(r"Callable\[\[.*\],\s*None\]", annotation) and (qualname, name) not in NOT_PROGRESS:
                     wrong.append(f"{where}: a callback ({annotation}); report through `progress`")
                 elif re.search(r"\b\w*(Report|Events)\b", annotation):
                     wrong.append(f"{where}: a report object ({annotation}); report through `progress`")
@@ -86,23 +85,37 @@ def test_every_progress_parameter_of_the_library_is_the_protocol_and_no_other_sh
     assert found >= 15, f"only {found} progress parameters found: the scan missed the library"
 
 
-def test_every_module_of_a_package_is_reachable_as_that_package_s_attribute():
-    """`geowh.queries.phases` is the module, not a function re-exported under its name."""
-    shadowed, checked = [], 0
-    for module in _library_modules():
-        if not hasattr(module, "__path__"):
-            continue
-        for info in pkgutil.iter_modules(module.__path__):
-            child = f"{module.__name__}.{info.name}"
-            try:
-                importlib.import_module(child)
-            except ImportError:
-                continue
-            checked += 1
-            if not isinstance(getattr(module, info.name), types.ModuleType):
-                shadowed.append(f"{child} is {getattr(module, info.name)!r}")
-    assert not shadowed, "\n".join(shadowed)
-    assert checked >= 40
+def test_every_module_of_queries_is_the_module_as_an_attribute_of_the_package():
+    """`geowh.queries.phases` is the module, not the function `phases` re-exported under its name."""
+    import geowh.queries
+
+    names = [info.name for info in pkgutil.iter_modules(geowh.queries.__path__)]
+    assert {"phases", "plot", "correlate", "report"} <= set(names)
+    for name in names:
+        importlib.import_module(f"geowh.queries.{name}")
+        assert isinstance(getattr(geowh.queries, name), types.ModuleType), f"geowh.queries.{name} is not the module"
+
+
+def test_no_package_binds_a_name_of_one_of_its_modules():
+    """Every package of geowh, read from its __init__.py: a name it binds would hide the module."""
+    shadowing = []
+    for init in (p for p in _library_files() if p.name == "__init__.py"):
+        modules = {p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"}
+        modules |= {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+        bound = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                bound |= {alias.asname or alias.name for alias in node.names if node.level == 0}
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.Assign):
+                bound |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        # a re-export of the module itself (`from geowh.x import y` where y is the module) is the module
+        modules_imported = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                            for alias in node.names if node.module == ".".join(("geowh", *init.parent.relative_to(ROOT).parts))}
+        shadowing += [f"{init.relative_to(ROOT)} binds {name}" for name in (bound & modules) - modules_imported]
+    assert not shadowing, "\n".join(shadowing)
 
 
 def test_the_renderer_handles_every_kind_the_protocol_names():
@@ -167,6 +180,7 @@ def run_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # two tiny checkpoints ingested twice: ~10 s on an idle machine
 def test_an_ingest_tells_each_checkpoint_in_order_and_a_rerun_tells_nothing_to_do(run_folder, tmp_path):
     from geowh.ingest import IngestConfig, ingest
 
