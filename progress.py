@@ -7,8 +7,8 @@ fields hold. No torch here: the warehouse and the queries report through it too.
 
 Example:
     events: list[Event] = []
-    phases(wh, "pythia-160m", progress=events.append)
-    [e.text for e in events if e.kind == "note"]   # ['pythia-160m: using probe fineweb, layer 12']
+    found = phases(wh, "m", progress=events.append)  # m: measured at layers 3 and 24
+    notes = [e.text for e in events if e.kind == "note"]  # ['m: using layer 24 (the last; pass --layer)']
 """
 
 from __future__ import annotations

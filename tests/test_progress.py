@@ -8,6 +8,7 @@ import importlib
 import io
 import pkgutil
 import re
+import textwrap
 import types
 from pathlib import Path
 
@@ -116,6 +117,26 @@ def test_no_package_binds_a_name_of_one_of_its_modules():
                             for alias in node.names if node.module == ".".join(("geowh", *init.parent.relative_to(ROOT).parts))}
         shadowing += [f"{init.relative_to(ROOT)} binds {name}" for name in (bound & modules) - modules_imported]
     assert not shadowing, "\n".join(shadowing)
+
+
+def test_the_module_docstring_example_runs_and_says_what_it_shows(wh, tmp_path):
+    import numpy as np
+    import polars as pl
+
+    from geowh.queries import import_metrics
+    from geowh.queries.phases import phases
+
+    steps = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256])
+    for layer in (3, 24):
+        pl.DataFrame({"model": "m", "step": steps, "probe": "fineweb", "layer": layer,
+                      "rankme": np.linspace(10, 40, len(steps)) + layer, "alpha_req": np.linspace(1.2, 0.6, len(steps))}
+                     ).write_csv(tmp_path / f"layer{layer}.csv")
+        import_metrics(wh, tmp_path / f"layer{layer}.csv")
+    example = textwrap.dedent("\n".join(line for line in geowh.progress.__doc__.splitlines() if line.startswith("    ")))
+    scope = {"wh": wh, "phases": phases, "Event": Event}
+    exec(example, scope)
+    shown = re.search(r"# (\[.*\])$", example.splitlines()[-1]).group(1)
+    assert scope["notes"] == ast.literal_eval(shown)
 
 
 def test_the_renderer_handles_every_kind_the_protocol_names():
