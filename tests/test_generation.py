@@ -142,10 +142,11 @@ def workdir(tmp_path_factory):
     return root
 
 
-def _ingest(workdir, db, *, checkpoints="all", force=False, executor=None, **options):
+def _ingest(workdir, db, *, checkpoints="all", force=False, executor=None, geometry=True, **options):
     settings = {"generate": str(workdir / "tasks" / "arith.jsonl"), "samples": 4, "k": "1,2,4", "max_new_tokens": 6}
-    return ingest(str(workdir / "run"), IngestConfig(probe=str(workdir / "docs.txt"), n=30, max_len=16),
-                  Selection(checkpoints), db=db, options=settings | options, force=force, executor=executor)
+    config = IngestConfig(probe=str(workdir / "docs.txt"), n=30, max_len=16, geometry=geometry)
+    return ingest(str(workdir / "run"), config, Selection(checkpoints), db=db, options=settings | options, force=force,
+                  executor=executor)
 
 
 GEN_ROWS = "SELECT checkpoint, task, metric, value, stderr FROM evals WHERE source = 'geowh' ORDER BY ALL"
@@ -193,6 +194,7 @@ def test_a_task_whose_answers_are_the_greedy_completions_scores_accuracy_one(wor
     assert accuracy == [(1.0, 0.0)]
 
 
+@pytest.mark.slow
 def test_two_runs_store_the_same_numbers_and_a_rerun_skips_what_is_done(workdir, measured, tmp_path):
     again = _ingest(workdir, tmp_path / "again.duckdb")
     assert [c["status"] for c in again.checkpoints] == ["ok"] * 4
@@ -201,13 +203,15 @@ def test_two_runs_store_the_same_numbers_and_a_rerun_skips_what_is_done(workdir,
     assert [c["status"] for c in _ingest(workdir, tmp_path / "again.duckdb").checkpoints] == ["skipped"] * 4
 
 
+@pytest.mark.slow
 def test_the_generation_settings_are_part_of_the_config_key(workdir, tmp_path):
     db = tmp_path / "w.duckdb"
-    first = _ingest(workdir, db, checkpoints="step0")
+    first = _ingest(workdir, db, checkpoints="step0", geometry=False)
     for change in ({"temperature": 0.5}, {"samples": 2, "k": "1,2"}, {"max_new_tokens": 3}):
-        other = _ingest(workdir, db, checkpoints="step0", **change)
+        other = _ingest(workdir, db, checkpoints="step0", geometry=False, **change)
         assert other.config_key != first.config_key and other.checkpoints[0]["status"] == "ok", change
-    assert _ingest(workdir, db, checkpoints="step0").checkpoints[0]["status"] == "skipped"
+    assert _ingest(workdir, db, checkpoints="step0", geometry=False).checkpoints[0]["status"] == "skipped"
+    assert Warehouse(db).query("SELECT DISTINCT kind FROM runs").rows() == [("generation",)]
 
 
 def test_pass_at_k_recomputed_from_the_items_equals_the_stored_rows_and_takes_any_k(measured):

@@ -280,8 +280,8 @@ def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, seed
 
 class SeededSampler:
     """A logits processor that samples each row from softmax(logits / temperature) with the row's
-    own generator (Gumbel-max: argmax of log p + Gumbel noise), and hands `generate`'s greedy step a
-    distribution with all mass on that token. Records each step's entropy per row.
+    own generator (inverse CDF: one uniform draw per row and token), and hands `generate`'s greedy
+    step a distribution with all mass on that token. Records each step's entropy per row.
 
     Why not `do_sample=True`: its one global generator makes a row's sample depend on the other rows
     of its batch (and their number), so a serial run, a Ray run and another batch size would differ.
@@ -298,12 +298,12 @@ class SeededSampler:
     def __call__(self, input_ids, scores):
         import torch
 
-        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # (batch, vocab)
+        logp = torch.log_softmax(scores.double() / self.temperature, dim=-1)  # (batch, vocab)
         p = logp.exp()
-        self.entropies.append(torch.where(p > 0, -p * logp, torch.zeros_like(p)).sum(-1).cpu())
-        vocab = scores.shape[-1]
-        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.generators])
-        gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))  # (batch, vocab)
-        choice = (logp.double().cpu() + gumbel).argmax(-1).to(scores.device)
+        self.entropies.append(torch.where(p > 0, -p * logp, torch.zeros_like(p)).sum(-1).float().cpu())
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])  # (batch,)
+        cdf = p.cumsum(-1)  # (batch, vocab); a token of probability 0 adds no step, so it is never drawn
+        target = (u.clamp_min(1e-300).to(cdf.device) * cdf[:, -1])[:, None]
+        choice = torch.searchsorted(cdf, target).clamp_max(scores.shape[-1] - 1)  # (batch, 1)
         forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(1, choice[:, None], 0.0)
+        return forced.scatter_(1, choice, 0.0)
