@@ -35,7 +35,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float | None:
     return len(set(grams)) / len(grams) if grams else None
 
 
-def mean_and_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+def mean_and_stderr(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """The mean over items and its standard error (sample std / √m; None below 2 items)."""
     xs = [v for v in values if v is not None and not math.isnan(v)]
     if not xs:
@@ -70,10 +70,10 @@ def pass_at_k_table(wh: Warehouse, k: int | Sequence[int], *, model: str | None 
     """
     ks = [k] if isinstance(k, int) else list(k)
     where, params = ["TRUE"], []
-    for column, value in (("g.model", model), ("g.task", task)):
-        if value is not None:
+    for column, wanted in (("g.model", model), ("g.task", task)):
+        if wanted is not None:
             where.append(f"{column} = ?")
-            params.append(value)
+            params.append(wanted)
     items = wh.query(
         f"""SELECT g.model, g.checkpoint, c.step, c.stage_order, g.task, g.samples, g.correct
             FROM generation_items g LEFT JOIN checkpoints c USING (model, checkpoint)

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from tiny import save_hub_cache, write_docs
 
 from geowh.ingest.sources.series import FAMILIES, LINEAGE_STAGES, resolve_series
-from tiny import save_hub_cache, write_docs
 
 BASE = "allenai/OLMo-2-1124-7B"
 BASE_BRANCHES = ["main", "stage1-step1000-tokens5B", "stage1-step2000-tokens9B",
