@@ -187,26 +187,38 @@ def ordinary_documents(config: MemorizationDemoConfig) -> list[str]:
 # -- stage 3: accuracy on the planted facts --------------------------------------------------------
 
 
-def fact_scores(model, tokenizer, rows: list[dict]) -> list[tuple[float, bool]]:
+def fact_scores(model, tokenizer, rows: list[dict], batch_size: int = 64) -> list[tuple[float, bool]]:
     """(log P(answer | prompt), greedy-correct) per task row: correct when every answer token is the
-    model's argmax given the prompt and the answer tokens before it (teacher-forced greedy decoding)."""
+    model's argmax given the prompt and the answer tokens before it (teacher-forced greedy decoding).
+    Items as `answer_logliks` reads them; batches right-padded and masked."""
     import torch
 
     from geowh.ingest.measurements.tasks import QAItem
 
     device = next(model.parameters()).device
-    scores = []
-    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = []
     for row in rows:
         item = QAItem(row["id"], row["question"], row["answer"])
-        prompt = tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
-        answer = tokenizer(item.target, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt + answer], device=device)
+        encoded.append((tokenizer(item.prompt, add_special_tokens=True)["input_ids"],
+                        tokenizer(item.target, add_special_tokens=False)["input_ids"]))
+    model.eval()
+    scores = []
+    for begin in range(0, len(encoded), batch_size):
+        batch = encoded[begin : begin + batch_size]
+        width = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, (prompt, answer) in enumerate(batch):
+            ids[b, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            mask[b, : len(prompt) + len(answer)] = 1
         with torch.inference_mode():
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # (answer tokens, vocab)
-        target = torch.tensor(answer, device=device)
-        logp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
-        scores.append((float(logp.double().sum()), bool((logits.argmax(-1) == target).all())))
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        for b, (prompt, answer) in enumerate(batch):
+            predicting = logits[b, len(prompt) - 1 : len(prompt) + len(answer) - 1]  # (answer tokens, vocab)
+            target = torch.tensor(answer, device=device)
+            logp = torch.log_softmax(predicting, dim=-1).gather(1, target[:, None])[:, 0]
+            scores.append((float(logp.double().sum()), bool((predicting.argmax(-1) == target).all())))
     return scores
 
 
@@ -214,9 +226,11 @@ def score_checkpoints(out: Path, model_name: str, device: str = "auto"):
     """Accuracy by frequency band and held-out loss per checkpoint of OUT, as a wide frame (model, step,
     planted_accuracy, planted_accuracy_BAND…, heldout_loss); cached in OUT/planted-accuracy.parquet."""
     import polars as pl
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from geowh.ingest.sources.models import resolve_device
+    from geowh.repro.demo import cpu_threads
     from geowh.warehouse.names import local_step
 
     cache = out / ACCURACY_FILE
@@ -229,6 +243,7 @@ def score_checkpoints(out: Path, model_name: str, device: str = "auto"):
     rows = planted.read_task(out / TASK_FILE)
     losses = {r["step"]: r.get("eval_loss") for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
     dev = resolve_device(device)
+    torch.set_num_threads(cpu_threads())
     records = []
     for step in steps:
         folder = out / f"step{step}"
