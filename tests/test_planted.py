@@ -225,3 +225,11 @@ def test_phase_membership_of_a_checkpoint():
              "end_step": 500}, {"phase": "compression-seeking", "start_step": 500, "end_step": 1000}]
     assert [phase_of(s, found) for s in (0, 16, 17, 500, 501, 1000, 1001)] == [
         "warmup", "warmup", "entropy-seeking", "entropy-seeking", "compression-seeking", "compression-seeking", None]
+
+
+@pytest.mark.parametrize("args, named", [(["--long"], "--long"), (["--minutes", "3"], "--minutes"),
+                                         (["--qa-items", "10"], "--qa-items"), (["--shipped", "--steps", "5"], "--steps")])
+def test_demo_memorization_refuses_the_options_it_would_ignore(cli, tmp_path, args, named):
+    result = cli(["demo", "--memorization", *args, "--db", tmp_path / "w.duckdb"])
+    assert result.exit_code == 1 and named in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "w.duckdb").exists()
