@@ -21,7 +21,13 @@ from geowh.ingest.measurements.statistics import METRIC, METRIC_PARTIAL, METRIC_
 from geowh.ingest.measurements.tasks import local_task
 from geowh.repro import facts as planted
 from geowh.repro.demo import TASK_FILE, ensure_index
-from geowh.repro.memorization_demo import BASE_TOKENIZER, MemorizationDemoConfig, fact_scores, phase_of, prepare
+from geowh.repro.memorization_demo import (
+    BASE_TOKENIZER,
+    MemorizationDemoConfig,
+    fact_scores,
+    phase_of,
+    prepare,
+)
 from geowh.repro.train import TrainConfig
 
 SHARED_DOCS = Path(__file__).resolve().parents[1].parent / "shared" / "docs"
