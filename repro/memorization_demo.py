@@ -50,7 +50,7 @@ SCORES = ("memorization_spearman", "memorization_spearman_per_token", "memorizat
 # The run: L1's narrow model (2 layers, d = 32; docs/train-mini.md) with a 2k vocabulary and half
 # its batch, on a 2 MB slice of the default corpus: sized for 15 minutes on 2 CPU cores. L1's own
 # size (|V| 8,000, batch 32) took 3.5–11 s a step on the loaded team machine, hours for a run.
-TRAIN = {"layers": 2, "d_model": 32, "vocab": 2000, "batch_size": 16, "seq_len": 128, "lr": 2e-3, "checkpoints": 16}
+TRAIN: dict[str, Any] = {"layers": 2, "d_model": 32, "vocab": 2000, "batch_size": 16, "seq_len": 128, "lr": 2e-3, "checkpoints": 16}
 STEPS = 600
 
 
@@ -298,7 +298,8 @@ def trajectory(wh: Warehouse, model: str):
         raise InputError(f"the warehouse has no trajectory of {model}")
     # the geometry at the last layer measured (the demo's ingest measures that one alone)
     last = frame.filter(pl.col("metric") == "rankme")["layer"].max()
-    frame = frame.filter(pl.col("layer").is_null() | (pl.col("layer") == last) | pl.lit(last is None))
+    if last is not None:  # an imported trajectory has no layers
+        frame = frame.filter(pl.col("layer").is_null() | (pl.col("layer") == last))
     wide = frame.pivot(on="metric", index="step", values="value", aggregate_function="first").sort("step")
     p = wh.query(
         "SELECT c.step, (m.params ->> '$.p_value')::DOUBLE AS memorization_p FROM metrics m JOIN checkpoints c "
@@ -358,7 +359,7 @@ def claim(wh: Warehouse, model: str, found: list[dict] | None = None) -> dict:
             "by_phase": by_phase, "correlate": geometry,
         }
     compression = [p for p in found if p["phase"] == "compression-seeking"]
-    change = None
+    change: dict[str, Any] | None = None
     if compression:
         first, last = compression[0]["start_step"], compression[-1]["end_step"]
         at = {r["step"]: r for r in rows}

@@ -247,3 +247,28 @@ def test_demo_memorization_refuses_the_options_it_would_ignore(cli, tmp_path, ar
     result = cli(["demo", "--memorization", *args, "--db", tmp_path / "w.duckdb"])
     assert result.exit_code == 1 and named in result.output and "Traceback" not in result.output
     assert not (tmp_path / "w.duckdb").exists()
+
+
+# What docs/results.md §4 reports for `geowh demo --memorization` (the shipped trajectory).
+SHIPPED_PHASES = [("warmup", 0, 16), ("entropy-seeking", 16, 600)]
+
+
+def test_the_shipped_memorization_run_loads_and_says_what_the_docs_report(cli, tmp_path):
+    import json
+
+    from geowh.repro.memorization_demo import SHIPPED_MODEL
+
+    result = cli(["demo", "--memorization", "--shipped", "--db", tmp_path / "w.duckdb", "--json"])
+    assert result.exit_code == 0, result.output
+    loaded = json.loads(result.stdout)
+    claim = loaded["claim"]
+    assert loaded["model"] == SHIPPED_MODEL and loaded["imported"]["checkpoints"] == 27
+    assert [(p["phase"], p["start_step"], p["end_step"]) for p in claim["phases"]] == SHIPPED_PHASES
+    authors = claim["scores"][METRIC]
+    assert (authors["peak"], authors["peak_step"], authors["peak_phase"]) == (0.3383, 600, "entropy-seeking")
+    assert authors["entropy_membership_r"] == pytest.approx(0.767, abs=1e-3)
+    assert authors["correlate"]["alpha_req"]["rho"] == pytest.approx(0.654, abs=1e-3)
+    steps = {row["step"]: row for row in claim["trajectory"]}
+    assert steps[0][METRIC] == pytest.approx(-0.002, abs=1e-3)  # before training: nothing seen
+    assert all(row["planted_accuracy"] == 0 for row in claim["trajectory"])  # no fact learnt verbatim
+    assert claim["compression_seeking"] is None
