@@ -123,7 +123,7 @@ def memorization_demo(out: str | Path, db=None, config: MemorizationDemoConfig =
     seconds |= {f"demo_{k}": v for k, v in summary.seconds.items()}
     t = time.monotonic()
     with say.status("scoring the planted facts at every checkpoint"):
-        accuracy = score_checkpoints(out, summary.model, config.device)
+        accuracy = score_checkpoints(out, summary.model, config.device, config.threads)
     _import(wh, accuracy)
     seconds["accuracy"] = round(time.monotonic() - t, 1)
     result = claim(wh, summary.model)
@@ -223,12 +223,11 @@ def fact_scores(model, tokenizer, rows: list[dict], batch_size: int = 64) -> lis
     return scores
 
 
-def score_checkpoints(out: Path, model_name: str, device: str = "auto"):
+def score_checkpoints(out: Path, model_name: str, device: str = "auto", threads: int | None = None):
     """Accuracy by frequency band and held-out loss per checkpoint of OUT, as a wide frame (model, step,
     planted_accuracy, planted_accuracy_BAND…, heldout_loss); cached in OUT/planted-accuracy.parquet."""
     import polars as pl
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from geowh.ingest.sources.models import resolve_device
     from geowh.repro.demo import cpu_threads
@@ -244,22 +243,29 @@ def score_checkpoints(out: Path, model_name: str, device: str = "auto"):
     rows = planted.read_task(out / TASK_FILE)
     losses = {r["step"]: r.get("eval_loss") for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
     dev = resolve_device(device)
-    torch.set_num_threads(cpu_threads())
-    records = []
-    for step in steps:
-        folder = out / f"step{step}"
-        model = AutoModelForCausalLM.from_pretrained(folder).to(dev)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        correct = [ok for _, ok in fact_scores(model, tokenizer, rows)]
-        record: dict[str, Any] = {"model": model_name, "step": step, ACCURACY: sum(correct) / len(correct)}
-        for name in planted.band_names():
-            picked = [ok for ok, row in zip(correct, rows) if row["band"] == name]
-            record[accuracy_metric(name)] = sum(picked) / len(picked) if picked else None
-        record[HELDOUT] = losses.get(step)
-        records.append(record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or cpu_threads())  # as `demo` does: a shared CPU loses much to extra threads
+    try:
+        records = [_accuracy(out / f"step{step}", step, model_name, rows, losses, dev) for step in steps]
+    finally:
+        torch.set_num_threads(before)
     frame = pl.DataFrame(records)
     frame.write_parquet(cache)
     return frame
+
+
+def _accuracy(folder: Path, step: int, model_name: str, rows: list[dict], losses: dict, dev) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder).to(dev)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    correct = [ok for _, ok in fact_scores(model, tokenizer, rows)]
+    record: dict[str, Any] = {"model": model_name, "step": step, ACCURACY: sum(correct) / len(correct)}
+    for name in planted.band_names():
+        picked = [ok for ok, row in zip(correct, rows) if row["band"] == name]
+        record[accuracy_metric(name)] = sum(picked) / len(picked) if picked else None
+    record[HELDOUT] = losses.get(step)
+    return record
 
 
 def accuracy_metric(band: str) -> str:

@@ -27,6 +27,7 @@ from geowh.repro.memorization_demo import (
     fact_scores,
     phase_of,
     prepare,
+    score_checkpoints,
 )
 from geowh.repro.train import TrainConfig
 
@@ -232,6 +233,12 @@ def test_a_mini_model_learns_the_frequent_facts_first_and_its_rho_rises(tmp_path
     top = sorted(range(len(rows)), key=lambda i: -freq[i])[:8]
     bottom = sorted(range(len(rows)), key=lambda i: freq[i])[:8]
     assert sum(learnt[i] for i in top) > sum(learnt[i] for i in bottom)
+    # what the demo imports as metrics: the same accuracy, by band, at every checkpoint
+    frame = score_checkpoints(out, "run", "cpu", threads=1)
+    assert frame["step"].to_list() == sorted(int(c.removeprefix("step")) for c in trained.checkpoints)
+    assert frame["planted_accuracy"][-1] == pytest.approx(sum(learnt) / len(learnt))
+    assert frame["planted_accuracy_100plus"][-1] >= frame["planted_accuracy_1"][-1]
+    assert torch.get_num_threads() == threads
 
 
 def test_phase_membership_of_a_checkpoint():
