@@ -36,7 +36,7 @@ from typing import Any
 
 from geowh.errors import InputError
 from geowh.repro import facts as planted
-from geowh.repro.demo import TASK_FILE, DemoConfig, DemoReport
+from geowh.repro.demo import DEFAULT_N, TASK_FILE, DemoConfig, DemoReport
 from geowh.warehouse import Warehouse, as_warehouse
 
 CORPUS_FILE = "corpus.txt"
@@ -68,7 +68,7 @@ class MemorizationDemoConfig:
     seed: int = 0
     train: Any = None
     steps: int | None = None
-    n: int = 256
+    n: int = DEFAULT_N
     max_len: int = 128
     name: str | None = None
     device: str = "auto"

@@ -274,7 +274,7 @@ def test_the_shipped_memorization_run_loads_and_says_what_the_docs_report(cli, t
     authors = claim["scores"][METRIC]
     assert (authors["peak"], authors["peak_step"], authors["peak_phase"]) == (0.3383, 600, "entropy-seeking")
     assert authors["entropy_membership_r"] == pytest.approx(0.767, abs=1e-3)
-    assert authors["correlate"]["alpha_req"]["rho"] == pytest.approx(0.654, abs=1e-3)
+    assert authors["correlate"]["alpha_req"]["rho"] == pytest.approx(0.686, abs=1e-3)
     steps = {row["step"]: row for row in claim["trajectory"]}
     assert steps[0][METRIC] == pytest.approx(-0.002, abs=1e-3)  # before training: nothing seen
     assert all(row["planted_accuracy"] == 0 for row in claim["trajectory"])  # no fact learnt verbatim
