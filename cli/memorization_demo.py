@@ -27,11 +27,12 @@ def run(out: Path | None, db, *, steps: int | None, shipped: bool, given: list[s
         err_console().print(f"{loaded['imported']['status']}: {loaded['imported']['rows']} metric rows → model "
                             f"{loaded['model']}", highlight=False)
         return
-    from geowh.cli.demo import RichDemoReport
+    from geowh.cli.progress import Renderer
 
     folder = out or settings().home / "demo-memorization"
     config = mem.MemorizationDemoConfig(steps=steps, n=n, device=device, threads=threads)
-    summary = mem.memorization_demo(folder, db, config, report=None if quiet or json_ else RichDemoReport())
+    with Renderer(quiet=quiet or json_) as progress:
+        summary = mem.memorization_demo(folder, db, config, progress=progress)
     if json_:
         print_json(summary.to_dict())
         return

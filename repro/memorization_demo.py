@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.progress import Event, Progress, silent
 from geowh.repro import facts as planted
-from geowh.repro.demo import DEFAULT_N, TASK_FILE, DemoConfig, DemoReport
+from geowh.repro.demo import DEFAULT_N, TASK_FILE, DemoConfig
 from geowh.warehouse import Warehouse, as_warehouse
 
 CORPUS_FILE = "corpus.txt"
@@ -96,10 +97,11 @@ class MemorizationDemoSummary:
 
 
 def memorization_demo(out: str | Path, db=None, config: MemorizationDemoConfig = MemorizationDemoConfig(),
-                      *, report: DemoReport | None = None) -> MemorizationDemoSummary:
+                      *, progress: Progress = silent) -> MemorizationDemoSummary:
     """Plant facts in a corpus, train on it, ingest with memorization, score the facts, test the claim.
 
-    Resumable as `demo` is: every stage reuses what OUT holds.
+    Resumable as `demo` is: every stage reuses what OUT holds. `progress` hears what `demo` tells,
+    and a status line per stage of its own (geowh/progress.py).
 
     Example:
         summary = memorization_demo("runs/mem", "mem.duckdb")
@@ -112,18 +114,17 @@ def memorization_demo(out: str | Path, db=None, config: MemorizationDemoConfig =
 
     started, cpu = time.monotonic(), os.times()
     out = Path(out).expanduser()
-    say = report or DemoReport()
     wh = as_warehouse(db if db is not None else settings().db)
     seconds: dict[str, float] = {}
     t = time.monotonic()
-    train, facts = prepare(out, config, say)
+    train, facts = prepare(out, config, progress)
     seconds["corpus"] = round(time.monotonic() - t, 1)
     summary = demo(out, wh, DemoConfig(steps=config.steps or STEPS, train=train, n=config.n, max_len=config.max_len,
-                                      name=config.name, device=config.device, threads=config.threads), report=say)
+                                      name=config.name, device=config.device, threads=config.threads), progress=progress)
     seconds |= {f"demo_{k}": v for k, v in summary.seconds.items()}
     t = time.monotonic()
-    with say.status("scoring the planted facts at every checkpoint"):
-        accuracy = score_checkpoints(out, summary.model, config.device, config.threads)
+    progress(Event("status", "scoring the planted facts at every checkpoint"))
+    accuracy = score_checkpoints(out, summary.model, config.device, config.threads)
     _import(wh, accuracy)
     seconds["accuracy"] = round(time.monotonic() - t, 1)
     result = claim(wh, summary.model)
@@ -138,28 +139,27 @@ def memorization_demo(out: str | Path, db=None, config: MemorizationDemoConfig =
 # -- stage 1: the corpus with planted facts --------------------------------------------------------
 
 
-def prepare(out: Path, config: MemorizationDemoConfig, say: DemoReport | None = None):
+def prepare(out: Path, config: MemorizationDemoConfig, progress: Progress = silent):
     """(TrainConfig, facts summary): OUT/corpus.txt, OUT/base-tokenizer/ and OUT/qa.jsonl, made or reused."""
     from geowh.repro.demo import training_documents
     from geowh.repro.train import TrainConfig, build_tokenizer
 
-    say = say or DemoReport()
     base = config.train or TrainConfig(**TRAIN)
     corpus, tokenizer, task = out / CORPUS_FILE, out / BASE_TOKENIZER, out / TASK_FILE
     train = replace(base, corpus=(str(corpus.resolve()),), tokenizer=str(tokenizer.resolve()))
     facts = planted.plant(config.facts, config.max_frequency, config.seed)
     if not (corpus.is_file() and (tokenizer / "tokenizer.json").is_file()):
         out.mkdir(parents=True, exist_ok=True)
-        with say.status("reading the ordinary corpus"):
-            documents = ordinary_documents(config)
-        with say.status("training the tokenizer on the ordinary text"):
-            # without the facts: a frequent answer would otherwise become one token, and its
-            # log-likelihood would rise with its frequency before the model learnt anything
-            build_tokenizer(documents, replace(base, tokenizer=None)).save_pretrained(tokenizer)
+        progress(Event("status", "reading the ordinary corpus"))
+        documents = ordinary_documents(config)
+        progress(Event("status", "training the tokenizer on the ordinary text"))
+        # without the facts: a frequent answer would otherwise become one token, and its
+        # log-likelihood would rise with its frequency before the model learnt anything
+        build_tokenizer(documents, replace(base, tokenizer=None)).save_pretrained(tokenizer)
         mixed = planted.mix(documents, facts, config.seed)
         _write_text(corpus, "".join(d + "\n" for d in mixed))
-        say.info(f"planted {len(facts)} facts, {sum(f.planted for f in facts):,} mentions, "
-                 f"among {len(documents):,} documents → {corpus}")
+        progress(Event("info", f"planted {len(facts)} facts, {sum(f.planted for f in facts):,} mentions, "
+                               f"among {len(documents):,} documents → {corpus}"))
     if not task.is_file():
         counts = planted.trained_frequencies(facts, training_documents(train))
         planted.write_task(task, facts, counts)
@@ -328,8 +328,8 @@ def claim(wh: Warehouse, model: str, found: list[dict] | None = None) -> dict:
     gain on rare facts or held-out loss? Every number the answer rests on, from the warehouse."""
     import numpy as np
 
-    from geowh.queries import correlate, phases
-    from geowh.queries.correlate import correlation
+    from geowh.queries.correlate import correlate, correlation
+    from geowh.queries.phases import phases
 
     if found is None:
         found = phases(wh, model, store=False).to_dicts()
@@ -402,8 +402,8 @@ def load_shipped(wh) -> dict:
     test the claim on it, as `claim` does on a run measured here."""
     from importlib.resources import files
 
-    from geowh.queries import phases
     from geowh.queries.imports import import_metrics
+    from geowh.queries.phases import phases
 
     wh = as_warehouse(wh)
     imported = import_metrics(wh, Path(str(files("geowh") / "data" / SHIPPED_FILE)), model=SHIPPED_MODEL).to_dicts()

@@ -228,7 +228,7 @@ def test_pass_at_k_recomputed_from_the_items_equals_the_stored_rows_and_takes_an
 
 
 def test_correlate_plot_and_sql_read_the_scores_unchanged(measured, cli, tmp_path):
-    from geowh.queries import correlate
+    from geowh.queries.correlate import correlate
 
     frame = correlate(Warehouse(measured), "run", "rankme", "eval:arith/pass@1")
     assert frame["n"].to_list() == [4]
