@@ -253,8 +253,10 @@ def ingest(
                          options={"memorization": "triviaqa", "index": "indexes/pile"})
         summary.failed   # 0
     """
+    from geowh.allocator import reuse_freed_memory
     from geowh.warehouse import Warehouse
 
+    reuse_freed_memory()  # the forward passes' large activations reuse freed memory (as the CLI does)
     plan = plan_ingest(model, config or IngestConfig(), selection, measurements, options)
     wh = Warehouse(db, lock_timeout=lock_timeout, progress=progress)
     return run(plan, wh, force=force, evict=evict, progress=progress, executor=executor)
