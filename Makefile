@@ -17,14 +17,23 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the main job, offline: train, index, ingest, phases, plots
 	$(BIN)/geowh demo runs/demo --db demo.duckdb
 
-# `test` is what CI runs (.ci/run): the static checks, then every test, the slow tier included
-# (the fault-injection trials: kill -9, signals, a reader holding the file, a full disk; Ray's
-# SIGTERM; packaging; the report in a browser). `test-fast` leaves the slow tier out while you work.
-test: $(VENV)/.installed browser lint  ## the whole suite, as CI runs it
-	$(BIN)/python -m pytest
+# `test` is what CI runs (.ci/run): the static checks, then every test in two tiers: the fast
+# tier, then the slow one (the fault-injection trials: kill -9, signals, a reader holding the
+# file, a full disk; the Ray cluster; the demo's determinism; packaging; the report in a
+# browser). `test-fast` is the first tier alone, while you work. Timings: docs/testing.md.
+# The fast tier runs on WORKERS pytest-xdist processes (one per core, at most 4: each holds
+# torch and a tiny model or two), each test on one torch thread (tests/conftest.py); a file
+# whose tests share a module fixture stays on one worker (--dist loadgroup). The slow tier runs
+# in one process: its trials time signals against a running ingest.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
+FAST := -m "not slow" -n $(WORKERS) --dist loadgroup
 
-test-fast: $(VENV)/.installed lint  ## the suite without the slow tier (pytest -m "not slow")
-	$(BIN)/python -m pytest -m "not slow"
+test: $(VENV)/.installed browser lint  ## the whole suite, as CI runs it: both tiers
+	$(BIN)/python -m pytest $(FAST)
+	$(BIN)/python -m pytest -m slow
+
+test-fast: $(VENV)/.installed lint  ## the suite without the slow tier (pytest -m "not slow", in parallel)
+	$(BIN)/python -m pytest $(FAST)
 
 test-slow: $(VENV)/.installed browser  ## the slow tier alone
 	$(BIN)/python -m pytest -m slow

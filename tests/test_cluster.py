@@ -27,7 +27,8 @@ ARGS = ["--probe", "docs.txt", "--n", "64", "--max-len", "32"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray cluster with 2 CPUs, shared by the tests that call the library."""
+    """A local Ray cluster with 2 CPUs, shared by the tests that call the library. They are in the
+    slow tier: starting the cluster and its workers costs 10-50 s a test (docs/testing.md)."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
@@ -54,6 +55,7 @@ def _close(a: list[tuple], b: list[tuple], rel: float = 1e-6) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_ray_ingest_equals_a_serial_one_and_each_run_names_its_worker(cluster, workdir, tmp_path):
     config = _config(workdir, subsets=2)
     serial = ingest(str(workdir / "run"), config, db=tmp_path / "serial.duckdb")
@@ -77,6 +79,7 @@ def test_ray_ingest_equals_a_serial_one_and_each_run_names_its_worker(cluster, w
     assert {pid for _, pid, _ in workers} <= set(alive)  # Ray's own worker processes, still serving
 
 
+@pytest.mark.slow
 def test_the_plan_is_prepared_on_a_worker_with_the_probe_tokenized_once(cluster, workdir):
     from geowh.ingest.engine.plan import plan_ingest
     from geowh.ingest.sources.models import load_tokenizer
@@ -92,6 +95,7 @@ def test_the_plan_is_prepared_on_a_worker_with_the_probe_tokenized_once(cluster,
     assert probe.id == here.id and probe.ids == here.ids and len(probe) == 64
 
 
+@pytest.mark.slow
 def test_ray_ingest_resumes_forces_and_records_failed_checkpoints(cluster, workdir, tmp_path):
     from tiny import corrupt
 
@@ -123,6 +127,7 @@ def _dies(label: str, marker: Path | None = None) -> Measurement:
     return Measurement("dies", measure)
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_retried_once_and_then_costs_only_its_checkpoint(cluster, workdir, tmp_path):
     once = tmp_path / "died-once"
     with RayExecutor(workers=2) as executor:
@@ -139,6 +144,7 @@ def test_a_worker_that_dies_is_retried_once_and_then_costs_only_its_checkpoint(c
     assert rows == [("step0", "ok", True), ("step1", "failed", True), ("step2", "ok", True), ("step4", "ok", True)]
 
 
+@pytest.mark.slow
 def test_memorize_on_ray_equals_a_serial_one_and_leaves_the_index_here(cluster, tmp_path, qa_file, qa_index):  # noqa: F811
     from geowh.ingest.config import MemorizeConfig
     from geowh.ingest.measurements.memorization import Memorization, memorize
@@ -194,8 +200,9 @@ def test_sigterm_stops_a_ray_ingest_as_a_serial_one_and_the_rerun_resumes(workdi
 
 @pytest.mark.parametrize("args, says", [
     (["--workers", "2"], "go with --ray"),
-    (["--ray", "127.0.0.1:1"], "nothing answers there"),
-    (["--ray", "local", "--gpus-per-worker", "1"], "has 0 GPU(s)"),
+    # these two start Ray or wait for it: the slow tier
+    pytest.param(["--ray", "127.0.0.1:1"], "nothing answers there", marks=pytest.mark.slow),
+    pytest.param(["--ray", "local", "--gpus-per-worker", "1"], "has 0 GPU(s)", marks=pytest.mark.slow),
     (["--ray", "local", "--workers", "0"], "at least 1"),
 ])
 def test_a_ray_option_that_cannot_work_is_one_clear_line(workdir, tmp_path, args, says):

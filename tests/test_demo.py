@@ -35,6 +35,7 @@ def mini(tmp_path_factory):
     return out, db, summary
 
 
+@pytest.mark.slow  # a second demo end to end: 43 s of the fast tier's 19 min (docs/testing.md)
 def test_a_second_demo_with_default_steps_gives_the_same_metrics_as_the_first(mini, tmp_path, monkeypatch):
     """The demo trains a fixed number of steps, so a rerun elsewhere gives the same trajectory."""
     import geowh.repro.demo as demo_mod

@@ -74,6 +74,7 @@ time.sleep(float(sys.argv[2]))
 """
 
 
+@pytest.mark.slow  # a fault-injection trial: a reader holds the file 4 s while the ingest waits
 def test_a_computed_checkpoint_waits_for_a_reader_however_long_and_is_stored(workdir, tmp_path, monkeypatch):
     """A reader holds the file for longer than a reader's lock timeout (shortened to 1 s here):
     the ingest waits, says for whom, and stores every checkpoint."""
@@ -300,6 +301,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow  # a fault-injection trial: a fresh process fills a 400 KiB tmpfs
 @pytest.mark.parametrize("command", [["ingest", "./run", *ARGS], ["toy", "--steps", "500"]], ids=["ingest", "toy"])
 def test_a_full_disk_is_one_line_and_exit_1(workdir, small_disk, command):
     db = small_disk / "w.duckdb"

@@ -70,6 +70,9 @@ print(json.dumps(rows))
 """
 
 
+# Two hub ingests in a fresh process (the hub's settings are read at import): 15-22 s, so the slow
+# tier; the hub path itself stays in the fast one (test_ingest.py).
+@pytest.mark.slow
 def test_a_preloaded_hub_checkpoint_records_the_commit_of_a_load_in_place(workdir, tmp_path):
     import json
     import os

@@ -16,8 +16,10 @@ from step to step. Nothing is downloaded.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 
 PYTHIA_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b"
@@ -102,6 +104,12 @@ def _evolve(model, step: int, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=generator) * scale)
 
 
+# Series already built by this process, by their arguments: a tiny series is deterministic (its
+# seed), so a second request with the same arguments is a copy of the first, not another round of
+# model init, evolve and save_pretrained per step. Each caller gets its own copy to change.
+_BUILT: dict[tuple, tuple] = {}
+
+
 def save_series(
     root: str | Path,
     *,
@@ -113,9 +121,25 @@ def save_series(
     **config,
 ) -> Path:
     """Save a local run: one HF checkpoint folder per step (named by `folders`), tokenizer included."""
-    import copy
+    import torch
 
     root = Path(root)
+    key = (arch, tuple(steps), folders, seed, tokenizer_in_each, tuple(sorted(config.items())))
+    if key not in _BUILT:
+        built = Path(tempfile.mkdtemp(prefix="geowh-tiny-"))
+        atexit.register(shutil.rmtree, built, ignore_errors=True)
+        _build_series(built / "series", arch, steps, folders, seed, tokenizer_in_each, config)
+        _BUILT[key] = built / "series", torch.get_rng_state()
+    series, rng = _BUILT[key]
+    torch.set_rng_state(rng)  # torch's global generator left as a fresh build leaves it (seeded, then the init)
+    # plain copies, not copy2: fresh modification times, as files just written have
+    shutil.copytree(series, root, copy_function=shutil.copy, dirs_exist_ok=True)
+    return root
+
+
+def _build_series(root: Path, arch, steps, folders, seed, tokenizer_in_each, config) -> None:
+    import copy
+
     base = tiny_model(arch, seed=seed, **config)
     tok = tokenizer()
     for step in steps:
@@ -127,7 +151,6 @@ def save_series(
             tok.save_pretrained(folder)
     if not tokenizer_in_each:
         tok.save_pretrained(root)
-    return root
 
 
 def corrupt(checkpoint: str | Path) -> None:
