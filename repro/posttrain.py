@@ -121,13 +121,15 @@ def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
 
 
 def stage_steps(total: int, count: int) -> list[int]:
-    """`count` steps of 1…total, log-spaced: the first steps (1, 2, …) and the last always among them."""
+    """`count` steps of 1…total, log-spaced: the first steps (1, 2, …) and the last among them (one: the last)."""
     if count >= total:
         return list(range(1, total + 1))
-    chosen = {1, total}
-    k = count
+    if count == 1:  # one checkpoint: the stage's result
+        return [total]
+    first = {1, total} | ({2} if count >= 3 else set())
+    chosen, k = set(first), count
     while len(chosen) < count:  # rounding merges neighbours: ask for more points until there are enough
-        chosen = {1, total} | {round(math.exp(math.log(total) * i / (k - 1))) for i in range(k)}
+        chosen = first | {round(math.exp(math.log(total) * i / (k - 1))) for i in range(k)}
         k += 1
     while len(chosen) > count:  # too many after the last widening: drop the middle-most extras
         inner = sorted(chosen - {1, 2, total})
@@ -196,6 +198,9 @@ def posttrain(base: str | Path, out: str | Path, config: PosttrainConfig | None 
                                   "last_log": logged}
         _write_json(out / CONFIG_FILE, state)
         summary.stages[stage] = state["stages"][stage] | {"status": "trained"}
+    for scratch in (".partial", ".work"):  # empty once every checkpoint is renamed into place
+        if (out / scratch).is_dir() and not any((out / scratch).rglob("*")):
+            shutil.rmtree(out / scratch)
     summary.checkpoints = series_folders(out)
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
@@ -366,9 +371,10 @@ def _rlvr(model, tokenizer, tasks: Path, config: PosttrainConfig, common: dict, 
 
 
 def verifiable_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str],
-                      checker: Sequence[str], item: Sequence[str], **_) -> list[float]:
+                      checker: Sequence[str], item: Sequence[str], **_) -> list[float | None]:
     """RLVR's reward: 1 when the item's checker accepts the completion, else 0 — `TaskItem.correct`,
     the definition the generation measurement grades with."""
+    # list[float | None]: TRL's reward type, where None means "no reward for this sample"; every one gets one here.
     return [float(TaskItem(i, p, a, c).correct(done))
             for p, done, a, c, i in zip(prompts, completions, answer, checker, item)]
 
@@ -383,7 +389,8 @@ class _Saver:
 
     def __init__(self, out: Path, stage: str, at: Sequence[int], model, tokenizer, advance):
         self.out, self.stage, self.at, self.model, self.tokenizer = out, stage, set(at), model, tokenizer
-        self.advance, self.last = advance, {}
+        self.advance = advance
+        self.last: dict[str, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:  # a step's log, not the summary train() logs at its end
