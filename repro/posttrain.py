@@ -455,7 +455,7 @@ def derive_tasks(out: Path, config: PosttrainConfig, say: TrainReport | None = N
                     "rejected_by": how})
     ood = [{"id": f"phrase{i}", "prompt": f"{a} {b}", "answer": c, "checker": "word"}
            for i, ((a, b), c) in enumerate(phrases[: config.eval_items])]
-    if len(ood) < 10:
+    if len(ood) < min(10, config.eval_items):  # a handful of items is no evaluation
         raise InputError(f"the corpus {corpus.name} has only {len(ood)} frequent phrases: give more text")
     files = {TRAIN_TASK: [copy(i, a, b, "train") for i, (a, b) in enumerate(train)],
              IN_TASK: [copy(i, a, b, "heldout") for i, (a, b) in enumerate(held_out)], OOD_TASK: ood, PAIRS: dpo}
