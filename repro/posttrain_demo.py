@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,11 @@ from geowh.warehouse import Warehouse, as_warehouse
 
 POST_DIR = "post"
 # The demo's post-training, sized to fit its time budget on 2 CPU cores (docs/results.md).
-DEMO_POSTTRAIN = {"steps": 150, "checkpoints": 6, "batch_size": 16, "generations": 4}
+DEMO_POSTTRAIN = PosttrainConfig(steps=150, checkpoints=6, batch_size=16, generations=4)
 # Generation per checkpoint: pass@1 and pass@8 from 8 samples, completions of at most 8 tokens
 # (a copy answer is 2 words, a phrase answer 1).
-GENERATE = {"samples": 8, "k": "1,8", "temperature": 1.0, "max_new_tokens": 8}
+SAMPLES = 8
+GENERATE = {"k": "1,8", "temperature": 1.0, "max_new_tokens": 8}
 PROBE_N = 256
 
 
@@ -41,9 +42,9 @@ class PostDemoConfig:
     """How `posttrain_demo` runs: the post-training (PosttrainConfig's fields, DEMO_POSTTRAIN's sizes),
     the probe size, the samples per item, the device and torch's CPU threads (default: `cpu_threads()`)."""
 
-    posttrain: PosttrainConfig = field(default_factory=lambda: PosttrainConfig(**DEMO_POSTTRAIN))
+    posttrain: PosttrainConfig = DEMO_POSTTRAIN
     n: int = PROBE_N
-    samples: int = GENERATE["samples"]  # type: ignore[assignment]
+    samples: int = SAMPLES
     device: str = "auto"
     threads: int | None = None
     name: str | None = None
@@ -121,8 +122,7 @@ def _run(out: Path, wh: Warehouse, cfg: PostDemoConfig, say: DemoReport) -> Post
         say.info(f"{trained.status}: {trained.steps:,} steps; base {base}")
 
     with stage("posttrain", "posttrain: SFT → DPO → RLVR (TRL)"):
-        post = posttrain(base, out / POST_DIR, PosttrainConfig(**{**asdict(cfg.posttrain), "device": cfg.device}),
-                         report=say)
+        post = posttrain(base, out / POST_DIR, replace(cfg.posttrain, device=cfg.device), report=say)
 
     generation = "generation" in registry()
     with stage("ingest", "ingest: geometry + generation per checkpoint"):
