@@ -23,6 +23,9 @@ def _stop(signum: int, frame) -> None:
 def main() -> None:
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _stop)
+    from geowh.allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # every command: large tensors reuse freed memory instead of re-faulting it
     from geowh.cli import main as cli
 
     cli()
