@@ -108,8 +108,9 @@ def phases(
     else:
         found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store,
                     note=_note)
-    stages = [] if layers is not None else claims(Warehouse(db), found["model"][0], found, in_task=in_task,
-                                                    ood_task=ood_task, reward_task=reward_task)
+    post = layers is None and found["stage"].is_in(["sft", "dpo", "rlvr"]).any()  # else nothing to check
+    stages = claims(Warehouse(db), found["model"][0], found, in_task=in_task, ood_task=ood_task,
+                    reward_task=reward_task) if post else []
     if json_:
         checked = {s.stage: s for s in stages}
         print_json([{**row, "evidence": json.loads(row["evidence"]),
