@@ -309,3 +309,27 @@ LEFT JOIN alpha_req_fits f
       AND f.layer IS NOT DISTINCT FROM m.layer AND f.pooling IS NOT DISTINCT FROM m.pooling AND f.metric = 'alpha_req'
 WHERE m.index_dir IS NULL
 GROUP BY ALL;
+
+-- migration 8: the generation measurement
+-- `geowh ingest --generate TASK.jsonl` scores each checkpoint's completions (accuracy, pass@k,
+-- distinct-n, entropy) as `evals` rows that geowh computed rather than imported, and keeps the
+-- per-item counts that any pass@k is recomputed from (docs/posttrain.md).
+
+ALTER TABLE evals ADD COLUMN IF NOT EXISTS source TEXT;  -- who computed the score: geowh (the generation measurement) or lm-eval (an imported harness file)
+ALTER TABLE evals ADD COLUMN IF NOT EXISTS params JSON;  -- how geowh computed it: samples, temperature, max_new_tokens, seed, items, k; NULL for imports
+UPDATE evals SET source = 'lm-eval' WHERE source IS NULL;
+
+CREATE TABLE IF NOT EXISTS generation_items (
+    model           TEXT NOT NULL,  -- models.model
+    checkpoint      TEXT NOT NULL,  -- checkpoints.checkpoint
+    task            TEXT NOT NULL,  -- evals.task: the task file's name without extension
+    item            TEXT NOT NULL,  -- the item's id in the task file (its line number when it has none)
+    samples         INTEGER,        -- n: completions sampled for the item
+    correct         INTEGER,        -- c: sampled completions its checker accepted (pass@k = 1 - C(n-c,k)/C(n,k))
+    greedy_correct  BOOLEAN,        -- whether the greedy completion was accepted (accuracy)
+    greedy          TEXT,           -- the greedy completion, decoded
+    sampled_tokens  INTEGER,        -- tokens generated over the item's samples (EOS included)
+    entropy         DOUBLE,         -- mean entropy (nats) of the sampling distribution over those tokens
+    run_id          TEXT            -- runs.run_id
+);
+-- key generation_items (model, checkpoint, task, item)

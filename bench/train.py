@@ -10,6 +10,7 @@ of each at the end).
 
     geowh train-mini runs/mini --steps 10                    # any run: its tokens and tokenizer
     python bench/train.py runs/mini --steps 200 --layers 2 --d-model 32 --batch-size 32
+    python bench/train.py runs/mini --steps 200 --system-malloc    # glibc's defaults: the allocator's share
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's malloc defaults (what train-mini did before geowh.allocator)")
     args = parser.parse_args()
+
+    from geowh.allocator import reuse_freed_memory
+
+    reused = False if args.system_malloc else reuse_freed_memory()
 
     import copy
 
@@ -72,7 +79,8 @@ def main() -> None:
     print(f"{args.layers} layers x d {args.d_model}, vocabulary {len(tokenizer)}, batch {args.batch_size} x "
           f"{args.seq_len}, {args.steps} steps, torch threads {torch.get_num_threads()}; load average "
           f"{calibration['load']}; matmul peak fp32 {calibration['cpu_float32']:.1f}, bf16 "
-          f"{calibration['cpu_bfloat16']:.1f} GFLOP/s (native bf16: {calibration['cpu_native_bf16']})")
+          f"{calibration['cpu_bfloat16']:.1f} GFLOP/s (native bf16: {calibration['cpu_native_bf16']}); freed memory "
+          f"{'reused (geowh.allocator)' if reused else 'returned to the kernel (glibc defaults)'}")
     for step in range(1, args.steps + 1):
         batch = T._batch(tokens, step, config)
         lr = T.lr_at(step, args.steps, config)
@@ -86,7 +94,7 @@ def main() -> None:
                 r["cpu"] += time.process_time() - cpu
     flops = step_flops(config, len(tokenizer))
     report = {"load_before": calibration["load"], "load": round(os.getloadavg()[0], 1), "peak_gflops": calibration,
-              "steps": args.steps}
+              "steps": args.steps, "malloc_reuse": reused}
     for dtype, r in runs.items():
         timed = args.steps - 1
         gflops = flops * timed / r["wall"] / 1e9

@@ -38,6 +38,11 @@ def demo(
         bool, typer.Option("--post-training", help="Then SFT → DPO → RLVR from its last checkpoint, ingest them with "
                            "geometry and generation, and check the paper's post-training claims (docs/posttrain.md).")
     ] = False,
+    memorization: Annotated[
+        bool, typer.Option("--memorization", help="Plant facts of known frequency in the corpus and test the "
+                                                  "memorization claim on them (docs/memorization.md); with "
+                                                  "--shipped: load its measured trajectory.")
+    ] = False,
     n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = _D.n,
     qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = _D.qa_items,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = _D.device,
@@ -55,7 +60,8 @@ def demo(
     every checkpoint (geometry and memorization) into --db, prints the phase table and writes
     OUT/geometry.png and OUT/memorization.png. Rerunning continues where it stopped. The default
     run is 1,000 steps (time: README.md); --long is the run that shows the three phases, and
-    --shipped loads its measured trajectory in seconds (docs/train-mini.md).
+    --shipped loads its measured trajectory in seconds (docs/train-mini.md). --memorization plants
+    facts of known frequency in the corpus and tests the memorization claim on them.
 
     Example: geowh demo runs/demo --db demo.duckdb
     """
@@ -64,6 +70,17 @@ def demo(
     from geowh.repro.demo import load_shipped, long_run
     from geowh.settings import settings
 
+    if memorization and post_training:
+        raise InputError("--memorization and --post-training are two demos: run one at a time")
+    if memorization:
+        from geowh.cli import memorization_demo
+
+        given = [option for option, value, default in (
+            ("--minutes", minutes, _D.minutes), ("--long", long, False), ("--qa-items", qa_items, _D.qa_items),
+        ) if value != default]
+        memorization_demo.run(out, db, steps=steps, shipped=shipped, given=given, n=n, device=device, threads=threads,
+                              quiet=quiet, json_=json_)
+        return
     if shipped:
         # It trains nothing, so a training option given with it would be silently ignored.
         given = [option for option, value, default in (

@@ -199,7 +199,7 @@ def import_evals(
         evals.extend({
             "model": f.model, "checkpoint": f.checkpoint, "step": f.step, **r, "source_file": source,
             "harness_format": f.format, "harness_version": f.harness_version, "imported_at": now,
-            "run_id": run["run_id"],
+            "run_id": run["run_id"], "source": "lm-eval",
         } for r in f.rows)
     if runs:
         wh.write({

@@ -29,12 +29,13 @@ def _config(workdir, **kwargs) -> IngestConfig:
 
 def test_every_module_that_names_a_measurement_is_registered_and_adds_its_options_to_ingest_and_watch(cli):
     registered = measurements.registry()
-    assert list(registered) == ["geometry", "memorization"]
+    assert list(registered) == ["generation", "geometry", "memorization"]
     for name, module in registered.items():
         assert module.NAME == name and callable(module.build)
         assert module.__name__ == f"geowh.ingest.measurements.{name}"  # one module each
     flags = [o.flag for o in measurements.options()]
-    assert flags == ["--memorization", "--index", "--index-tokenizer"]
+    assert flags == ["--generate", "--samples", "--k", "--temperature", "--max-new-tokens",
+                     "--memorization", "--index", "--index-tokenizer"]
     for command in ("ingest", "watch"):
         shown = cli([command, "--help"]).output
         assert all(flag in shown for flag in flags), command
@@ -91,7 +92,8 @@ def test_a_registered_measurements_options_become_cli_options(with_layers):
         pass
 
     parameters = inspect.signature(with_measurement_options(command)).parameters
-    assert list(parameters) == ["model", "memorization", "index", "index_tokenizer", "layers_offset"]
+    assert list(parameters) == ["model", "generate", "samples", "k", "temperature", "max_new_tokens",
+                                "memorization", "index", "index_tokenizer", "layers_offset"]
     assert parameters["layers_offset"].default is None
 
 

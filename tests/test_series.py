@@ -190,7 +190,7 @@ def test_models_command_lists_the_families(cli):
     result = cli(["models", "--json"])
     assert result.exit_code == 0, result.output
     families = {f["family"]: f for f in json.loads(result.output)}
-    assert set(families) == {"pythia", "olmo-2", "tulu-3", "hf", "local"}
+    assert set(families) == {"pythia", "olmo-2", "olmo-2-instruct", "tulu-3", "hf", "local"}
     assert "olmo-2-13b" in families["olmo-2"]["models"]
     table = cli(["models"])
     assert table.exit_code == 0 and "pythia-12b-deduped" in table.output

@@ -64,6 +64,9 @@ MODEL_ALIASES = {
     "olmo-1b": "olmo-2-1b",
     "olmo-7b": "olmo-2-7b",
     "olmo-13b": "olmo-2-13b",
+    "olmo-1b-instruct": "olmo-2-1b-instruct",
+    "olmo-7b-instruct": "olmo-2-7b-instruct",
+    "olmo-13b-instruct": "olmo-2-13b-instruct",
 }
 
 

@@ -323,6 +323,65 @@ def _tulu3(model: str, **_) -> Series:
     return Series(model, "tulu-3", refs, hub_repo=refs[-1].repo, tokenizer=refs[-1].repo)
 
 
+# -- OLMo-2 instruct lineages -----------------------------------------------------------------
+
+# The post-training repos of each OLMo-2 base, in stage order. Repo ids are AllenAI's naming as
+# known when this was written (1B: the 0425 release; 7B and 13B: 1124), not checked against the
+# hub from here: a wrong one fails its checkpoint's download, and the series says which repo.
+OLMO2_LINEAGES = {
+    "olmo-2-1b-instruct": "olmo-2-1b",
+    "olmo-2-7b-instruct": "olmo-2-7b",
+    "olmo-2-13b-instruct": "olmo-2-13b",
+}
+LINEAGE_STAGES = (("sft", "sft", "-SFT"), ("dpo", "dpo", "-DPO"), ("rlvr", "rlvr", "-Instruct"))
+"""(label, stage, repo suffix) of each post-training stage: the SFT model, DPO on it, RLVR on that."""
+
+
+def _olmo2_lineage(model: str, revisions: Sequence[str] | None = None, **_) -> Series:
+    """Base → SFT → DPO → RLVR as one stage-ordered series.
+
+    From the base repo: the last step of pretraining (stage 1), the last step of each mid-training
+    ingredient (stage 2, where published) and `main` (the released base, mid-training merged),
+    labelled `base`, which SFT starts from. Then `main` of each post-training repo, labelled by its
+    stage, after any step branches that repo publishes (as `{stage}-{branch}`). The base repo's
+    branches come from the hub or, offline, the local hub cache (`revisions` names them instead);
+    a post-training repo whose branches cannot be listed contributes its `main`.
+    """
+    base_repo = OLMO2_REPOS[OLMO2_LINEAGES[model]]
+    base = _olmo2(OLMO2_LINEAGES[model], revisions=revisions)
+    last: dict[tuple[str, int | None], CheckpointRef] = {}  # (stage, ingredient) → its last step
+    for ref in base.checkpoints:
+        branch = parse_olmo_branch(ref.label)
+        assert branch is not None  # _olmo2 keeps only branches that parse
+        key = (branch.stage, branch.ingredient)
+        if key not in last or (ref.step or 0) >= (last[key].step or 0):
+            last[key] = ref
+    kept = {r.label for r in last.values()}
+    refs = [replace(r, model=model) for r in base.checkpoints if r.label in kept]  # _olmo2's stage order
+    refs.append(CheckpointRef(model, "base", None, None, "mid", repo=base_repo, revision="main"))
+    for label, stage, suffix in LINEAGE_STAGES:
+        repo = base_repo + suffix
+        steps = []
+        for name in _branches_or_main(repo):
+            step = parse_step(name)
+            if name != "main" and step is not None:
+                steps.append(CheckpointRef(model, f"{label}-{name}", step, parse_tokens(name), stage,
+                                           repo=repo, revision=name))
+        refs += sorted(steps, key=lambda r: (r.step or 0, r.label))
+        refs.append(CheckpointRef(model, label, None, None, stage, repo=repo, revision="main"))
+    top = refs[-1].repo
+    skipped = tuple(name for name in base.skipped if name != "main")  # main is the `base` checkpoint
+    return Series(model, "olmo-2-instruct", tuple(refs), hub_repo=top, tokenizer=top, skipped=skipped)
+
+
+def _branches_or_main(repo: str) -> list[str]:
+    """The branches of a post-training repo; `main` alone when they cannot be listed (offline, no cache)."""
+    try:
+        return hub_branches(repo)
+    except InputError:
+        return ["main"]
+
+
 # -- any hub model -------------------------------------------------------------------------------
 
 
@@ -491,6 +550,14 @@ FAMILIES: dict[str, Family] = {
         tuple(TULU3_STAGES),
         _tulu3,
         "geowh ingest tulu-3-8b",
+    ),
+    "olmo-2-instruct": Family(
+        "olmo-2-instruct",
+        "OLMo-2 base (last pretraining and mid-training steps, main) → SFT → DPO → Instruct (RLVR), one "
+        "stage-ordered series (aliases olmo-1b-instruct, olmo-7b-instruct, olmo-13b-instruct)",
+        tuple(OLMO2_LINEAGES),
+        _olmo2_lineage,
+        "geowh ingest olmo-7b-instruct",
     ),
     "hf": Family(
         "hf",
