@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install "$(TORCH)" -e ".[test,lightning,ray]"
+	$(BIN)/python -m pip install "$(TORCH)" -e ".[test,lightning,ray,posttrain]"
 	touch $@
 
 demo: $(VENV)/.installed  ## the main job, offline: train, index, ingest, phases, plots

@@ -41,6 +41,14 @@ def exact(completion: str, answer: str) -> bool:
     return first_line(completion) == " ".join(answer.split())
 
 
+@checker("word")
+def word(completion: str, answer: str) -> bool:
+    """The completion's first word equals the answer: for continuations of running text, which a
+    language model does not end with a newline (posttrain's `phrase` task)."""
+    words = completion.split()
+    return bool(words) and words[0] == answer.strip()
+
+
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 

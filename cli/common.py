@@ -40,7 +40,7 @@ _ENVIRONMENT_ERRNOS = {
 
 # Commands whose finished work survives a Ctrl-C (each checkpoint, step or file is committed as
 # it completes) and which resume when run again; any other command stopped has written nothing.
-_RESUMING = {"ingest", "memorize", "watch", "train-mini", "demo"}
+_RESUMING = {"ingest", "memorize", "watch", "train-mini", "posttrain", "demo"}
 
 
 class _Group(TyperGroup):

@@ -34,6 +34,10 @@ def demo(
     shipped: Annotated[
         bool, typer.Option("--shipped", help="Train nothing: load the --long run's measured trajectory into --db.")
     ] = False,
+    post_training: Annotated[
+        bool, typer.Option("--post-training", help="Then SFT → DPO → RLVR from its last checkpoint, ingest them with "
+                           "geometry and generation, and check the paper's post-training claims (docs/posttrain.md).")
+    ] = False,
     memorization: Annotated[
         bool, typer.Option("--memorization", help="Plant facts of known frequency in the corpus and test the "
                                                   "memorization claim on them (docs/memorization.md); with "
@@ -66,6 +70,8 @@ def demo(
     from geowh.repro.demo import load_shipped, long_run
     from geowh.settings import settings
 
+    if memorization and post_training:
+        raise InputError("--memorization and --post-training are two demos: run one at a time")
     if memorization:
         from geowh.cli import memorization_demo
 
@@ -80,12 +86,17 @@ def demo(
         given = [option for option, value, default in (
             ("OUT", out, None), ("--steps", steps, _D.steps), ("--minutes", minutes, _D.minutes), ("--long", long, False),
             ("--n", n, _D.n), ("--qa-items", qa_items, _D.qa_items), ("--device", device, _D.device),
-            ("--threads", threads, _D.threads),
+            ("--threads", threads, _D.threads), ("--post-training", post_training, False),
         ) if value != default]
         if given:
             raise InputError(f"--shipped trains nothing and loads the measured --long run into --db: "
                              f"leave out {', '.join(given)}")
         _print_shipped(load_shipped(db), json_)
+        return
+    if post_training:
+        _post_training(out, db, device, threads, quiet, json_,
+                       given=[o for o, v, d in (("--long", long, False), ("--steps", steps, _D.steps),
+                                                ("--minutes", minutes, _D.minutes)) if v != d])
         return
     config = None
     if long:
@@ -129,6 +140,38 @@ def demo(
         for entry in summary.ingest["errors"]:
             err_console().print(f"[red]failed[/] {entry['checkpoint']}: {escape(entry['error'])}", highlight=False)
         raise typer.Exit(1)
+
+
+def _post_training(out: Path | None, db: Path, device: str, threads: int | None, quiet: bool, json_: bool,
+                   given: list[str]) -> None:
+    """`geowh demo --post-training`: geowh.repro.posttrain_demo, then the phases and the claims table."""
+    from geowh.cli.queries import _render_claims
+    from geowh.errors import InputError
+    from geowh.queries.claims import StageClaims
+    from geowh.repro.posttrain_demo import PostDemoConfig, posttrain_demo
+    from geowh.settings import settings
+
+    if given:  # the base is the demo's own run: another one would not be the demo's
+        raise InputError(f"--post-training starts from the demo's run: leave out {', '.join(given)}")
+    with Renderer(quiet=quiet or json_) as progress:
+        summary = posttrain_demo(out or settings().home / "demo", db, PostDemoConfig(device=device, threads=threads),
+                                 progress=progress)
+    if json_:
+        print_json(summary.to_dict())
+        return
+    import polars as pl
+
+    from geowh.queries.phases import COLUMNS
+
+    render_frame(pl.DataFrame(summary.phases, schema=COLUMNS).select(
+        "phase", "stage", pl.col("start_step").alias("start step"), pl.col("end_step").alias("end step"),
+        pl.col("delta_rankme").round(3).alias("Δ rankme"), pl.col("delta_alpha_req").round(3).alias("Δ αReQ"),
+        pl.col("matches_paper").alias("as paper")), title=f"phases of {summary.model}")
+    _render_claims([StageClaims(**s) for s in summary.claims])
+    err_console().print(
+        f"{summary.seconds['total']:.0f} s ({summary.cpu_seconds:.0f} CPU s, {summary.threads} thread(s)); base "
+        f"{summary.base['status']}, posttrain {summary.posttrain['status']}, {summary.ingest['ok']} checkpoints "
+        f"ingested, {summary.ingest['skipped']} already done → {summary.db} (model {summary.model})", highlight=False)
 
 
 def _print_shipped(loaded: dict, json_: bool) -> None:

@@ -11,6 +11,10 @@ import typer
 from geowh.cli.common import DEFAULT_DB, Db, Force, Json, app, err_console, print_json, render_frame
 from geowh.cli.progress import Renderer
 from geowh.errors import InputError
+from geowh.progress import Event
+
+# The claims' task defaults: the names `geowh posttrain` gives its tasks (queries/claims.py).
+_CLAIMS_IN, _CLAIMS_OOD, _CLAIMS_REWARD = "copy", "phrase", "copy"
 
 Probe = Annotated[str | None, typer.Option(help="Probe id (default: the model's probe with the most checkpoints).")]
 Layer = Annotated[int | None, typer.Option(help="Layer, hidden_states index (default: the last).")]
@@ -72,14 +76,23 @@ def phases(
     x: XAxis = "step",
     layers: Annotated[str | None, typer.Option(help="Phase map: segment every layer (all) or these (0,6,12); one row per layer.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Store the phases in the warehouse (--no-store only reads).")] = True,
+    in_task: Annotated[str, typer.Option(help="Post-training claims: the in-distribution task (evals.task).")] = _CLAIMS_IN,
+    ood_task: Annotated[str, typer.Option(help="Post-training claims: the out-of-distribution task.")] = _CLAIMS_OOD,
+    reward_task: Annotated[str, typer.Option(help="Post-training claims: RLVR's reward task (pass@k, distinct-n).")] = _CLAIMS_REWARD,
     db: Db = DEFAULT_DB,
     json_: Json = False,
 ) -> None:
     """Segment a trajectory into warmup, entropy-seeking and compression-seeking phases (stored in `phases`).
 
+    On a series with post-training stages (sft, dpo, rlvr: tulu-3-8b, a `geowh posttrain` folder)
+    it also shows each stage's change of behaviour (evals rows: accuracy, pass@K, distinct-n,
+    entropy) and the paper's claims checked: ✓, ✗, not significant or untested, with the numbers
+    and the test (docs/posttrain.md). With --json, each stage's row carries `behaviour` and `claims`.
+
     Example: geowh phases --model olmo-7b --metric both --json;  geowh phases --model olmo-7b --layers all
     """
     from geowh.queries import phase_map
+    from geowh.queries.claims import claims
     from geowh.queries.phases import phases as run
     from geowh.warehouse import Warehouse
 
@@ -91,9 +104,16 @@ def phases(
     else:
         found = run(Warehouse(db), model, probe=probe, layer=layer, pooling=pooling, metric=metric, x=x, store=store,
                     progress=Renderer())
+    post = layers is None and found["stage"].is_in(["sft", "dpo", "rlvr"]).any()  # else nothing to check
+    stages = claims(Warehouse(db), found["model"][0], found, in_task=in_task, ood_task=ood_task,
+                    reward_task=reward_task) if post else []
     if json_:
-        print_json([{**row, "evidence": json.loads(row["evidence"])} for row in found.to_dicts()])
-    elif layers is not None:
+        checked = {s.stage: s for s in stages}
+        print_json([{**row, "evidence": json.loads(row["evidence"]),
+                     **({"behaviour": checked[row["stage"]].behaviour, "claims": checked[row["stage"]].claims}
+                        if row["stage"] in checked else {})} for row in found.to_dicts()])
+        return
+    if layers is not None:
         render_frame(_phase_map_rows(found, x), title=f"{found['model'][0]}  phase map  basis={metric}  x={x}")
     else:
         import polars as pl
@@ -111,6 +131,40 @@ def phases(
             table = table.with_columns(pl.Series("flagged fits", flagged))
         render_frame(table, title=f"{first['model']}  {where + ' ' if where else ''}basis={metric}",
                      optional=["stage", "#", "flagged fits"])
+        if stages:
+            _render_claims(stages)
+
+
+def _render_claims(stages) -> None:
+    """Each post-training stage's change of behaviour, then the paper's claims with their verdicts."""
+    import polars as pl
+
+    from geowh.queries.claims import ALPHA, TEST, claims_table
+
+    behaviour = [{"stage": s.stage, **b} for s in stages for b in s.behaviour]
+    if behaviour:
+        render_frame(pl.DataFrame(behaviour).select(
+            "stage", "task", "metric", pl.col("start_checkpoint").alias("from"), pl.col("end_checkpoint").alias("to"),
+            pl.col("start").round(4), pl.col("end").round(4), pl.col("change").round(4)),
+            title="behaviour over each post-training stage (evals rows)", optional=["from", "to"])
+    else:
+        Renderer()(Event("note", "no evals rows of this series: measure behaviour with geowh ingest RUN --generate TASK.jsonl"))
+    rows = [{"stage": r["stage"], "claim": r["claim"], "verdict": r["verdict"], "task": r.get("task"),
+             "metric": r.get("metric"), "observed": _observed(r), "z": r.get("z"), "p": r.get("p")}
+            for r in claims_table(stages)]
+    render_frame(pl.DataFrame(rows, schema={"stage": pl.String, "claim": pl.String, "verdict": pl.String,
+                                            "task": pl.String, "metric": pl.String, "observed": pl.String,
+                                            "z": pl.Float64, "p": pl.Float64}),
+                 title="the paper's post-training claims", optional=["task", "z"])
+    err_console().print(f"behaviour: {TEST}, α = {ALPHA}; geometry: the stage's phase label", highlight=False)
+
+
+def _observed(row: dict) -> str:
+    if "observed" in row:
+        return str(row["observed"])
+    if row.get("start") is None:
+        return row.get("why", "")
+    return f"{row['start']:.4g} → {row['end']:.4g} ({row['change']:+.4g})"
 
 
 def _phase_map_rows(found, x: str):

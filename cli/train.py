@@ -1,4 +1,4 @@
-"""Commands that make a checkpoint series offline: train-mini."""
+"""Commands that make a checkpoint series offline: train-mini, posttrain."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import typer
 
 from geowh.cli.common import Json, app, console, err_console, print_json
 from geowh.cli.progress import Renderer
+from geowh.repro.posttrain import PosttrainConfig
 from geowh.repro.train import TrainConfig
 
 _D = TrainConfig()
+_P = PosttrainConfig()
 
 
 @app.command("train-mini")
@@ -76,6 +78,62 @@ def train_mini(
         highlight=False,
     )
     err_console().print(f"next: geowh ingest {summary.out} --probe {summary.probe} --n 500 --max-len 128", highlight=False)
+
+
+@app.command()
+def posttrain(
+    base: Annotated[Path, typer.Argument(help="The checkpoint to start from (a folder with config.json, weights and tokenizer).")],
+    out: Annotated[Path, typer.Argument(help="Output folder: pretrain-step{N}/, sft-step{S}/, dpo-step{S}/, rlvr-step{S}/, tasks/.")],
+    stages: Annotated[
+        str | None, typer.Option(help="Stages to run, in order: sft,dpo,rlvr (default) or a subset such as sft,dpo.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps of each stage.")] = _P.steps,
+    checkpoints: Annotated[int, typer.Option(help="Checkpoints of each stage, log-spaced from its first step.")] = _P.checkpoints,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step (RLVR: completions, --generations per prompt).")] = _P.batch_size,
+    generations: Annotated[int, typer.Option(help="RLVR: completions sampled per prompt (GRPO's group).")] = _P.generations,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of every stage (default: SFT 1e-3, DPO and RLVR 2e-4).")] = None,
+    corpus: Annotated[
+        list[Path] | None, typer.Option(help="Text files the tasks are derived from (default: train-mini's corpus).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = _P.device,
+    seed: Annotated[int, typer.Option(help="Seed of the tasks, the data order and the sampling.")] = _P.seed,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_: Json = False,
+) -> None:
+    """Post-train a checkpoint offline: SFT, then DPO, then RLVR (TRL), each stage saving checkpoints into OUT.
+
+    The tasks are derived from the corpus into OUT/tasks/ (docs/posttrain.md): copy (in-distribution,
+    held-out items; RLVR's reward, checker exact), phrase (out-of-distribution) and DPO's pairs.
+    Rerunning reuses finished stages and restarts an interrupted one. Needs TRL: geowh's posttrain extra.
+    Then: geowh ingest OUT --probe PROBE --generate OUT/tasks/copy.jsonl,OUT/tasks/phrase.jsonl
+
+    Example: geowh posttrain runs/mini/step600 runs/post --steps 200
+    """
+    from geowh.repro.posttrain import check_stages
+    from geowh.repro.posttrain import posttrain as run
+
+    config = PosttrainConfig(
+        stages=check_stages([s.strip() for s in stages.split(",") if s.strip()]) if stages is not None else _P.stages,
+        steps=steps, checkpoints=checkpoints, batch_size=batch_size, generations=generations, lr=lr,
+        corpus=tuple(str(p) for p in corpus or ()), device=device, seed=seed,
+    )
+    with Renderer(quiet=quiet or json_) as progress:
+        summary = run(base, out, config, progress=progress)
+    if json_:
+        print_json(summary.to_dict())
+        return
+    for stage, done in summary.stages.items():
+        log = done.get("last_log") or {}
+        shown = ", ".join(f"{k} {log[k]:.3g}" for k in ("loss", "reward") if k in log)
+        console().print(f"[bold]{stage}[/] {done['status']}: {done['steps']} steps, {len(done['checkpoints'])} checkpoints, "
+                        f"{done['seconds']:.0f} s{'; last step: ' + shown if shown else ''}", highlight=False)
+    console().print(f"{len(summary.checkpoints)} checkpoints in {summary.out} ({summary.seconds:.0f} s on {summary.device})",
+                    highlight=False)
+    tasks = summary.tasks
+    err_console().print(
+        f"next: geowh ingest {summary.out} --generate {summary.out}/{tasks['in_distribution']['file']},"
+        f"{summary.out}/{tasks['out_of_distribution']['file']}; then geowh phases --model {Path(summary.out).name}",
+        highlight=False)
 
 
 def _num(x: float | None) -> str:

@@ -23,10 +23,12 @@ def _library() -> dict[str, tuple[dict, ...]]:
     from geowh.ingest.config import IngestConfig, MemorizeConfig, Selection
     from geowh.ingest.engine.watch import watch
     from geowh.ingest.measurements.memorization import index_stats
+    from geowh.queries.claims import claims
     from geowh.queries.correlate import correlate
     from geowh.queries.phases import phases
     from geowh.queries.plot import plot
     from geowh.repro.demo import DemoConfig
+    from geowh.repro.posttrain import PosttrainConfig
     from geowh.repro.toy import ToyConfig
     from geowh.repro.train import TrainConfig
     from geowh.spectrum_math import REGISTRY
@@ -40,13 +42,14 @@ def _library() -> dict[str, tuple[dict, ...]]:
         "memorize": (_fields(MemorizeConfig), _fields(Selection)),
         "metrics": (metric_defaults,),
         "recompute": (metric_defaults,),
-        "phases": (_parameters(phases),),
+        "phases": (_parameters(phases), _parameters(claims)),
         "correlate": (_parameters(correlate),),
         "plot": (plot_defaults,),
         "index build": (_parameters(build_index),),
         "index stats": (_parameters(index_stats),),
         "toy": (_fields(ToyConfig),),
         "train-mini": (_fields(TrainConfig),),
+        "posttrain": (_fields(PosttrainConfig),),
         "demo": (_fields(DemoConfig),),
     }
 

@@ -33,7 +33,10 @@ LOCAL_PATTERNS = (
     re.compile(r"^ckpt[-_]?(\d+)$"),
     re.compile(r"^(?:epoch=\d+-)?step=(\d+)(?:\.ckpt)?$"),
     re.compile(r"^stage\d+-(?:ingredient\d+-)?step(\d+)(?:-tokens\d+(?:\.\d+)?[BT])?$", re.IGNORECASE),
+    # `geowh posttrain`: the stage before the step (sft-step40), so one folder holds a stage-ordered series.
+    re.compile(r"^(?:pretrain|mid|sft|dpo|rlvr)-step(\d+)$"),
 )
+_STAGED = re.compile(r"^(pretrain|mid|sft|dpo|rlvr)-step\d+$")
 
 
 def local_step(folder_name: str) -> int | None:
@@ -42,6 +45,12 @@ def local_step(folder_name: str) -> int | None:
         if m := pattern.match(folder_name):
             return int(m.group(1))
     return None
+
+
+def local_stage(folder_name: str) -> str | None:
+    """The training stage a checkpoint folder's name gives (`dpo-step40` → dpo), else None (pretraining)."""
+    m = _STAGED.match(folder_name)
+    return m.group(1) if m else None
 
 
 def parse_tokens(label: str) -> float | None:

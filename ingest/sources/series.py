@@ -24,6 +24,7 @@ from geowh.warehouse.names import (
     PYTHIA_TOKENS_PER_STEP,
     STAGE_ORDER,
     canonical_model,
+    local_stage,
     local_step,
     parse_step,
     parse_tokens,
@@ -490,7 +491,8 @@ def _local(model: str, name: str | None = None, **_) -> Series:
     if is_checkpoint_dir(root):  # a single checkpoint folder
         step = local_step(root.name)
         series_name = name or (root.parent.name if step is not None else root.name)
-        ref = CheckpointRef(series_name, root.name, step, parse_tokens(root.name), path=root)
+        ref = CheckpointRef(series_name, root.name, step, parse_tokens(root.name), local_stage(root.name) or "pretrain",
+                            path=root)
         return Series(series_name, "local", (ref,), tokenizer=None, folder=root.parent if step is not None else root)
     series_name = name or root.name
     per_step = _tokens_per_step(root)
@@ -504,13 +506,15 @@ def _local(model: str, name: str | None = None, **_) -> Series:
         if tokens is None and per_step and step is not None:
             tokens = float(step * per_step)
         # A folder named like a checkpoint but without weights is kept: it fails, visibly.
-        refs.append(CheckpointRef(series_name, child.name, step, tokens, path=child))
+        refs.append(CheckpointRef(series_name, child.name, step, tokens, local_stage(child.name) or "pretrain",
+                                  path=child))
     if not refs:
         raise InputError(
             f"{root} holds no checkpoint folders (named checkpoint-N, stepN, global_stepN, iter_N, … "
             "with a config.json inside): point at the run folder or at one checkpoint"
         )
-    refs.sort(key=lambda r: (r.step is None, r.step or 0, r.label))
+    # Stage first: `geowh posttrain` restarts the step count in every stage (sft-step1 after pretrain-step600).
+    refs.sort(key=lambda r: (r.stage_order or 0, r.step is None, r.step or 0, r.label))
     return Series(series_name, "local", tuple(refs), tokenizer=None, skipped=tuple(skipped), folder=root)
 
 
