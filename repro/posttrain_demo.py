@@ -30,10 +30,10 @@ from geowh.warehouse import Warehouse, as_warehouse
 POST_DIR = "post"
 # The demo's post-training, sized to fit its time budget on 2 CPU cores (docs/results.md).
 DEMO_POSTTRAIN = PosttrainConfig(steps=150, checkpoints=6, batch_size=16, generations=4)
-# Generation per checkpoint: pass@1 and pass@8 from 8 samples, completions of at most 8 tokens
-# (a copy answer is 2 words, a phrase answer 1).
+# Generation per checkpoint: pass@1 and pass@SAMPLES (k runs up to the samples drawn), completions
+# of at most 8 tokens (a copy answer is 2 words, a phrase answer 1).
 SAMPLES = 8
-GENERATE = {"k": "1,8", "temperature": 1.0, "max_new_tokens": 8}
+GENERATE = {"temperature": 1.0, "max_new_tokens": 8}
 PROBE_N = 256
 
 
@@ -129,7 +129,8 @@ def _run(out: Path, wh: Warehouse, cfg: PostDemoConfig, progress: Progress) -> P
         tasks = out / POST_DIR / TASK_DIR
         options: dict[str, Any] = {}
         if generation:
-            options = {**GENERATE, "samples": cfg.samples, "generate": f"{tasks / IN_TASK}.jsonl,{tasks / OOD_TASK}.jsonl"}
+            options = {**GENERATE, "samples": cfg.samples, "k": ",".join(str(k) for k in sorted({1, cfg.samples})),
+                       "generate": f"{tasks / IN_TASK}.jsonl,{tasks / OOD_TASK}.jsonl"}
         else:
             progress(Event("info", "the generation measurement is not in this geowh: geometry only, the behaviour claims say no data"))
         # fp32 features, as the demo's ingest: narrow models' spectra lose their tail in bf16.

@@ -9,8 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from geowh.queries import import_metrics, phases
+from geowh.queries import import_metrics
 from geowh.queries.claims import claims, claims_table, z_verdict
+from geowh.queries.phases import phases
 
 # base → sft → dpo → rlvr: RankMe up, up, down (the paper's directions), two checkpoints per stage.
 STAGES = ["pretrain"] * 6 + ["sft", "sft", "dpo", "dpo", "rlvr", "rlvr"]
