@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -91,6 +92,19 @@ def output_path(path: str | Path, force: bool = False, protect: Iterable[str | P
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 """This machine, in a temporary's name: a process id means something only on its own host."""
+
+
+def write_text(path: Path, text: str) -> None:
+    """A run's own file (a config, a log, a manifest) written whole: a partial name, then a rename onto
+    `path`, so that a crash or Ctrl-C mid-write leaves the previous file, never half of a new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def write_json(path: Path, value) -> None:
+    """`write_text` of `value` as indented JSON."""
+    write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _remove_orphans(path: Path) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.outputs import write_text
 from geowh.progress import Event, Progress, silent
 from geowh.settings import settings
 from geowh.warehouse import Warehouse, as_warehouse
@@ -323,7 +324,7 @@ def ensure_index(out: Path, config, progress: Progress = silent) -> dict:
         shutil.rmtree(directory)
     text = out / TRAIN_TEXT
     if not text.is_file():
-        _write_text(text, "".join(d + "\n" for d in training_documents(config)))
+        write_text(text, "".join(d + "\n" for d in training_documents(config)))
     meta = build_index([text], str(out / "tokenizer"), directory, progress=progress)
     progress(Event("info", f"built {directory}: {meta.documents:,} documents, {meta.tokens:,} tokens in {meta.seconds:.0f} s"))
     return {"directory": str(directory), "documents": meta.documents, "tokens": meta.tokens, "status": "built"}
@@ -359,7 +360,7 @@ def ensure_task(out: Path, items: int, sources: Sequence[str | Path] | None = No
             f"only {len(derived)} QA item(s) found in the training split: give Python sources whose docstrings "
             "the corpus holds (qa_sources)"
         )
-    _write_text(path, "".join(json.dumps(row) + "\n" for row in derived))
+    write_text(path, "".join(json.dumps(row) + "\n" for row in derived))
     progress(Event("info", f"derived {path}: {len(derived)} items, e.g. {derived[0]['question']} → {derived[0]['answer']}"))
     return {"file": str(path), "items": len(derived), "status": "derived"}
 
@@ -499,11 +500,6 @@ def _train_dict(trained) -> dict:
 def _r(x: float) -> float | None:
     return round(x, 4) if x is not None and math.isfinite(x) else None
 
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 class _Timer:

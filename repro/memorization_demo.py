@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from geowh.errors import InputError
+from geowh.outputs import write_text
 from geowh.progress import Event, Progress, silent
 from geowh.repro import facts as planted
 from geowh.repro.demo import DEFAULT_N, TASK_FILE, DemoConfig
@@ -157,7 +158,7 @@ def prepare(out: Path, config: MemorizationDemoConfig, progress: Progress = sile
         # log-likelihood would rise with its frequency before the model learnt anything
         build_tokenizer(documents, replace(base, tokenizer=None)).save_pretrained(tokenizer)
         mixed = planted.mix(documents, facts, config.seed)
-        _write_text(corpus, "".join(d + "\n" for d in mixed))
+        write_text(corpus, "".join(d + "\n" for d in mixed))
         progress(Event("info", f"planted {len(facts)} facts, {sum(f.planted for f in facts):,} mentions, "
                                f"among {len(documents):,} documents → {corpus}"))
     if not task.is_file():
@@ -414,8 +415,3 @@ def load_shipped(wh) -> dict:
 def _r(x, digits: int = 4):
     return round(x, digits) if x is not None and math.isfinite(x) else None
 
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)

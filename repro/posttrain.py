@@ -34,6 +34,7 @@ from typing import Any
 
 from geowh.checkers import TaskItem, read_task
 from geowh.errors import InputError
+from geowh.outputs import write_json, write_text
 from geowh.progress import Event, Progress, silent
 from geowh.warehouse.names import local_stage, local_step
 
@@ -179,7 +180,7 @@ def posttrain(base: str | Path, out: str | Path, config: PosttrainConfig | None 
     start_name = _copy_base(base, out)
     tasks = derive_tasks(out, config, progress)
     state["tasks"] = tasks
-    _write_json(out / CONFIG_FILE, state)
+    write_json(out / CONFIG_FILE, state)
 
     summary = PosttrainSummary(out=str(out), base=str(base), device=device_name(dev), tasks=tasks)
     for stage in config.stages:
@@ -195,7 +196,7 @@ def posttrain(base: str | Path, out: str | Path, config: PosttrainConfig | None 
         state["stages"][stage] = {"finished": True, "steps": config.steps, "seconds": round(time.monotonic() - t, 2),
                                   "checkpoints": [f"{stage}-step{s}" for s in stage_steps(config.steps, config.checkpoints)],
                                   "last_log": logged}
-        _write_json(out / CONFIG_FILE, state)
+        write_json(out / CONFIG_FILE, state)
         summary.stages[stage] = state["stages"][stage] | {"status": "trained"}
     for scratch in (".partial", ".work"):  # empty once every checkpoint is renamed into place
         if (out / scratch).is_dir() and not any((out / scratch).rglob("*")):
@@ -406,7 +407,7 @@ class _Saver:
             shutil.rmtree(partial, ignore_errors=True)
             self.model.save_pretrained(partial)
             self.tokenizer.save_pretrained(partial)
-            _write_json(partial / "posttrain_log.json", {"stage": self.stage, "step": step, **self.last})
+            write_json(partial / "posttrain_log.json", {"stage": self.stage, "step": step, **self.last})
             final = self.out / name
             if final.exists():
                 shutil.rmtree(final)
@@ -462,7 +463,7 @@ def derive_tasks(out: Path, config: PosttrainConfig, progress: Progress = silent
              IN_TASK: [copy(i, a, b, "heldout") for i, (a, b) in enumerate(held_out)], OOD_TASK: ood, PAIRS: dpo}
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
-        _write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     described = {
         "corpus": corpus.describe() | {"sources": None},
         "vocabulary": len(words),
@@ -475,7 +476,7 @@ def derive_tasks(out: Path, config: PosttrainConfig, progress: Progress = silent
         "reward": {"task": IN_TASK, "checker": REWARD_CHECKER, "train_file": f"{TASK_DIR}/{TRAIN_TASK}.jsonl",
                    "what": "TaskItem.correct: 1 when the completion's first line equals the answer, else 0"},
     }
-    _write_json(manifest, described)  # last: its presence means the task files are complete
+    write_json(manifest, described)  # last: its presence means the task files are complete
     return described
 
 
@@ -505,11 +506,3 @@ def corpus_statistics(texts: Sequence[str]) -> tuple[list[str], list[tuple[tuple
     return words, [(pair, word) for _, pair, word in phrases]
 
 
-def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)

@@ -31,9 +31,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from geowh.errors import InputError
+from geowh.outputs import write_json, write_text
 from geowh.progress import Event, Progress, silent
 from geowh.warehouse.names import local_step
 
@@ -239,7 +240,7 @@ def train_mini(
         out.mkdir(parents=True, exist_ok=True)
         data = _prepare_data(out, config, progress)
         saved = {"config": config.to_dict(), "corpus": data, "plan": None, "finished": False}
-        _write_json(out / CONFIG_FILE, saved)
+        write_json(out / CONFIG_FILE, saved)
     tokenizer = _load_tokenizer(out / "tokenizer")
     import numpy as np
 
@@ -280,7 +281,7 @@ def train_mini(
             "parameters": _parameters(model),
         }
         saved["plan"] = plan
-        _write_json(out / CONFIG_FILE, saved)
+        write_json(out / CONFIG_FILE, saved)
     total = plan["total_steps"]
     save_at = set(plan["checkpoint_steps"])
 
@@ -303,7 +304,7 @@ def train_mini(
             losses = []
 
     saved["finished"] = True
-    _write_json(out / CONFIG_FILE, saved)
+    write_json(out / CONFIG_FILE, saved)
     return _summary(out, saved, status, time.monotonic() - started, device_name(dev))
 
 
@@ -321,7 +322,7 @@ def _prepare_data(out: Path, config: TrainConfig, progress: Progress) -> dict:
     train_docs, probe_docs = split_documents(corpus.texts, config.probe_docs, config.seed)
     progress(Event("info", f"corpus {corpus.name}: {len(corpus.texts):,} documents, {corpus.bytes / 1e6:.1f} MB; "
                            f"{len(probe_docs):,} held out → probe.txt"))
-    _write_text(out / "probe.txt", "".join(d + "\n" for d in probe_docs))
+    write_text(out / "probe.txt", "".join(d + "\n" for d in probe_docs))
 
     progress(Event("status", "training the tokenizer" if config.tokenizer is None else f"loading tokenizer {config.tokenizer}"))
     tokenizer = build_tokenizer(train_docs, config)
@@ -692,11 +693,3 @@ def _round(x: float | None) -> float | None:
     return round(x, 5) if x is not None else None
 
 
-def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
