@@ -81,7 +81,10 @@ def test_ctrl_c_and_sigterm_stop_a_running_query_with_130_and_143(db, signum):
         proc.kill()
         pytest.fail(f"{signal.Signals(signum).name} did not stop the query")
     assert proc.returncode == 128 + signum, err
-    assert "Traceback" not in err and "interrupted; nothing was written" in err, err
+    # The file is held from the connection's start: the signal lands in the query ("interrupted;
+    # nothing was written") or, a moment earlier, in the command around it (the generic line).
+    assert "Traceback" not in err, err
+    assert "interrupted; nothing was written" in err or "left nothing half-written" in err, err
 
 
 @pytest.mark.slow
