@@ -5,14 +5,16 @@ the Pythia tokenizer's 50k vocabulary, random weights: speed does not depend on 
 --d and --heads make it smaller) over N probe sequences of ≤ 512 tokens of real English (the
 standard library's documentation, rendered by pydoc; no network).
 
-- geowh: `tokenize_probe` → `extract_features` (length-sorted, padded batches, base model,
+- geowh: `tokenize_probe` → `extract_features` (length-sorted, padded batches of ~2**19
+  residual-stream elements on a CPU, base model,
   `--dtype`, default auto: bf16 on a GPU or a CPU with native bf16 units, else fp32) →
   streaming `Covariance` → eigenvalues → metrics. When auto is not fp32, geowh's fp32 path
   (`--dtype float32`, the authors' exact numbers) runs too, in the same rounds.
 - authors: for each text, tokenize, one forward through the full causal LM with its head
   replaced by the identity (fp32), take the last position; stack; PCA by full SVD → metrics.
 
-All are timed from the texts to the metrics, in interleaved rounds (a shared machine then
+The process reuses freed memory as `geowh ingest` does (`geowh.allocator`; `--system-malloc`
+keeps glibc's defaults), for both methods. All are timed from the texts to the metrics, in interleaved rounds (a shared machine then
 slows all alike). Prints the load average, tokens/s (and CPU seconds) of each and the ratios,
 RankMe and αReQ of each, and the achieved FLOP rate against this machine's matrix-multiply
 peak in the same dtype, measured first in the same process (`bench/peak.py`), and on CUDA
@@ -157,7 +159,14 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=1024, help="model width (Pythia-410M: 1024)")
     parser.add_argument("--heads", type=int, default=16, help="attention heads (Pythia-410M: 16)")
     parser.add_argument("--no-authors", action="store_true", help="skip the one-at-a-time baseline (slow at full size)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's malloc defaults instead of geowh.allocator's (which `geowh ingest` sets)")
     args = parser.parse_args()
+
+    from geowh.allocator import reuse_freed_memory
+
+    # As `geowh ingest` runs; the authors' loop, in the same process, gets the same allocator.
+    reused = False if args.system_malloc else reuse_freed_memory()
 
     import torch
     from transformers import AutoTokenizer
@@ -184,6 +193,7 @@ def main() -> None:
         paths[name] = copy.deepcopy(model).to(getattr(torch, name))
     print(f"device {device_name(device)}, torch threads {torch.get_num_threads()}, {len(texts)} texts, "
           f"max_len {args.max_len}, model {args.layers} layers x d {args.d} ({args.heads} heads), "
+          f"freed memory {'reused (geowh.allocator)' if reused else 'returned to the kernel (glibc defaults)'}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"matmul peak here: fp32 {calibration['cpu_float32']:.1f}, bf16 {calibration['cpu_bfloat16']:.1f} GFLOP/s (CPU)"
           + (f", bf16 {calibration['cuda_bfloat16'] / 1000:.1f} TFLOP/s (GPU)" if "cuda_bfloat16" in calibration else "")
@@ -225,6 +235,7 @@ def main() -> None:
     print(f"tokens: {tokens:,} (mean {tokens / len(texts):.0f} per sequence), {args.rounds} interleaved rounds, "
           f"{flops / tokens / 1e6:.2f} MFLOP per token")
     report = {"device": device_name(device), "n": len(texts), "tokens": tokens, "layers": args.layers, "d": args.d,
+              "allocator": reused,
               "load_before": calibration["load"], "load": load, "peak_gflops": calibration}
     rows = [(f"geowh   ({name}, batched)", name, r) for name, r in timed.items()]
     if not args.no_authors:

@@ -371,13 +371,16 @@ def test_token_budget_batches_fill_the_budget_and_cover_every_sequence_once():
 def test_token_budget_extraction_equals_one_sequence_at_a_time(monkeypatch):
     from geowh.ingest.features import extract
 
-    monkeypatch.setattr(extract, "CPU_TOKEN_BUDGET", 120)
     model = tiny_model().base_model
+    d = model.config.hidden_size
+    # A CPU batch holds at most CPU_BATCH_ELEMENTS residual-stream elements: 120 tokens here.
+    monkeypatch.setattr(extract, "CPU_BATCH_ELEMENTS", 120 * d)
     rng = np.random.default_rng(2)
     ids = [rng.integers(2, 50000, size=int(k)).tolist() for k in rng.integers(1, 60, size=20)]
-    out, sizes = np.zeros((len(ids), model.config.hidden_size)), []
+    out, sizes = np.zeros((len(ids), d)), []
     for batch in extract.extract_features(model, ids, pad_id=0, layers=[2], poolings=["last"]):
         sizes.append(len(batch.indices))
+        assert len(batch.indices) * max(len(ids[i]) for i in batch.indices) <= 120
         out[batch.indices] = batch.features[(2, "last")].numpy()
     assert len(set(sizes)) > 1 and max(sizes) > 1  # batches sized by tokens, not by count
     assert np.abs(out - _features_one_by_one(model, ids)).max() <= 1e-5

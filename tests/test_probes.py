@@ -91,3 +91,16 @@ def test_too_strict_a_min_len_is_a_clear_error(tmp_path, tok):
     (tmp_path / "p.txt").write_text("short line\nanother one\n")
     with pytest.raises(InputError, match="--min-len"):
         tokenize_probe(load_texts(tmp_path / "p.txt"), tok, n=10, min_len=32)
+
+
+def test_the_tokenizer_fingerprint_follows_the_vocabulary_not_padding_or_a_cache():
+    from geowh.ingest.sources.probes import tokenizer_fingerprint
+
+    tok = tokenizer()  # a fresh copy: this test changes it
+    before = tokenizer_fingerprint(tok)
+    tok.backend_tokenizer.enable_padding(pad_id=0)
+    assert tokenizer_fingerprint(tok) == before  # padding does not decide token ids
+    tok.add_tokens(["<geowh-new-token>"])
+    after = tokenizer_fingerprint(tok)  # asked again of the changed tokenizer: no stale answer
+    assert after != before
+    assert tokenizer_fingerprint(tokenizer()) == before  # the same tokenizer, loaded again

@@ -19,10 +19,14 @@ from geowh.errors import CheckpointError, InputError
 from geowh.progress import Event, Progress, silent
 
 POOLINGS = ("last", "mean")
-# Tokens per batch when no batch size is given and the device is the CPU: large matrix
-# products run fastest (measured on bench/extract.py); a padded batch's attention scores,
-# (batch, heads, seq, seq) floats, stay around a gigabyte for 16 heads at 512 tokens.
-CPU_TOKEN_BUDGET = 32768
+# A CPU batch's size, in elements of its residual stream (tokens × d), when no batch size is
+# given: 2**19 (2 MiB in fp32; the MLP's 4 × d activations 8 MiB) keeps a layer's activations
+# in the caches between one matrix product and the next. The products themselves run at the
+# same rate from ~512 rows up, so larger batches only lose: at low load, d = 256 ran 15.4k
+# tokens/s at 2,048 tokens per batch against 8.9k at 32,768 (the authors' one-at-a-time loop:
+# 12.3k), and Pythia-410M's shape 251 against 204 tokens/s at 512 against 32,768 (bench/extract.py,
+# docs/scale.md). So d = 256 gets 2,048 tokens per batch, d = 1,024 512, d = 16 32,768.
+CPU_BATCH_ELEMENTS = 2**19
 # Upper bound on tokens per batch on a GPU (memory permitting).
 GPU_TOKEN_BUDGET = 262_144
 # Where base models keep their final norm (GPT-NeoX, Llama/OLMo-2, GPT-2): the module whose
@@ -102,7 +106,7 @@ def parse_poolings(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def plan_batches(lengths: Sequence[int], *, batch_size: int | None = None, token_budget: int = CPU_TOKEN_BUDGET) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], *, batch_size: int | None = None, token_budget: int) -> list[list[int]]:
     """Indices grouped into batches, longest sequences first (an out-of-memory shows at once).
 
     With `batch_size`, every batch has that many sequences; otherwise a batch holds as many
@@ -154,14 +158,14 @@ def pool(hidden, mask, pooling: str):
 
 
 def auto_token_budget(model, device, hidden_states: bool) -> int:
-    """Tokens per batch that fit the device: a fixed budget on the CPU, free memory on a GPU."""
+    """Tokens per batch that fit the device: what stays in the caches on a CPU, free memory on a GPU."""
     import torch
 
-    if device.type != "cuda":
-        return CPU_TOKEN_BUDGET
-    free, _ = torch.cuda.mem_get_info(device)
     config = model.config
     d = int(config.hidden_size)
+    if device.type != "cuda":
+        return max(1, CPU_BATCH_ELEMENTS // d)
+    free, _ = torch.cuda.mem_get_info(device)
     element = next(model.parameters()).element_size()
     kept = int(config.num_hidden_layers) + 1 if hidden_states else 1
     # One layer's transient activations (qkv, attention output, MLP) plus kept hidden states,
