@@ -41,7 +41,8 @@ def demo(
     memorization: Annotated[
         bool, typer.Option("--memorization", help="Plant facts of known frequency in the corpus and test the "
                                                   "memorization claim on them (docs/memorization.md); with "
-                                                  "--shipped: load its measured trajectory.")
+                                                  "--long: on L1's 8,000-step run (three phases); with "
+                                                  "--shipped: load the measured trajectory.")
     ] = False,
     n: Annotated[int, typer.Option("--n", help="Probe sequences per checkpoint (held-out documents).")] = _D.n,
     qa_items: Annotated[int, typer.Option(help="Most QA items derived from the corpus for memorization.")] = _D.qa_items,
@@ -76,10 +77,10 @@ def demo(
         from geowh.cli import memorization_demo
 
         given = [option for option, value, default in (
-            ("--minutes", minutes, _D.minutes), ("--long", long, False), ("--qa-items", qa_items, _D.qa_items),
+            ("--minutes", minutes, _D.minutes), ("--qa-items", qa_items, _D.qa_items),
         ) if value != default]
-        memorization_demo.run(out, db, steps=steps, shipped=shipped, given=given, n=n, device=device, threads=threads,
-                              quiet=quiet, json_=json_)
+        memorization_demo.run(out, db, steps=steps, long=long, shipped=shipped, given=given, n=n, device=device,
+                              threads=threads, quiet=quiet, json_=json_)
         return
     if shipped:
         # It trains nothing, so a training option given with it would be silently ignored.

@@ -7,8 +7,8 @@ from pathlib import Path
 from geowh.cli.common import console, err_console, print_json, render_frame
 
 
-def run(out: Path | None, db, *, steps: int | None, shipped: bool, given: list[str], n: int, device: str,
-        threads: int | None, quiet: bool, json_: bool) -> None:
+def run(out: Path | None, db, *, steps: int | None, long: bool, shipped: bool, given: list[str], n: int,
+        device: str, threads: int | None, quiet: bool, json_: bool) -> None:
     """`given`: the options of the plain demo that were set and mean nothing here (refused)."""
     from geowh.errors import InputError
     from geowh.repro import memorization_demo as mem
@@ -19,7 +19,7 @@ def run(out: Path | None, db, *, steps: int | None, shipped: bool, given: list[s
     if shipped:
         if out is not None or steps is not None:
             raise InputError("--memorization --shipped trains nothing: leave out OUT and --steps")
-        loaded = mem.load_shipped(db)
+        loaded = mem.load_shipped(db, long=long)
         if json_:
             print_json(loaded)
             return
@@ -29,8 +29,11 @@ def run(out: Path | None, db, *, steps: int | None, shipped: bool, given: list[s
         return
     from geowh.cli.progress import Renderer
 
-    folder = out or settings().home / "demo-memorization"
-    config = mem.MemorizationDemoConfig(steps=steps, n=n, device=device, threads=threads)
+    if long and steps is not None:
+        raise InputError("--memorization --long trains a fixed run (L1's 8,000 steps): leave out --steps")
+    folder = out or settings().home / ("demo-memorization-long" if long else "demo-memorization")
+    config = (mem.long_config(n=n, device=device, threads=threads) if long
+              else mem.MemorizationDemoConfig(steps=steps, n=n, device=device, threads=threads))
     with Renderer(quiet=quiet or json_) as progress:
         summary = mem.memorization_demo(folder, db, config, progress=progress)
     if json_:
@@ -53,11 +56,13 @@ def render_claim(claim: dict) -> None:
     names = dict(zip(SCORES, ("authors", "per token", "partial (length)")))
     rows = [{"score": names[name], "peak ρ": s["peak"], "at step": s["peak_step"], "in phase": s["peak_phase"],
              "last ρ": s["last"], "r(entropy-seeking, ρ)": s["entropy_membership_r"],
-             "p": s["entropy_membership_p"], "checkpoints": s["n"]}
+             "p": s["entropy_membership_p"], "r(entropy vs compression)": s["entropy_vs_compression_r"],
+             "p (vs compression)": s["entropy_vs_compression_p"], "checkpoints": s["n"]}
             for name, s in claim["scores"].items()]
     if rows:
         render_frame(pl.DataFrame(rows), title="does memorization ρ peak in the entropy-seeking phase? "
-                                               "(r: point-biserial, membership against ρ)")
+                                               "(r: point-biserial, entropy-seeking membership against ρ, over all "
+                                               "checkpoints and against compression-seeking's alone)")
     short = {"step": "step", "phase": "phase", "rankme": "RankMe", "alpha_req": "αReQ", SCORES[0]: "ρ",
              SCORES[2]: "ρ partial", ACCURACY: "acc", f"{ACCURACY}_100plus": "acc 100+", f"{ACCURACY}_10_99": "acc 10-99",
              f"{ACCURACY}_2_9": "acc 2-9", f"{ACCURACY}_1": "acc 1", HELDOUT: "held-out loss"}

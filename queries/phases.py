@@ -42,7 +42,7 @@ from geowh.queries.series import (
 )
 from geowh.warehouse import Warehouse, canonical_model, utcnow
 
-METHOD = "pwlinear-bic-v1"
+METHOD = "pwlinear-bic-v2"  # v2: a boundary moves to the fit's extreme when the kink falls before the turn
 BASES = ("rankme", "alpha_req", "both")
 PRETRAINING = (None, "pretrain")
 # The direction the paper reports for each post-training stage (METHOD.md §4).
@@ -117,7 +117,13 @@ def segment(t: np.ndarray, y: np.ndarray, params: PhaseParams = PhaseParams()) -
         # The kink, refined with a continuous two-line fit over the two pieces that meet there.
         # Phases keep at least min_size checkpoints, so boundaries never cross.
         lo = max(pieces[left[1]][0], bounds[-1])
-        bounds.append(_hinge(t, y, lo, pieces[right[0]][1], guess, params.min_size))
+        kink = _hinge(t, y, lo, pieces[right[0]][1], guess, params.min_size)
+        # Two lines cannot bend: where the signal rounds over (a concave rise into a slow
+        # fall) the kink lands before the turn, and the phase after it would start with a
+        # rise as large as a phase. Then the boundary goes to the fit's extreme (a peak or
+        # trough of the fit is always at a or a + 1: each piece is a line).
+        overshoot = (fit[guess] - fit[kink]) * (1 if rising else -1)
+        bounds.append(guess if overshoot > threshold else kink)
     bounds.append(n - 1)
     while True:
         change = [float(fit[e] - fit[s]) for s, e in zip(bounds[:-1], bounds[1:])]

@@ -18,11 +18,13 @@ first gives the score something to see — facts planted with known Zipf frequen
    `planted_accuracy[_BAND]` with the held-out loss (`heldout_loss`), so `geowh correlate`
    reads them.
 4. **the claim** — `claim(wh, model)`: where each ρ peaks, the correlation of entropy-seeking
-   membership with ρ (point-biserial, with its p-value), `geowh correlate` of ρ with the
-   geometry, and what the compression-seeking phase (if found) does to the rare facts and the
-   held-out loss.
+   membership with ρ (point-biserial, with its p-value; over all checkpoints, and against the
+   compression-seeking phase alone), `geowh correlate` of ρ with the geometry, and what the
+   compression-seeking phase (if found) does to the rare facts and the held-out loss.
 
-The measured trajectory ships as `geowh/data/demo-memorization.parquet` (`load_shipped`).
+`long_config()` is the same on L1's model and 8,000-step schedule (`geowh demo --memorization
+--long`), the run in which `geowh phases` finds all three phases. Both measured trajectories
+ship in `geowh/data/` (`load_shipped`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ BASE_TOKENIZER = "base-tokenizer"
 ACCURACY_FILE = "planted-accuracy.parquet"
 SHIPPED_FILE = "demo-memorization.parquet"
 SHIPPED_MODEL = "demo-memorization-shipped"
+LONG_SHIPPED_FILE = "demo-memorization-long.parquet"
+LONG_SHIPPED_MODEL = "demo-memorization-long-shipped"
+# --long: L1 trains 32.8M tokens, ~60 passes over the 15-minute demo's 2 MB (~0.5M tokens) of
+# ordinary text; on 16 MB (~3.9M tokens) it is ~8, and that is the run that was measured.
+LONG_CORPUS_MB = 16.0
 ACCURACY = "planted_accuracy"
 HELDOUT = "heldout_loss"
 SCORES = ("memorization_spearman", "memorization_spearman_per_token", "memorization_spearman_partial_length")
@@ -135,6 +142,15 @@ def memorization_demo(out: str | Path, db=None, config: MemorizationDemoConfig =
         demo=summary.to_dict(), facts=facts, claim=result, seconds=seconds,
         cpu_seconds=round(sum(after[:4]) - sum(cpu[:4]), 1),
     )
+
+
+def long_config(**overrides) -> MemorizationDemoConfig:
+    """`geowh demo --memorization --long`: L1's model and schedule (`geowh demo --long`'s `long_run()`:
+    2 layers, d 32, |V| 8,000, 8,000 steps) on LONG_CORPUS_MB of ordinary text with the same facts."""
+    from geowh.repro.demo import long_run
+
+    train, steps = long_run()
+    return MemorizationDemoConfig(train=train, steps=steps, corpus_mb=LONG_CORPUS_MB, **overrides)
 
 
 # -- stage 1: the corpus with planted facts --------------------------------------------------------
@@ -349,6 +365,10 @@ def claim(wh: Warehouse, model: str, found: list[dict] | None = None) -> dict:
         inside = np.array([p[2] == "entropy-seeking" for p in points], dtype=float)
         values = np.array([p[1] for p in points])
         r_pb, p_pb = correlation(inside, values, "pearson")  # point-biserial: membership (0/1) against ρ
+        # Against the phase the paper says comes after: the warmup's low ρ would otherwise count
+        # against entropy-seeking's rivals and favour it.
+        later = [(p[2] == "entropy-seeking", p[1]) for p in points if p[2] in ("entropy-seeking", "compression-seeking")]
+        r_ec, p_ec = correlation(np.array([a for a, _ in later], float), np.array([v for _, v in later]), "pearson")
         by_phase = {}
         for name in dict.fromkeys(p[2] for p in points):
             v = [p[1] for p in points if p[2] == name]
@@ -357,12 +377,13 @@ def claim(wh: Warehouse, model: str, found: list[dict] | None = None) -> dict:
         for other in ("rankme", "alpha_req", ACCURACY):
             try:
                 c = correlate(wh, model, other, metric).to_dicts()[0]
-                geometry[other] = {"rho": _r(c["rho"]), "p_value": _r(c["p_value"], 6), "n": c["n"]}
+                geometry[other] = {"rho": _r(c["rho"]), "p_value": _p(c["p_value"]), "n": c["n"]}
             except InputError as e:  # a series the warehouse lacks
                 geometry[other] = {"error": str(e)}
         scores[metric] = {
             "peak": _r(peak[1]), "peak_step": peak[0], "peak_phase": peak[2], "last": _r(points[-1][1]),
-            "entropy_membership_r": _r(r_pb), "entropy_membership_p": _r(p_pb, 6), "n": len(points),
+            "entropy_membership_r": _r(r_pb), "entropy_membership_p": _p(p_pb), "n": len(points),
+            "entropy_vs_compression_r": _r(r_ec), "entropy_vs_compression_p": _p(p_ec),
             "by_phase": by_phase, "correlate": geometry,
         }
     compression = [p for p in found if p["phase"] == "compression-seeking"]
@@ -386,32 +407,39 @@ def claim(wh: Warehouse, model: str, found: list[dict] | None = None) -> dict:
 # -- the shipped trajectory ------------------------------------------------------------------------
 
 
-def write_shipped(wh, model: str, directory: str | Path) -> Path:
+def write_shipped(wh, model: str, directory: str | Path, *, long: bool = False) -> Path:
     """The measured trajectory of `model` (geometry, the three ρ, accuracy, held-out loss) as the wide
-    file `import-metrics` reads, SHIPPED_FILE in `directory` (how geowh/data/ got it)."""
+    file `import-metrics` reads, SHIPPED_FILE (LONG_SHIPPED_FILE) in `directory` (how geowh/data/ got them)."""
     import polars as pl
 
     frame = trajectory(as_warehouse(wh), model).drop("memorization_p", strict=False)
-    path = Path(directory) / SHIPPED_FILE
+    path = Path(directory) / (LONG_SHIPPED_FILE if long else SHIPPED_FILE)
     frame.with_columns(pl.lit(model).alias("model")).select("model", *frame.columns).write_parquet(
         path, compression="zstd", statistics=False)
     return path
 
 
-def load_shipped(wh) -> dict:
-    """Import the shipped trajectory into `wh` as SHIPPED_MODEL (again: a no-op), find its phases and
-    test the claim on it, as `claim` does on a run measured here."""
+def load_shipped(wh, *, long: bool = False) -> dict:
+    """Import a shipped trajectory into `wh` (again: a no-op) — the 15-minute demo's as SHIPPED_MODEL,
+    with `long` the --long run's as LONG_SHIPPED_MODEL — find its phases and test the claim on it, as
+    `claim` does on a run measured here."""
     from importlib.resources import files
 
     from geowh.queries.imports import import_metrics
     from geowh.queries.phases import phases
 
     wh = as_warehouse(wh)
-    imported = import_metrics(wh, Path(str(files("geowh") / "data" / SHIPPED_FILE)), model=SHIPPED_MODEL).to_dicts()
-    found = phases(wh, SHIPPED_MODEL).to_dicts()
-    return {"model": SHIPPED_MODEL, "imported": imported[0], "claim": claim(wh, SHIPPED_MODEL, found)}
+    file, model = (LONG_SHIPPED_FILE, LONG_SHIPPED_MODEL) if long else (SHIPPED_FILE, SHIPPED_MODEL)
+    imported = import_metrics(wh, Path(str(files("geowh") / "data" / file)), model=model).to_dicts()
+    found = phases(wh, model).to_dicts()
+    return {"model": model, "imported": imported[0], "claim": claim(wh, model, found)}
 
 
 def _r(x, digits: int = 4):
     return round(x, digits) if x is not None and math.isfinite(x) else None
+
+
+def _p(p):
+    """A p-value to 3 significant digits (rounding to decimals would print 3e-9 as 0)."""
+    return float(f"{p:.3g}") if p is not None and math.isfinite(p) else None
 

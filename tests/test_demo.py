@@ -174,7 +174,7 @@ def test_the_demo_prints_the_phase_table_and_where_the_plots_are(mini, cli):
 
 
 # What docs/train-mini.md reports for the shipped trajectory of `geowh demo --long` (default parameters).
-SHIPPED_PHASES = [("warmup", 0, 250), ("entropy-seeking", 250, 1000), ("compression-seeking", 1000, 8000)]
+SHIPPED_PHASES = [("warmup", 0, 181), ("entropy-seeking", 181, 1000), ("compression-seeking", 1000, 8000)]
 
 
 def test_the_shipped_long_run_loads_and_shows_the_phases_the_docs_report(tmp_path):

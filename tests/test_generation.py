@@ -288,5 +288,5 @@ def test_a_generation_can_be_built_from_python_and_run_beside_the_geometry(workd
                      Selection("step1"), db=tmp_path / "w.duckdb", measurements=[gen])
     assert summary.checkpoints[0]["status"] == "ok"
     kinds = Warehouse(tmp_path / "w.duckdb").query("SELECT kind FROM runs").rows()
-    assert kinds == [("geometry+generation",)]
+    assert kinds == [("generation+geometry",)]  # registry order, as `geowh ingest --generate` writes it
     assert Warehouse(tmp_path / "w.duckdb").query("SELECT count(*) FROM evals WHERE metric = 'pass@2'").item() == 1

@@ -279,3 +279,34 @@ def test_the_shipped_memorization_run_loads_and_says_what_the_docs_report(cli, t
     assert steps[0][METRIC] == pytest.approx(-0.002, abs=1e-3)  # before training: nothing seen
     assert all(row["planted_accuracy"] == 0 for row in claim["trajectory"])  # no fact learnt verbatim
     assert claim["compression_seeking"] is None
+
+
+def test_the_shipped_long_run_finds_three_phases_and_says_where_rho_peaks(cli, tmp_path):
+    """L1's configuration on the planted corpus (docs/results.md §4): the claim tested with all three phases."""
+    import json
+
+    from geowh.repro.memorization_demo import LONG_SHIPPED_MODEL
+
+    result = cli(["demo", "--memorization", "--long", "--shipped", "--db", tmp_path / "w.duckdb", "--json"])
+    assert result.exit_code == 0, result.output
+    loaded = json.loads(result.stdout)
+    claim = loaded["claim"]
+    assert loaded["model"] == LONG_SHIPPED_MODEL and loaded["imported"]["checkpoints"] == 48
+    assert [(p["phase"], p["start_step"], p["end_step"]) for p in claim["phases"]] == [
+        ("warmup", 0, 64), ("entropy-seeking", 64, 1000), ("compression-seeking", 1000, 8000)]
+    authors = claim["scores"][METRIC]
+    assert (authors["peak"], authors["peak_step"], authors["peak_phase"]) == (0.4973, 5000, "compression-seeking")
+    # Against compression-seeking alone, entropy-seeking's ρ is lower, and significantly so; over all
+    # checkpoints the warmup's ρ near 0 hides that (r −0.20, p 0.17).
+    assert authors["entropy_vs_compression_r"] == pytest.approx(-0.833, abs=1e-3) and authors["entropy_vs_compression_p"] < 1e-6
+    assert authors["entropy_membership_r"] == pytest.approx(-0.2015, abs=1e-3) and authors["entropy_membership_p"] > 0.1
+    change = claim["compression_seeking"]
+    assert change["steps"] == [1000, 8000]
+    assert change["heldout_loss"]["end"] < change["heldout_loss"]["start"]  # generalisation improves through it
+    assert change["planted_accuracy_1"] == {"start": 0.0, "end": 0.0}  # and no rare fact is learnt
+
+
+def test_the_long_memorization_run_is_a_fixed_run(cli, tmp_path):
+    result = cli(["demo", "--memorization", "--long", str(tmp_path / "run"), "--steps", "50", "--db", tmp_path / "w.duckdb"])
+    assert result.exit_code == 1 and "leave out --steps" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

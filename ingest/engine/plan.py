@@ -194,7 +194,7 @@ def plan_ingest(
     unresolved: `auto` depends on the device of the process that computes, which for a
     distributed run is not this one (`Executor.prepare`, `resolved_here`).
     """
-    from geowh.ingest.measurements import build
+    from geowh.ingest.measurements import build, registry
     from geowh.ingest.sources.series import require_hub, resolve_series
 
     given = tuple(as_measurement(m) for m in measurements)
@@ -205,7 +205,11 @@ def plan_ingest(
     built = build(config, options or {}, skip={m.name for m in given})
     if not built and not given:
         raise InputError("nothing to measure: geometry is off and no measurement was given")
-    return Plan(series, config, None, (*built, *given))
+    # Registry order whoever asked (`--generate` or measurements=[Generation(...)]): runs.kind,
+    # and so the config key, of the same work is the same from the CLI and from Python.
+    order = list(registry())
+    ranked = sorted((*built, *given), key=lambda m: order.index(m.name) if m.name in order else len(order))
+    return Plan(series, config, None, tuple(ranked))
 
 
 def resolved_here(plan: Plan) -> Plan:
