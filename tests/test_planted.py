@@ -248,7 +248,7 @@ def test_phase_membership_of_a_checkpoint():
         "warmup", "warmup", "entropy-seeking", "entropy-seeking", "compression-seeking", "compression-seeking", None]
 
 
-@pytest.mark.parametrize("args, named", [(["--long"], "--long"), (["--minutes", "3"], "--minutes"),
+@pytest.mark.parametrize("args, named", [(["--long", "--steps", "50"], "--steps"), (["--minutes", "3"], "--minutes"),
                                          (["--qa-items", "10"], "--qa-items"), (["--shipped", "--steps", "5"], "--steps")])
 def test_demo_memorization_refuses_the_options_it_would_ignore(cli, tmp_path, args, named):
     result = cli(["demo", "--memorization", *args, "--db", tmp_path / "w.duckdb"])
@@ -304,9 +304,3 @@ def test_the_shipped_long_run_finds_three_phases_and_says_where_rho_peaks(cli, t
     assert change["steps"] == [1000, 8000]
     assert change["heldout_loss"]["end"] < change["heldout_loss"]["start"]  # generalisation improves through it
     assert change["planted_accuracy_1"] == {"start": 0.0, "end": 0.0}  # and no rare fact is learnt
-
-
-def test_the_long_memorization_run_is_a_fixed_run(cli, tmp_path):
-    result = cli(["demo", "--memorization", "--long", str(tmp_path / "run"), "--steps", "50", "--db", tmp_path / "w.duckdb"])
-    assert result.exit_code == 1 and "leave out --steps" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "run").exists()

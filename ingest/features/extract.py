@@ -22,9 +22,9 @@ POOLINGS = ("last", "mean")
 # A CPU batch's size, in elements of its residual stream (tokens × d), when no batch size is
 # given: 2**19 (2 MiB in fp32; the MLP's 4 × d activations 8 MiB) keeps a layer's activations
 # in the caches between one matrix product and the next. The products themselves run at the
-# same rate from ~512 rows up, so larger batches only lose: at low load, d = 256 ran 15.4k
+# same rate from ~512 rows up, so larger batches only lose: at low load, d = 256 ran 13.9k
 # tokens/s at 2,048 tokens per batch against 8.9k at 32,768 (the authors' one-at-a-time loop:
-# 12.3k), and Pythia-410M's shape 251 against 204 tokens/s at 512 against 32,768 (bench/extract.py,
+# 11.6k), and Pythia-410M's shape 251 against 204 tokens/s at 512 against 32,768 (bench/extract.py,
 # docs/scale.md). So d = 256 gets 2,048 tokens per batch, d = 1,024 512, d = 16 32,768.
 CPU_BATCH_ELEMENTS = 2**19
 # Upper bound on tokens per batch on a GPU (memory permitting).
