@@ -50,8 +50,8 @@ SHIPPED_FILE = "demo-memorization.parquet"
 SHIPPED_MODEL = "demo-memorization-shipped"
 LONG_SHIPPED_FILE = "demo-memorization-long.parquet"
 LONG_SHIPPED_MODEL = "demo-memorization-long-shipped"
-# --long: L1 trains 32.8M tokens, ~60 passes over the 15-minute demo's 2 MB (~0.5M tokens) of
-# ordinary text; on 16 MB (~3.9M tokens) it is ~8, and that is the run that was measured.
+# --long: L1 trains 32.8M tokens, ~65 passes over the 15-minute demo's 2 MB (~0.5M tokens) of
+# ordinary text; over 16 MB (~3.9M tokens) ~8, and that is the run that was measured.
 LONG_CORPUS_MB = 16.0
 ACCURACY = "planted_accuracy"
 HELDOUT = "heldout_loss"
